@@ -1,0 +1,56 @@
+// Command linkmanager is the SIP trunk daemon: it registers a company's
+// provider accounts from one UDP port behind the office NAT, keeps that
+// NAT open with STUN, and (as the calls land) relays calls to the PBX.
+//
+// main stays thin: it parses flags, opens the sockets, wires the
+// components and runs them until a signal arrives.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `linkmanager - SIP trunk daemon for a PBX behind NAT
+
+Usage:
+  linkmanager run --config FILE            run in the foreground, log to stderr
+  linkmanager check-config --config FILE   validate FILE; one line per problem
+  linkmanager version                      print the version
+
+Run 'linkmanager COMMAND --help' for a command's flags.
+`
+
+// run is main without the process exit, so tests can call it.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		return cmdRun(ctx, args[1:], stderr)
+	case "check-config":
+		return cmdCheckConfig(args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "linkmanager: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+

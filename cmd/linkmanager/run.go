@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/linkmanager/linkmanager/linkmanager"
+	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/stunkeeper"
+)
+
+const runHelp = `Usage: linkmanager run --config FILE
+
+Runs the daemon in the foreground and logs to stderr (console or JSON, see
+log.format). It binds sip.listen (the Internet-facing SIP+STUN socket),
+registers every trunk, and keeps the NAT mapping alive.
+
+SIGTERM or SIGINT unregisters every trunk and exits 0.
+
+Exit status: 0 after a clean stop, 1 on a start-up or runtime error,
+2 on a usage or configuration error.
+
+Flags:
+`
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/linkmanager/linkmanager.yaml", "config file")
+	fs.Usage = func() { fmt.Fprint(stderr, runHelp); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		for _, p := range config.Problems(err) {
+			fmt.Fprintln(stderr, p)
+		}
+		return 2
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "linkmanager: %v\n", err)
+		return 2
+	}
+	defer log.Sync()
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("linkmanager stopped", zap.Error(err))
+		return 1
+	}
+	log.Info("linkmanager stopped")
+	return 0
+}
+
+// serve opens the sockets, wires the components and runs them until ctx
+// ends or one of them fails.
+func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+	// sipgo refuses to send messages above 1300 bytes by default; INVITEs
+	// with rich SDP exceed that. UDP fragments fine on the LAN and on
+	// every provider we know.
+	sip.UDPMTUSize = 9000
+
+	listen, err := resolveListen(cfg.SIP.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("sip.listen %s: %w", cfg.SIP.Listen, err)
+	}
+	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(listen))
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("sip.listen %s: port %d is already in use: stop the other SIP software (or linkmanager instance) on this host, or choose another sip.listen port: %w",
+				listen, listen.Port(), err)
+		}
+		return fmt.Errorf("sip.listen %s: %w", listen, err)
+	}
+	conn := linkmanager.NewSharedConn(udp, log, nil)
+	defer conn.Close()
+
+	keeper, err := stunkeeper.New(stunkeeper.Config{
+		Servers:  cfg.STUN.Servers,
+		Interval: time.Duration(cfg.STUN.Interval),
+		Send:     conn.Send,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	conn.SetSTUNHandler(keeper.HandlePacket)
+	conn.SetOnSend(keeper.NoteSent)
+
+	srv, err := linkmanager.New(linkmanager.Options{
+		Conn:     conn,
+		Keeper:   keeper,
+		Trunks:   trunkOptions(cfg.Trunks),
+		Interval: time.Duration(cfg.STUN.Interval),
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("linkmanager starting", zap.String("version", versionString()),
+		zap.Stringer("sip_listen", listen), zap.Strings("stun_servers", cfg.STUN.Servers),
+		zap.Int("trunks", len(cfg.Trunks)))
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Run(gctx) })
+	return g.Wait()
+}
+
+func trunkOptions(ts []config.Trunk) []linkmanager.TrunkOptions {
+	out := make([]linkmanager.TrunkOptions, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, linkmanager.TrunkOptions{
+			Name: t.Name, Host: t.ProxyAddr.Host, Port: t.ProxyAddr.Port, RegistrarHost: t.RegistrarAddr.Host,
+			Domain: t.Domain, Username: t.Username, AuthUsername: t.AuthUsername, Password: t.Password,
+			Expires: time.Duration(t.Expires), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,
+		})
+	}
+	return out
+}
+
+// resolveListen turns 0.0.0.0 into the address of the interface that
+// holds the default route. Binding the wildcard would let replies leave
+// from another address than the one we advertise, and sipgo needs the exact
+// IP to find the socket again for outgoing requests.
+func resolveListen(ap netip.AddrPort) (netip.AddrPort, error) {
+	if !ap.Addr().IsUnspecified() {
+		return ap, nil
+	}
+	// A connected UDP socket sends nothing; the kernel just picks the
+	// source address for the route. The target is a documentation address
+	// that is never contacted.
+	c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 9})
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("0.0.0.0 means the default-route interface, but there is no default route: set sip.listen to this host's LAN IP: %w", err)
+	}
+	defer c.Close()
+	ip := c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
+	return netip.AddrPortFrom(ip, ap.Port()), nil
+}
+
+func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	enc := zapcore.NewConsoleEncoder(ec)
+	if c.Format == "json" {
+		ec.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+		enc = zapcore.NewJSONEncoder(ec)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)), nil
+}
+
+func versionString() string {
+	v := linkmanager.Version
+	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	return "linkmanager " + v
+}

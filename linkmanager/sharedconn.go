@@ -1,0 +1,282 @@
+package linkmanager
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/linkmanager/linkmanager/stunkeeper"
+)
+
+// SharedConn is the Internet-facing UDP socket (65002 by default) seen
+// through the net.PacketConn interface that sipgo's UDP transport needs.
+//
+// One socket carries SIP and STUN because the NAT mapping that STUN reveals
+// and keeps alive must be the very mapping SIP uses; a second socket would
+// get a different public port. The caller owns the socket; SharedConn only
+// reads and writes it, and closing SharedConn closes it.
+//
+// ReadFrom returns only SIP the daemon is willing to process. It hands STUN
+// to the STUN handler, swallows CRLF keepalives, drops requests from sources
+// that are not the providers (toll fraud: nobody else may send us calls), and
+// absorbs transient read errors, because sipgo stops its UDP listener for
+// good on any read error except net.ErrClosed.
+type SharedConn struct {
+	conn *net.UDPConn
+	log  *zap.Logger
+
+	// handlers are set once before serving; atomics keep the read path
+	// lock-free and let tests swap them without races.
+	stunHandler  atomic.Pointer[func([]byte, netip.AddrPort) bool]
+	allowRequest atomic.Pointer[func(netip.AddrPort) bool]
+	onSend       atomic.Pointer[func(netip.AddrPort)]
+
+	mu       sync.Mutex
+	lastSent map[netip.AddrPort]time.Time // guarded by mu; per-flow idle time for keepalives
+	now      func() time.Time
+
+	readyOnce sync.Once
+	ready     chan struct{}
+
+	stats sharedConnCounters
+}
+
+type sharedConnCounters struct {
+	sipIn, stunIn, stunUnmatched, keepaliveIn atomic.Uint64
+	droppedSource, droppedMalformed           atomic.Uint64
+	readErrors, writeErrors                   atomic.Uint64
+}
+
+// SharedConnStats is a snapshot of what the socket saw.
+type SharedConnStats struct {
+	SIPIn            uint64 // SIP messages passed to the SIP stack
+	STUNIn           uint64 // STUN packets matched by the STUN handler
+	STUNUnmatched    uint64 // STUN-looking packets nobody was waiting for
+	KeepalivesIn     uint64 // CRLF keepalives received
+	DroppedSource    uint64 // SIP requests from sources that may not send to us
+	DroppedMalformed uint64 // datagrams that are neither SIP nor STUN
+	ReadErrors       uint64 // transient read errors absorbed
+	WriteErrors      uint64
+}
+
+// NewSharedConn wraps conn. The now func is injectable for tests; nil means
+// time.Now.
+func NewSharedConn(conn *net.UDPConn, log *zap.Logger, now func() time.Time) *SharedConn {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &SharedConn{
+		conn:     conn,
+		log:      log.Named("sipconn"),
+		lastSent: make(map[netip.AddrPort]time.Time),
+		now:      now,
+		ready:    make(chan struct{}),
+	}
+}
+
+// SetSTUNHandler sets who receives STUN packets. It reports whether it
+// consumed the packet; the buffer is reused after it returns.
+func (c *SharedConn) SetSTUNHandler(h func(b []byte, from netip.AddrPort) bool) {
+	c.stunHandler.Store(&h)
+}
+
+// SetRequestFilter sets which sources may send SIP requests. Responses are
+// not filtered: sipgo only matches them to transactions we started.
+func (c *SharedConn) SetRequestFilter(allow func(from netip.AddrPort) bool) {
+	c.allowRequest.Store(&allow)
+}
+
+// SetOnSend registers a hook run after every successful write, so the STUN
+// keeper can measure idle time from the socket's last write.
+func (c *SharedConn) SetOnSend(f func(to netip.AddrPort)) {
+	c.onSend.Store(&f)
+}
+
+// Ready is closed once the SIP stack has started reading. sipgo registers
+// the socket in its connection pool before its first read; a request sent
+// earlier would make sipgo bind a new socket on the same port and fail.
+func (c *SharedConn) Ready() <-chan struct{} { return c.ready }
+
+// Stats returns a snapshot of the counters.
+func (c *SharedConn) Stats() SharedConnStats {
+	s := &c.stats
+	return SharedConnStats{
+		SIPIn: s.sipIn.Load(), STUNIn: s.stunIn.Load(), STUNUnmatched: s.stunUnmatched.Load(),
+		KeepalivesIn: s.keepaliveIn.Load(), DroppedSource: s.droppedSource.Load(),
+		DroppedMalformed: s.droppedMalformed.Load(), ReadErrors: s.readErrors.Load(),
+		WriteErrors: s.writeErrors.Load(),
+	}
+}
+
+// LastSent reports when the socket last sent to dst (zero if never). The
+// NAT times each flow separately, so keepalives are per destination.
+func (c *SharedConn) LastSent(dst netip.AddrPort) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastSent[dst]
+}
+
+// LocalAddrPort is the bound address.
+func (c *SharedConn) LocalAddrPort() netip.AddrPort {
+	return c.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// ReadFrom implements net.PacketConn for sipgo.
+func (c *SharedConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	c.readyOnce.Do(func() { close(c.ready) })
+	var backoff time.Duration
+	for {
+		n, from, err := c.conn.ReadFromUDPAddrPort(p)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return 0, nil, err
+			}
+			// Anything else would kill sipgo's listener for good. Pause
+			// briefly so a persistent error cannot spin a core.
+			c.stats.readErrors.Add(1)
+			c.log.Warn("socket read error absorbed", zap.Error(err))
+			backoff = min(max(2*backoff, time.Millisecond), 100*time.Millisecond)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		switch classify(p[:n]) {
+		case kindSTUN:
+			if h := c.stunHandler.Load(); h != nil && (*h)(p[:n], from) {
+				c.stats.stunIn.Add(1)
+			} else {
+				c.stats.stunUnmatched.Add(1)
+			}
+			continue
+		case kindKeepalive:
+			c.stats.keepaliveIn.Add(1)
+			continue
+		case kindRequest:
+			if f := c.allowRequest.Load(); f != nil && !(*f)(from) {
+				// Silence, not 403: answering tells scanners someone is here.
+				c.stats.droppedSource.Add(1)
+				continue
+			}
+		case kindResponse:
+		default:
+			c.stats.droppedMalformed.Add(1)
+			continue
+		}
+		c.stats.sipIn.Add(1)
+		return n, net.UDPAddrFromAddrPort(from), nil
+	}
+}
+
+// WriteTo implements net.PacketConn for sipgo.
+func (c *SharedConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	var dst netip.AddrPort
+	switch a := addr.(type) {
+	case *net.UDPAddr:
+		dst = a.AddrPort()
+	default:
+		ap, err := netip.ParseAddrPort(addr.String())
+		if err != nil {
+			return 0, err
+		}
+		dst = ap
+	}
+	return len(p), c.Send(p, dst)
+}
+
+// Send writes b to dst. It is the STUN keeper's send func.
+func (c *SharedConn) Send(b []byte, dst netip.AddrPort) error {
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	if _, err := c.conn.WriteToUDPAddrPort(b, dst); err != nil {
+		c.stats.writeErrors.Add(1)
+		return err
+	}
+	c.mu.Lock()
+	c.lastSent[dst] = c.now()
+	c.mu.Unlock()
+	if f := c.onSend.Load(); f != nil {
+		(*f)(dst)
+	}
+	return nil
+}
+
+// Close closes the socket; sipgo's reader then ends with net.ErrClosed.
+func (c *SharedConn) Close() error { return c.conn.Close() }
+
+// LocalAddr implements net.PacketConn.
+func (c *SharedConn) LocalAddr() net.Addr { return c.conn.LocalAddr() }
+
+// SetDeadline implements net.PacketConn.
+func (c *SharedConn) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }
+
+// SetReadDeadline implements net.PacketConn.
+func (c *SharedConn) SetReadDeadline(t time.Time) error { return c.conn.SetReadDeadline(t) }
+
+// SetWriteDeadline implements net.PacketConn.
+func (c *SharedConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
+
+type packetKind int
+
+const (
+	kindGarbage packetKind = iota
+	kindSTUN
+	kindKeepalive
+	kindRequest
+	kindResponse
+)
+
+// classify sorts a datagram cheaply by its first bytes. STUN's first two
+// bits are zero and bytes 4..8 hold the magic cookie (RFC 5389 §6). RFC 3489
+// servers echo our whole 16-byte transaction ID, which starts with the
+// cookie, so their answers pass the same test. SIP is text.
+func classify(b []byte) packetKind {
+	if len(b) == 0 {
+		return kindGarbage
+	}
+	if b[0] <= 1 {
+		if stunkeeper.IsSTUN(b) {
+			return kindSTUN
+		}
+		return kindGarbage
+	}
+	if onlyWhitespace(b) {
+		return kindKeepalive // RFC 5626 §4.4.1 CRLF ping, or zero padding
+	}
+	if len(b) >= 8 && string(b[:8]) == "SIP/2.0 " {
+		return kindResponse
+	}
+	// Request line: METHOD SP Request-URI SP SIP/2.0. A method is an
+	// uppercase token; anything else is not worth parsing.
+	for i, ch := range b {
+		if ch == ' ' {
+			if i == 0 {
+				return kindGarbage
+			}
+			return kindRequest
+		}
+		if (ch < 'A' || ch > 'Z') && ch != '-' && ch != '_' {
+			return kindGarbage
+		}
+		if i > 32 {
+			break
+		}
+	}
+	return kindGarbage
+}
+
+func onlyWhitespace(b []byte) bool {
+	for _, ch := range b {
+		if ch != '\r' && ch != '\n' && ch != ' ' && ch != 0 {
+			return false
+		}
+	}
+	return true
+}

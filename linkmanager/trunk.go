@@ -1,0 +1,261 @@
+package linkmanager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+)
+
+// Keepalive methods for the registrar's own NAT flow.
+const (
+	KeepaliveAuto    = "auto"
+	KeepaliveSTUN    = "stun"
+	KeepaliveOptions = "options"
+	KeepaliveCRLF    = "crlf"
+	KeepaliveOff     = "off"
+)
+
+// prober sends one STUN Binding request to dst and returns the mapping
+// it reports.
+type prober func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error)
+
+// trunk is one provider account: its registration and the keepalive of
+// the NAT flow to its registrar. Linux NAT times each 5-tuple on its own,
+// so STUN to a STUN server does not keep the registrar's flow open; without
+// this the provider's INVITEs die at the router after the UDP timeout.
+type trunk struct {
+	conf     trunkConf
+	host     string // registrar host
+	port     int    // 0: SRV, then 5060
+	interval time.Duration
+
+	reg      *registration
+	do       txFunc
+	probe    prober
+	send     func([]byte, netip.AddrPort) error
+	lastSent func(netip.AddrPort) time.Time
+	log      *zap.Logger
+	now      func() time.Time
+	lookup   resolver
+
+	dst       atomic.Pointer[netip.AddrPort] // resolved registrar
+	keepalive atomic.Pointer[string]         // method in use (auto resolves to one)
+
+	mu      sync.Mutex
+	sources map[netip.Addr]bool // guarded by mu; addresses allowed to send requests
+}
+
+// resolver is the DNS the trunk needs; net.Resolver satisfies it.
+type resolver interface {
+	LookupSRV(ctx context.Context, service, proto, name string) (string, []*net.SRV, error)
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Run registers (if configured) and keeps the registrar flow alive until
+// ctx ends, then unregisters.
+func (t *trunk) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	if t.conf.Register {
+		g.Go(func() error { return t.reg.run(ctx) })
+	}
+	g.Go(func() error { return t.keepaliveLoop(ctx) })
+	return g.Wait()
+}
+
+// resolveRegistrar follows RFC 3263 loosely: an IP literal as is; a
+// name with a port by A lookup; a name without a port by SRV
+// _sip._udp, then A on 5060.
+func (t *trunk) resolveRegistrar(ctx context.Context) (netip.AddrPort, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	host, port := t.host, t.port
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if port == 0 {
+			port = 5060
+		}
+		return t.setDst(netip.AddrPortFrom(ip.Unmap(), uint16(port)), ip.Unmap()), nil
+	}
+	if port == 0 {
+		port = 5060
+		if _, srvs, err := t.lookup.LookupSRV(ctx, "sip", "udp", host); err == nil && len(srvs) > 0 {
+			host, port = strings.TrimSuffix(srvs[0].Target, "."), int(srvs[0].Port)
+		}
+	}
+	ips, err := t.lookup.LookupNetIP(ctx, "ip4", host)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if len(ips) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("no IPv4 address for %s", host)
+	}
+	for i := range ips {
+		ips[i] = ips[i].Unmap()
+	}
+	return t.setDst(netip.AddrPortFrom(ips[0], uint16(port)), ips...), nil
+}
+
+// setDst records the registrar and who may send us requests for this
+// trunk: every address its name resolved to.
+func (t *trunk) setDst(dst netip.AddrPort, sources ...netip.Addr) netip.AddrPort {
+	t.dst.Store(&dst)
+	t.mu.Lock()
+	for _, ip := range sources {
+		t.sources[ip] = true
+	}
+	t.mu.Unlock()
+	return dst
+}
+
+// Allows reports whether a request from ip belongs to this trunk's
+// provider.
+func (t *trunk) Allows(ip netip.Addr) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sources[ip]
+}
+
+// MatchDID returns the configured DID that user (from the Request-URI or
+// To) hits: exactly, or as a prefix ending in "*" followed by extension
+// digits.
+func (t *trunk) MatchDID(users ...string) (string, bool) {
+	for _, u := range users {
+		if u == "" {
+			continue
+		}
+		for _, did := range t.conf.DIDs {
+			if p, ok := strings.CutSuffix(did, "*"); ok {
+				if rest, ok := strings.CutPrefix(u, p); ok && allDigits(rest) {
+					return u, true
+				}
+			} else if u == did {
+				return u, true
+			}
+		}
+	}
+	return "", false
+}
+
+func allDigits(s string) bool {
+	for _, ch := range s {
+		if ch < '0' || ch > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// keepaliveLoop sends a keepalive to the registrar whenever the socket has
+// sent it nothing for one interval.
+func (t *trunk) keepaliveLoop(ctx context.Context) error {
+	method := t.conf.Keepalive
+	t.keepalive.Store(&method)
+	if method == KeepaliveOff {
+		return nil
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	stunFailures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		}
+		dst := t.dst.Load()
+		if dst == nil {
+			if _, err := t.resolveRegistrar(ctx); err != nil {
+				resetTimer(timer, t.interval)
+				continue
+			}
+			dst = t.dst.Load()
+		}
+		if idle := t.now().Sub(t.lastSent(*dst)); idle < t.interval {
+			resetTimer(timer, t.interval-idle)
+			continue
+		}
+		switch method {
+		case KeepaliveAuto, KeepaliveSTUN:
+			mapped, err := t.probe(ctx, *dst)
+			if err == nil {
+				stunFailures = 0
+				if method == KeepaliveAuto {
+					method = KeepaliveSTUN
+					t.keepalive.Store(&method)
+					t.log.Info("keepalive method chosen", zap.String("trunk", t.conf.Name),
+						zap.String("keepalive", method), zap.String("why", "registrar answers STUN on its SIP port"))
+				}
+				t.reg.Observe(mapped)
+				break
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			stunFailures++
+			// A registrar that never answered STUN, or stopped doing so,
+			// gets OPTIONS instead: unless the admin insisted on STUN.
+			if t.conf.Keepalive == KeepaliveAuto && (method == KeepaliveAuto || stunFailures >= 3) {
+				method = KeepaliveOptions
+				t.keepalive.Store(&method)
+				t.log.Info("keepalive method chosen", zap.String("trunk", t.conf.Name),
+					zap.String("keepalive", method), zap.String("why", "registrar does not answer STUN"))
+				t.optionsPing(ctx, *dst)
+			}
+		case KeepaliveOptions:
+			t.optionsPing(ctx, *dst)
+		case KeepaliveCRLF:
+			// RFC 5626 §4.4.1 double CRLF: cheap, but tells us nothing.
+			if err := t.send([]byte("\r\n\r\n"), *dst); err != nil {
+				t.log.Warn("keepalive send failed", zap.String("trunk", t.conf.Name), zap.Error(err))
+			}
+		}
+		resetTimer(timer, t.interval)
+	}
+}
+
+// optionsPing sends OPTIONS; its response's Via tells us what the
+// registrar sees.
+func (t *trunk) optionsPing(ctx context.Context, dst netip.AddrPort) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req := t.buildOptions(dst)
+	res, err := t.do(ctx, req, dst)
+	if err != nil {
+		if ctx.Err() == nil || !errors.Is(ctx.Err(), context.Canceled) {
+			t.log.Warn("keepalive OPTIONS unanswered", zap.String("trunk", t.conf.Name), zap.Error(err))
+		}
+		return
+	}
+	if a := viaReceived(res); a.IsValid() {
+		t.reg.Observe(a)
+	}
+}
+
+func (t *trunk) buildOptions(dst netip.AddrPort) *sip.Request {
+	from := t.reg.contactFor(netip.AddrPort{})
+	if s := t.reg.Status(); s.Contact.IsValid() {
+		from = s.Contact
+	}
+	aor := sip.Uri{Scheme: "sip", User: t.conf.Username, Host: t.conf.Domain}
+	req := sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: t.conf.Domain})
+	req.AppendHeader(newVia(from))
+	req.AppendHeader(&sip.FromHeader{Address: aor, Params: params("tag", sip.GenerateTagN(12))})
+	req.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", Host: t.conf.Domain}, Params: sip.NewParams()})
+	cid := sip.CallIDHeader(sip.GenerateTagN(24) + "@linkmanager")
+	req.AppendHeader(&cid)
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.OPTIONS})
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+	req.AppendHeader(sip.NewHeader("User-Agent", t.reg.ua))
+	req.SetBody(nil)
+	return req
+}

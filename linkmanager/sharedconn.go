@@ -1,6 +1,7 @@
 package linkmanager
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"net/netip"
@@ -27,7 +28,7 @@ import (
 // absorbs transient read errors, because sipgo stops its UDP listener for
 // good on any read error except net.ErrClosed.
 type SharedConn struct {
-	conn *net.UDPConn
+	conn udpConn
 	log  *zap.Logger
 
 	// handlers are set once before serving; atomics keep the read path
@@ -44,6 +45,18 @@ type SharedConn struct {
 	ready     chan struct{}
 
 	stats sharedConnCounters
+}
+
+// udpConn is the part of *net.UDPConn SharedConn uses; tests inject
+// read errors through it.
+type udpConn interface {
+	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+	LocalAddr() net.Addr
+	Close() error
+	SetDeadline(t time.Time) error
+	SetReadDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
 }
 
 type sharedConnCounters struct {
@@ -66,7 +79,7 @@ type SharedConnStats struct {
 
 // NewSharedConn wraps conn. The now func is injectable for tests; nil means
 // time.Now.
-func NewSharedConn(conn *net.UDPConn, log *zap.Logger, now func() time.Time) *SharedConn {
+func NewSharedConn(conn udpConn, log *zap.Logger, now func() time.Time) *SharedConn {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -253,20 +266,27 @@ func classify(b []byte) packetKind {
 	if len(b) >= 8 && string(b[:8]) == "SIP/2.0 " {
 		return kindResponse
 	}
-	// Request line: METHOD SP Request-URI SP SIP/2.0. A method is an
-	// uppercase token; anything else is not worth parsing.
-	for i, ch := range b {
+	// Request line: METHOD SP Request-URI SP SIP/2.0 CRLF, the method an
+	// uppercase token. Anything else (HTTP probes, TLS, RTP sent to the
+	// wrong port) is not worth handing to the parser.
+	sp := -1
+	for i, ch := range b[:min(len(b), 32)] {
 		if ch == ' ' {
-			if i == 0 {
-				return kindGarbage
-			}
-			return kindRequest
+			sp = i
+			break
 		}
 		if (ch < 'A' || ch > 'Z') && ch != '-' && ch != '_' {
 			return kindGarbage
 		}
-		if i > 32 {
-			break
+	}
+	if sp <= 0 {
+		return kindGarbage
+	}
+	line := b[sp:min(len(b), 1024)]
+	if i := bytes.IndexByte(line, '\n'); i >= 0 {
+		line = bytes.TrimSuffix(line[:i], []byte("\r"))
+		if bytes.HasSuffix(line, []byte(" SIP/2.0")) {
+			return kindRequest
 		}
 	}
 	return kindGarbage

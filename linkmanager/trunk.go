@@ -14,15 +14,8 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
-)
 
-// Keepalive methods for the registrar's own NAT flow.
-const (
-	KeepaliveAuto    = "auto"
-	KeepaliveSTUN    = "stun"
-	KeepaliveOptions = "options"
-	KeepaliveCRLF    = "crlf"
-	KeepaliveOff     = "off"
+	"github.com/linkmanager/linkmanager/linkmanager/config"
 )
 
 // prober sends one STUN Binding request to dst and returns the mapping
@@ -159,7 +152,7 @@ func allDigits(s string) bool {
 func (t *trunk) keepaliveLoop(ctx context.Context) error {
 	method := t.conf.Keepalive
 	t.keepalive.Store(&method)
-	if method == KeepaliveOff {
+	if method == config.KeepaliveOff {
 		return nil
 	}
 	timer := time.NewTimer(0)
@@ -184,12 +177,12 @@ func (t *trunk) keepaliveLoop(ctx context.Context) error {
 			continue
 		}
 		switch method {
-		case KeepaliveAuto, KeepaliveSTUN:
+		case config.KeepaliveAuto, config.KeepaliveSTUN:
 			mapped, err := t.probe(ctx, *dst)
 			if err == nil {
 				stunFailures = 0
-				if method == KeepaliveAuto {
-					method = KeepaliveSTUN
+				if method == config.KeepaliveAuto {
+					method = config.KeepaliveSTUN
 					t.keepalive.Store(&method)
 					t.log.Info("keepalive method chosen", zap.String("trunk", t.conf.Name),
 						zap.String("keepalive", method), zap.String("why", "registrar answers STUN on its SIP port"))
@@ -203,16 +196,16 @@ func (t *trunk) keepaliveLoop(ctx context.Context) error {
 			stunFailures++
 			// A registrar that never answered STUN, or stopped doing so,
 			// gets OPTIONS instead: unless the admin insisted on STUN.
-			if t.conf.Keepalive == KeepaliveAuto && (method == KeepaliveAuto || stunFailures >= 3) {
-				method = KeepaliveOptions
+			if t.conf.Keepalive == config.KeepaliveAuto && (method == config.KeepaliveAuto || stunFailures >= 3) {
+				method = config.KeepaliveOptions
 				t.keepalive.Store(&method)
 				t.log.Info("keepalive method chosen", zap.String("trunk", t.conf.Name),
 					zap.String("keepalive", method), zap.String("why", "registrar does not answer STUN"))
 				t.optionsPing(ctx, *dst)
 			}
-		case KeepaliveOptions:
+		case config.KeepaliveOptions:
 			t.optionsPing(ctx, *dst)
-		case KeepaliveCRLF:
+		case config.KeepaliveCRLF:
 			// RFC 5626 §4.4.1 double CRLF: cheap, but tells us nothing.
 			if err := t.send([]byte("\r\n\r\n"), *dst); err != nil {
 				t.log.Warn("keepalive send failed", zap.String("trunk", t.conf.Name), zap.Error(err))

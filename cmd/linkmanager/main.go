@@ -53,4 +53,3 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 }
-

@@ -1,0 +1,268 @@
+// Package config reads the linkmanager YAML file into typed values.
+//
+// The work is split into pure steps so each can be tested alone and so
+// check-config can report every problem in one run: Parse (YAML to structs,
+// strict about keys and types), SetDefaults (fill what was left out) and
+// Validate (check every rule, fill the parsed netip fields). Load runs all
+// three and is the only code that touches the disk or the environment, to
+// read the file and resolve "${VAR}" and password_file passwords.
+//
+// Nothing here opens sockets or resolves names: "0.0.0.0" listen addresses
+// and registrars without a port are passed on as such for cmd and the SIP
+// code to resolve.
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Defaults and limits. A key left out (or set to its zero value) gets the
+// Default value.
+const (
+	DefaultLogLevel  = "info"
+	DefaultLogFormat = "console"
+
+	DefaultSIPListen = "0.0.0.0:65002"
+	DefaultSIPPort   = 65002
+
+	DefaultSTUNPort     = 3478
+	DefaultSTUNInterval = 10 * time.Second
+	MinSTUNInterval     = 1 * time.Second
+	// NAT UDP mappings are often dropped after 30s idle; 60s is already
+	// only safe on generous routers.
+	MaxSTUNInterval = 60 * time.Second
+
+	DefaultExpires      = 300 * time.Second
+	MinExpires          = 60 * time.Second
+	MaxExpires          = 3600 * time.Second
+	DefaultKeepalive    = KeepaliveAuto
+	DefaultNumberFormat = NumberAsIs
+
+	DefaultPBXPort = 5060
+
+	DefaultRTPPortMin   = 55000
+	DefaultRTPPortMax   = 56000
+	DefaultLANPortMin   = 40000
+	DefaultLANPortMax   = 41000
+	MinRTPPort          = 1024
+	MaxRTPPort          = 65535
+	MinRTPPorts         = 4 // two RTP/RTCP pairs: one call's two legs
+	DefaultMediaTimeout = 60 * time.Second
+	DefaultHoldTimeout  = time.Hour
+	DefaultDSCP         = 46 // EF, what voice gear expects
+
+	DefaultAdminListen = "127.0.0.1:9065"
+	DefaultAdminPort   = 9065
+	AdminOff           = "off"
+
+	DefaultShutdownGrace = 30 * time.Second
+)
+
+// Values of trunks[].keepalive.
+const (
+	KeepaliveAuto    = "auto"
+	KeepaliveSTUN    = "stun"
+	KeepaliveOptions = "options"
+	KeepaliveCRLF    = "crlf"
+	KeepaliveOff     = "off"
+)
+
+// Values of trunks[].number_format.
+const (
+	NumberE164     = "e164"
+	NumberNational = "national"
+	NumberAsIs     = "as-is"
+)
+
+// Config is the whole file. Fields tagged yaml:"-" are filled by Validate
+// from the raw strings, which are kept for messages.
+type Config struct {
+	Log      Log      `yaml:"log"`      // how much to log and how
+	SIP      SIP      `yaml:"sip"`      // the Internet-facing SIP+STUN socket
+	STUN     STUN     `yaml:"stun"`     // public address discovery and NAT keepalive
+	Trunks   []Trunk  `yaml:"trunks"`   // SIP providers; at least one
+	PBX      PBX      `yaml:"pbx"`      // the LAN-side PBX
+	RTP      RTP      `yaml:"rtp"`      // media relay ports and timers
+	Admin    Admin    `yaml:"admin"`    // local health/metrics HTTP endpoint
+	Shutdown Shutdown `yaml:"shutdown"` // graceful stop
+
+	lines map[string]int // field path -> line, so Validate can point into the file
+}
+
+// Log selects verbosity and encoding.
+type Log struct {
+	Level  string `yaml:"level"`  // debug|info|warn|error; default info
+	Format string `yaml:"format"` // console (humans) | json (journald, Loki); default console
+}
+
+// SIP is the socket that faces the providers. It also carries STUN so the
+// NAT mapping we learn is the one SIP actually uses.
+type SIP struct {
+	// IP[:port]; port defaults to 65002. 0.0.0.0 means "the IP of the
+	// default-route interface", which cmd resolves. Default 0.0.0.0:65002.
+	Listen string `yaml:"listen"`
+
+	ListenAddr netip.AddrPort `yaml:"-"` // Listen parsed; set by Validate
+}
+
+// STUN finds our public address and keeps the NAT mapping open.
+type STUN struct {
+	// host[:port] tried in order; port defaults to 3478. May be empty: then
+	// the public address comes from the registrar's Via received/rport.
+	Servers []string `yaml:"servers"`
+	// Send a Binding request whenever the socket was idle this long.
+	// Default 10s, 1s..60s.
+	Interval Duration `yaml:"interval"`
+
+	ServerAddrs []HostPort `yaml:"-"` // Servers parsed, Port filled in; set by Validate
+}
+
+// Trunk is one provider account.
+type Trunk struct {
+	Name string `yaml:"name"` // required, unique, [a-z0-9_-]+; used in logs and metrics
+	// host[:port] of the registrar. Without a port the SIP code looks up
+	// _sip._udp SRV, then falls back to 5060, so no port is filled in here.
+	Registrar string `yaml:"registrar"`
+	Proxy     string `yaml:"proxy"`    // outbound proxy host[:port]; default = registrar
+	Domain    string `yaml:"domain"`   // AOR/From/To domain and realm hint; default = registrar host
+	Username  string `yaml:"username"` // required; account user, usually the phone number
+	// Digest user when the provider's differs from username; default = username.
+	AuthUsername string `yaml:"auth_username"`
+	// Literal password or "${ENV_VAR}". Exactly one of password and
+	// password_file. After Load it holds the resolved secret.
+	Password string `yaml:"password"`
+	// File holding the password; one trailing newline is trimmed. Relative
+	// paths are relative to the config file. Load reads it into Password and
+	// clears this field, so a loaded Config still passes Validate.
+	PasswordFile string   `yaml:"password_file"`
+	Expires      Duration `yaml:"expires"`   // registration lifetime we ask for; default 300s, 60s..3600s
+	Register     *bool    `yaml:"register"`  // send REGISTER; default true. Never nil after SetDefaults.
+	Keepalive    string   `yaml:"keepalive"` // auto|stun|options|crlf|off; default auto
+	// Request-URI/To users routed to the PBX: digits with an optional
+	// leading "+"; a trailing "*" makes it a prefix (extension digits follow).
+	DIDs []string `yaml:"dids"`
+	// Dialled-number prefixes that select this trunk for outbound calls;
+	// empty means every number.
+	OutboundPrefixes []string `yaml:"outbound_prefixes"`
+	NumberFormat     string   `yaml:"number_format"` // e164|national|as-is; default as-is
+	// Country calling code, digits only (e.g. "49"); needed for e164 and
+	// national so numbers can be converted between the two.
+	CountryCode string `yaml:"country_code"`
+
+	RegistrarAddr HostPort `yaml:"-"` // Registrar parsed; Port 0 = use SRV. Set by Validate.
+	ProxyAddr     HostPort `yaml:"-"` // Proxy parsed; Port 0 = use SRV. Set by Validate.
+}
+
+// PBX is the LAN side.
+type PBX struct {
+	Listen  string `yaml:"listen"`  // IP[:port] where the PBX sends calls; required, port defaults to 5060
+	Address string `yaml:"address"` // IP[:port] of the PBX for inbound calls; required, port defaults to 5060
+	// IPs or CIDRs allowed to place calls; default = pbx.address IP only.
+	Allow []string `yaml:"allow"`
+	// Optional digest credentials the PBX must present; both or neither.
+	// Password may be "${ENV_VAR}", resolved by Load.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+
+	ListenAddr    netip.AddrPort `yaml:"-"` // Listen parsed; set by Validate
+	Addr          netip.AddrPort `yaml:"-"` // Address parsed; set by Validate
+	AllowPrefixes []netip.Prefix `yaml:"-"` // Allow parsed and masked; set by Validate
+}
+
+// RTP sizes the relay port pools. Each call leg takes an even RTP port and
+// the odd RTCP port above it.
+type RTP struct {
+	PortMin      int      `yaml:"port_min"`      // Internet-side pool start, even; default 55000
+	PortMax      int      `yaml:"port_max"`      // Internet-side pool end, inclusive; default 56000
+	LANPortMin   int      `yaml:"lan_port_min"`  // LAN-side pool start, even; default 40000
+	LANPortMax   int      `yaml:"lan_port_max"`  // LAN-side pool end, inclusive; default 41000
+	MediaTimeout Duration `yaml:"media_timeout"` // hang up after this long without media; default 60s
+	HoldTimeout  Duration `yaml:"hold_timeout"`  // same while on hold; default 1h
+	// DSCP for relayed media, 0..63; default 46 (EF). A pointer because 0
+	// (best effort) is a legitimate choice.
+	DSCP *int `yaml:"dscp"`
+}
+
+// Admin is the local HTTP endpoint for health and metrics.
+type Admin struct {
+	// IP[:port]; default 127.0.0.1:9065, port defaults to 9065. "" or "off"
+	// disables it. A pointer so an explicit "" differs from leaving it out.
+	Listen *string `yaml:"listen"`
+
+	ListenAddr netip.AddrPort `yaml:"-"` // Listen parsed; zero (!IsValid) when off. Set by Validate.
+}
+
+// Shutdown controls the drain on SIGTERM.
+type Shutdown struct {
+	// How long to let calls finish before hanging them up; default 30s.
+	// 0 also means the default: use 1s for a near-immediate stop.
+	Grace Duration `yaml:"grace"`
+}
+
+// SetDefaults fills every key that was left out. It never fails: values it
+// cannot interpret are left for Validate to report.
+func (c *Config) SetDefaults() {
+	setString(&c.Log.Level, DefaultLogLevel)
+	setString(&c.Log.Format, DefaultLogFormat)
+	setString(&c.SIP.Listen, DefaultSIPListen)
+	setDuration(&c.STUN.Interval, DefaultSTUNInterval)
+	for i := range c.Trunks {
+		c.Trunks[i].setDefaults()
+	}
+	if len(c.PBX.Allow) == 0 {
+		if ap, problem := parseIPPort(c.PBX.Address, DefaultPBXPort); problem == "" {
+			c.PBX.Allow = []string{netip.PrefixFrom(ap.Addr(), ap.Addr().BitLen()).String()}
+		}
+	}
+	setInt(&c.RTP.PortMin, DefaultRTPPortMin)
+	setInt(&c.RTP.PortMax, DefaultRTPPortMax)
+	setInt(&c.RTP.LANPortMin, DefaultLANPortMin)
+	setInt(&c.RTP.LANPortMax, DefaultLANPortMax)
+	setDuration(&c.RTP.MediaTimeout, DefaultMediaTimeout)
+	setDuration(&c.RTP.HoldTimeout, DefaultHoldTimeout)
+	if c.RTP.DSCP == nil {
+		d := DefaultDSCP
+		c.RTP.DSCP = &d
+	}
+	if c.Admin.Listen == nil {
+		s := DefaultAdminListen
+		c.Admin.Listen = &s
+	}
+	setDuration(&c.Shutdown.Grace, DefaultShutdownGrace)
+}
+
+func (t *Trunk) setDefaults() {
+	// Only derive from the registrar when it parses; otherwise proxy and
+	// domain would repeat the registrar's error.
+	if hp, problem := parseHostPort(t.Registrar); problem == "" {
+		setString(&t.Proxy, t.Registrar)
+		setString(&t.Domain, hp.Host)
+	}
+	setString(&t.AuthUsername, t.Username)
+	setDuration(&t.Expires, DefaultExpires)
+	if t.Register == nil {
+		r := true
+		t.Register = &r
+	}
+	setString(&t.Keepalive, DefaultKeepalive)
+	setString(&t.NumberFormat, DefaultNumberFormat)
+}
+
+func setString(p *string, v string) {
+	if *p == "" {
+		*p = v
+	}
+}
+
+func setInt(p *int, v int) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+func setDuration(p *Duration, v time.Duration) {
+	if *p == 0 {
+		*p = Duration(v)
+	}
+}

@@ -1,0 +1,187 @@
+package linkmanager
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v3"
+)
+
+func listenLoopback(t *testing.T) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// readOne reads one datagram through the SharedConn with a deadline, so a
+// wrongly swallowed packet fails the test instead of hanging it.
+func readOne(t *testing.T, c *SharedConn) (string, net.Addr, error) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 2048)
+	n, from, err := c.ReadFrom(buf)
+	return string(buf[:n]), from, err
+}
+
+func TestSharedConnDemux(t *testing.T) {
+	sock := listenLoopback(t)
+	c := NewSharedConn(sock, nil, nil)
+	provider, stranger := listenLoopback(t), listenLoopback(t)
+	providerAddr := provider.LocalAddr().(*net.UDPAddr).AddrPort()
+	c.SetRequestFilter(func(from netip.AddrPort) bool { return from == providerAddr })
+
+	var stunSeen atomic.Int32
+	var stunFrom netip.AddrPort
+	c.SetSTUNHandler(func(b []byte, from netip.AddrPort) bool {
+		stunSeen.Add(1)
+		stunFrom = from
+		return true
+	})
+	dst := sock.LocalAddr()
+	send := func(from *net.UDPConn, b []byte) {
+		t.Helper()
+		if _, err := from.WriteTo(b, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	invite := []byte("INVITE sip:4930123456@198.51.100.1:65002 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.50\r\n\r\n")
+	binding := stun.MustBuild(stun.TransactionID, stun.BindingSuccess).Raw
+
+	// Everything the SIP stack must not see, then one request it must:
+	// reads return only that request, in order.
+	send(provider, binding)
+	send(provider, []byte("\r\n\r\n"))
+	send(stranger, invite) // toll-fraud scanner: silently dropped
+	send(provider, []byte("\x16\x03\x01 garbage"))
+	send(provider, []byte("GET / HTTP/1.1\r\n"))
+	send(provider, invite)
+	send(stranger, []byte("SIP/2.0 200 OK\r\n\r\n")) // responses pass; sipgo matches them
+
+	got, from, err := readOne(t, c)
+	if err != nil || got != string(invite) || from.String() != providerAddr.String() {
+		t.Fatalf("first read = %q from %v (%v), want the provider's INVITE", got, from, err)
+	}
+	if got, _, err := readOne(t, c); err != nil || got != "SIP/2.0 200 OK\r\n\r\n" {
+		t.Fatalf("second read = %q (%v), want the response", got, err)
+	}
+	s := c.Stats()
+	if stunSeen.Load() != 1 || stunFrom != providerAddr || s.STUNIn != 1 || s.KeepalivesIn != 1 ||
+		s.DroppedSource != 1 || s.DroppedMalformed != 2 {
+		t.Errorf("stats = %+v, stun handler calls = %d", s, stunSeen.Load())
+	}
+	if s.SIPIn != 2 {
+		t.Errorf("SIPIn = %d, want 2", s.SIPIn)
+	}
+}
+
+func TestSharedConnSendTracksFlows(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	c := NewSharedConn(listenLoopback(t), nil, func() time.Time { return now })
+	peer := listenLoopback(t).LocalAddr().(*net.UDPAddr).AddrPort()
+	var hooked netip.AddrPort
+	c.SetOnSend(func(to netip.AddrPort) { hooked = to })
+	if !c.LastSent(peer).IsZero() {
+		t.Fatal("fresh flow has a send time")
+	}
+	if _, err := c.WriteTo([]byte("OPTIONS"), net.UDPAddrFromAddrPort(peer)); err != nil {
+		t.Fatal(err)
+	}
+	if c.LastSent(peer) != now || hooked != peer {
+		t.Errorf("LastSent = %v, hook saw %v", c.LastSent(peer), hooked)
+	}
+	other := netip.MustParseAddrPort("127.0.0.1:9")
+	if !c.LastSent(other).IsZero() {
+		t.Error("a send to one flow counted for another: keepalives would skip the registrar")
+	}
+}
+
+// flakyConn fails reads the way a real socket sometimes does (ICMP
+// errors surfacing as ECONNREFUSED, ENOBUFS) before delivering a packet.
+type flakyConn struct {
+	*net.UDPConn
+	failures atomic.Int32
+}
+
+func (f *flakyConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
+	if f.failures.Add(-1) >= 0 {
+		return 0, netip.AddrPort{}, &net.OpError{Op: "read", Net: "udp", Err: syscall.ECONNREFUSED}
+	}
+	return f.UDPConn.ReadFromUDPAddrPort(b)
+}
+
+func TestSharedConnAbsorbsTransientReadErrors(t *testing.T) {
+	sock := listenLoopback(t)
+	flaky := &flakyConn{UDPConn: sock}
+	flaky.failures.Store(5)
+	c := NewSharedConn(flaky, nil, nil)
+	peer := listenLoopback(t)
+	if _, err := peer.WriteTo([]byte("SIP/2.0 200 OK\r\n\r\n"), sock.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	// sipgo ends its listener on any error but net.ErrClosed, so the
+	// errors must never reach it.
+	got, _, err := readOne(t, c)
+	if err != nil || got != "SIP/2.0 200 OK\r\n\r\n" {
+		t.Fatalf("read = %q, %v; want the packet after the errors", got, err)
+	}
+	if n := c.Stats().ReadErrors; n != 5 {
+		t.Errorf("ReadErrors = %d, want 5", n)
+	}
+	c.Close()
+	if _, _, err := readOne(t, c); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read after Close = %v, want net.ErrClosed so sipgo stops cleanly", err)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	binding := stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw
+	noCookie := append([]byte(nil), binding...)
+	copy(noCookie[4:8], []byte{1, 2, 3, 4})
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want packetKind
+	}{
+		{"stun", binding, kindSTUN},
+		{"stun without cookie", noCookie, kindGarbage},
+		{"short binary", []byte{0, 1, 0}, kindGarbage},
+		{"empty", nil, kindGarbage},
+		{"crlf ping", []byte("\r\n\r\n"), kindKeepalive},
+		{"single crlf", []byte("\r\n"), kindKeepalive},
+		{"zero padding", []byte{0, 0, 0, 0}, kindGarbage},
+		{"response", []byte("SIP/2.0 180 Ringing\r\n"), kindResponse},
+		{"invite", []byte("INVITE sip:a@b SIP/2.0\r\n"), kindRequest},
+		{"http", []byte("GET / HTTP/1.1\r\n"), kindGarbage},
+		{"no line end", []byte("INVITE sip:a@b SIP/2.0"), kindGarbage},
+		{"lowercase method", []byte("invite sip:a@b SIP/2.0\r\n"), kindGarbage},
+		{"leading space", []byte(" INVITE sip:a@b"), kindGarbage},
+		{"rtp", []byte{0x80, 0x08, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1}, kindGarbage},
+		{"tls", []byte{0x16, 0x03, 0x01, 0x00}, kindGarbage},
+		{"endless token", []byte("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), kindGarbage},
+	} {
+		if got := classify(tc.in); got != tc.want {
+			t.Errorf("%s: classify = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func FuzzClassify(f *testing.F) {
+	f.Add([]byte("INVITE sip:a@b SIP/2.0\r\n"))
+	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw)
+	f.Add([]byte("\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k := classify(b)
+		if k == kindRequest && (len(b) == 0 || b[0] < 'A' || b[0] > 'Z') {
+			t.Errorf("%q classified as a request", b)
+		}
+	})
+}

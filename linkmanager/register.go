@@ -199,7 +199,7 @@ func (r *registration) run(ctx context.Context) error {
 			quick = 0
 			delay = r.retryIn(err, failures)
 			r.setStatus(func(s *RegStatus) { s.Failures = failures })
-			r.log.Error("registration failed", zap.String("trunk", r.conf.Name), zap.Error(err),
+			r.log.Error("registration failed", zap.Error(err),
 				zap.Duration("retry_in", delay), zap.Int("failures", failures))
 		}
 		resetTimer(timer, delay)
@@ -232,7 +232,7 @@ func (r *registration) candidate(m stunkeeper.Mapping) netip.AddrPort {
 		// own view is what matters for inbound calls, so keep it.
 		return netip.AddrPort{}
 	}
-	r.log.Info("public address changed", zap.String("trunk", r.conf.Name),
+	r.log.Info("public address changed",
 		zap.Stringer("old", r.contact), zap.Stringer("new", m.Addr), zap.String("source", string(m.Source)))
 	return m.Addr
 }
@@ -287,7 +287,7 @@ func (r *registration) register(ctx context.Context, want netip.AddrPort) (netip
 		s.Registered, s.Contact, s.Expires, s.LastError = true, contact, granted, ""
 		s.Registrar, s.Public, s.Failures = dst, seen, 0
 	})
-	r.log.Info("registered", zap.String("trunk", r.conf.Name), zap.Stringer("contact", contact),
+	r.log.Info("registered", zap.Stringer("contact", contact),
 		zap.Duration("expires", granted), zap.Stringer("public_addr", seen), zap.Stringer("registrar", dst))
 	if seen.IsValid() && seen != contact {
 		return seen, nil
@@ -318,12 +318,12 @@ func (r *registration) unregister() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if _, err := r.transact(ctx, r.dst, r.contact, netip.AddrPort{}, 0); err != nil {
-		r.log.Warn("unregister failed", zap.String("trunk", r.conf.Name), zap.Error(err))
+		r.log.Warn("unregister failed", zap.Error(err))
 		return
 	}
 	r.contact = netip.AddrPort{}
 	r.setStatus(func(s *RegStatus) { s.Registered = false })
-	r.log.Info("unregistered", zap.String("trunk", r.conf.Name))
+	r.log.Info("unregistered")
 }
 
 // transact sends REGISTER and answers one digest challenge. A second
@@ -370,7 +370,7 @@ func (r *registration) transact(ctx context.Context, dst, contact, stale netip.A
 			if err != nil || expires >= min {
 				return nil, fmt.Errorf("%w: 423 without a usable Min-Expires", ErrRejected)
 			}
-			r.log.Warn("registrar wants longer expiry", zap.String("trunk", r.conf.Name), zap.Duration("min_expires", min))
+			r.log.Warn("registrar wants longer expiry", zap.Duration("min_expires", min))
 			r.conf.Expires, expires = min, min
 		default:
 			return nil, &StatusError{Code: int(res.StatusCode), Reason: res.Reason, RetryAfter: retryAfter(res)}

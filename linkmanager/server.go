@@ -98,7 +98,7 @@ func New(opts Options) (*Server, error) {
 		t := &trunk{
 			conf: trunkConf{Name: to.Name, Domain: to.Domain, Username: to.Username, AuthUsername: to.AuthUsername,
 				Password: to.Password, Expires: to.Expires, Register: to.Register, Keepalive: to.Keepalive, DIDs: to.DIDs},
-			host: to.Host, port: to.Port, interval: opts.Interval,
+			host: to.Host, port: to.Port, also: to.RegistrarHost, interval: opts.Interval,
 			do: s.do, probe: opts.Keeper.Probe, send: opts.Conn.Send, lastSent: opts.Conn.LastSent,
 			log: tl, now: time.Now, lookup: lookup, sources: map[netip.Addr]bool{},
 		}

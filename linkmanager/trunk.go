@@ -28,8 +28,9 @@ type prober func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error
 // this the provider's INVITEs die at the router after the UDP timeout.
 type trunk struct {
 	conf     trunkConf
-	host     string // registrar host
+	host     string // where requests go: the outbound proxy, else the registrar
 	port     int    // 0: SRV, then 5060
+	also     string // the registrar's host when a proxy is used: it may send to us too
 	interval time.Duration
 
 	reg      *registration
@@ -71,12 +72,27 @@ func (t *trunk) Run(ctx context.Context) error {
 func (t *trunk) resolveRegistrar(ctx context.Context) (netip.AddrPort, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	host, port := t.host, t.port
+	dst, ips, err := t.resolveHost(ctx, t.host, t.port)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if t.also != "" && t.also != t.host {
+		if _, more, err := t.resolveHost(ctx, t.also, 0); err == nil {
+			ips = append(ips, more...)
+		} else {
+			t.log.Warn("cannot resolve registrar; only the proxy may send requests", zap.String("registrar", t.also), zap.Error(err))
+		}
+	}
+	return t.setDst(dst, ips...), nil
+}
+
+// resolveHost returns where to send and every address the host has.
+func (t *trunk) resolveHost(ctx context.Context, host string, port int) (netip.AddrPort, []netip.Addr, error) {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if port == 0 {
 			port = 5060
 		}
-		return t.setDst(netip.AddrPortFrom(ip.Unmap(), uint16(port)), ip.Unmap()), nil
+		return netip.AddrPortFrom(ip.Unmap(), uint16(port)), []netip.Addr{ip.Unmap()}, nil
 	}
 	if port == 0 {
 		port = 5060
@@ -86,15 +102,15 @@ func (t *trunk) resolveRegistrar(ctx context.Context) (netip.AddrPort, error) {
 	}
 	ips, err := t.lookup.LookupNetIP(ctx, "ip4", host)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return netip.AddrPort{}, nil, err
 	}
 	if len(ips) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("no IPv4 address for %s", host)
+		return netip.AddrPort{}, nil, fmt.Errorf("no IPv4 address for %s", host)
 	}
 	for i := range ips {
 		ips[i] = ips[i].Unmap()
 	}
-	return t.setDst(netip.AddrPortFrom(ips[0], uint16(port)), ips...), nil
+	return netip.AddrPortFrom(ips[0], uint16(port)), ips, nil
 }
 
 // setDst records the registrar and who may send us requests for this
@@ -184,7 +200,7 @@ func (t *trunk) keepaliveLoop(ctx context.Context) error {
 				if method == config.KeepaliveAuto {
 					method = config.KeepaliveSTUN
 					t.keepalive.Store(&method)
-					t.log.Info("keepalive method chosen", zap.String("trunk", t.conf.Name),
+					t.log.Info("keepalive method chosen",
 						zap.String("keepalive", method), zap.String("why", "registrar answers STUN on its SIP port"))
 				}
 				t.reg.Observe(mapped)
@@ -199,7 +215,7 @@ func (t *trunk) keepaliveLoop(ctx context.Context) error {
 			if t.conf.Keepalive == config.KeepaliveAuto && (method == config.KeepaliveAuto || stunFailures >= 3) {
 				method = config.KeepaliveOptions
 				t.keepalive.Store(&method)
-				t.log.Info("keepalive method chosen", zap.String("trunk", t.conf.Name),
+				t.log.Info("keepalive method chosen",
 					zap.String("keepalive", method), zap.String("why", "registrar does not answer STUN"))
 				t.optionsPing(ctx, *dst)
 			}
@@ -208,7 +224,7 @@ func (t *trunk) keepaliveLoop(ctx context.Context) error {
 		case config.KeepaliveCRLF:
 			// RFC 5626 §4.4.1 double CRLF: cheap, but tells us nothing.
 			if err := t.send([]byte("\r\n\r\n"), *dst); err != nil {
-				t.log.Warn("keepalive send failed", zap.String("trunk", t.conf.Name), zap.Error(err))
+				t.log.Warn("keepalive send failed", zap.Error(err))
 			}
 		}
 		resetTimer(timer, t.interval)
@@ -224,7 +240,7 @@ func (t *trunk) optionsPing(ctx context.Context, dst netip.AddrPort) {
 	res, err := t.do(ctx, req, dst)
 	if err != nil {
 		if ctx.Err() == nil || !errors.Is(ctx.Err(), context.Canceled) {
-			t.log.Warn("keepalive OPTIONS unanswered", zap.String("trunk", t.conf.Name), zap.Error(err))
+			t.log.Warn("keepalive OPTIONS unanswered", zap.Error(err))
 		}
 		return
 	}

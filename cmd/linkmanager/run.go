@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"runtime/debug"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
@@ -85,6 +87,10 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		}
 		return fmt.Errorf("sip.listen %s: %w", listen, err)
 	}
+	// Most of sipgo takes our logger through options; the rest logs via
+	// its package default, so point that at zap too.
+	sip.SetDefaultLogger(slog.New(zapslog.NewHandler(log.Named("sipgo").Core())))
+
 	conn := linkmanager.NewSharedConn(udp, log, nil)
 	defer conn.Close()
 

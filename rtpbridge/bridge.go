@@ -1,0 +1,176 @@
+package rtpbridge
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Bridge defaults.
+const (
+	DefaultMediaTimeout = 60 * time.Second
+	// DefaultHoldTimeout is long because a held call may carry no RTP at
+	// all; it only reaps calls whose signalling died while on hold.
+	DefaultHoldTimeout = time.Hour
+	// DefaultKeepaliveInterval stays under the 20 s UDP conntrack timeout
+	// measured in the NAT lab (RFC 6263 suggests 15 s too).
+	DefaultKeepaliveInterval = 15 * time.Second
+	DefaultRelatchWindow     = 2 * time.Second
+	DefaultClockRate         = 8000
+)
+
+// Config configures a Bridge. Zero values mean the documented defaults.
+type Config struct {
+	// LAN allocates leg A (PBX side), WAN leg B (provider side). Both are
+	// required and are validated by New; they may be the same Pool.
+	LAN, WAN *Pool
+	// MediaTimeout: no RTP in either direction for this long, once the call
+	// is established, calls OnTimeout.
+	MediaTimeout time.Duration
+	// HoldTimeout replaces MediaTimeout while the session is held.
+	HoldTimeout time.Duration
+	// KeepaliveInterval: when nothing has been sent on the WAN RTP socket for
+	// this long, a keepalive is sent there. Negative disables.
+	KeepaliveInterval time.Duration
+	// RelatchWindow is how long a new source sending a new SSRC has to prove
+	// itself (three packets, with the latched source silent meanwhile)
+	// before it replaces the latched one.
+	RelatchWindow time.Duration
+	// ClockRates maps RTP payload types to their clock rate for jitter; types
+	// not listed use DefaultClockRate. Wideband codecs with dynamic payload
+	// types (Opus 48000, G.722 8000 by RFC 3551's quirk) go here.
+	ClockRates map[uint8]uint32
+	// Clock is the time source. Default: the system clock.
+	Clock Clock
+	// Logger is named "rtpbridge" by New. Nil discards logs.
+	Logger *zap.Logger
+	// OnTimeout is called at most once per session, from a timer goroutine,
+	// when its media timeout expires, so the SIP layer can BYE both legs and
+	// Close the session. It may run while Close is in progress.
+	OnTimeout func(*Session)
+}
+
+// Bridge creates Sessions and tracks them so Close can end them all.
+type Bridge struct {
+	cfg   Config
+	rates [128]uint32
+	log   *zap.Logger
+
+	mu       sync.Mutex
+	sessions map[*Session]struct{}
+	closed   bool
+}
+
+// New validates cfg and its pools.
+func New(cfg Config) (*Bridge, error) {
+	if cfg.LAN == nil || cfg.WAN == nil {
+		return nil, fmt.Errorf("%w: LAN and WAN pools are required", ErrInvalidConfig)
+	}
+	if err := cfg.LAN.Validate(); err != nil {
+		return nil, fmt.Errorf("LAN pool: %w", err)
+	}
+	if err := cfg.WAN.Validate(); err != nil {
+		return nil, fmt.Errorf("WAN pool: %w", err)
+	}
+	if cfg.MediaTimeout < 0 || cfg.HoldTimeout < 0 || cfg.RelatchWindow < 0 {
+		return nil, fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
+	}
+	if cfg.MediaTimeout == 0 {
+		cfg.MediaTimeout = DefaultMediaTimeout
+	}
+	if cfg.HoldTimeout == 0 {
+		cfg.HoldTimeout = DefaultHoldTimeout
+	}
+	if cfg.KeepaliveInterval == 0 {
+		cfg.KeepaliveInterval = DefaultKeepaliveInterval
+	}
+	if cfg.RelatchWindow == 0 {
+		cfg.RelatchWindow = DefaultRelatchWindow
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	b := &Bridge{cfg: cfg, log: cfg.Logger.Named("rtpbridge"), sessions: make(map[*Session]struct{})}
+	// An array indexed by the 7-bit payload type keeps the map off the
+	// packet path.
+	for i := range b.rates {
+		b.rates[i] = DefaultClockRate
+	}
+	for pt, rate := range cfg.ClockRates {
+		if pt > 127 {
+			return nil, fmt.Errorf("%w: payload type %d > 127", ErrInvalidConfig, pt)
+		}
+		b.rates[pt] = rate
+	}
+	return b, nil
+}
+
+// NewSession allocates a LAN and a WAN port pair and starts relaying between
+// them. callID is only used in logs. The error wraps ErrPoolExhausted when
+// either pool is out of ports.
+func (b *Bridge) NewSession(callID string) (*Session, error) {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return nil, ErrBridgeClosed
+	}
+	lan, err := b.cfg.LAN.Allocate()
+	if err != nil {
+		return nil, fmt.Errorf("LAN pool: %w", err)
+	}
+	wan, err := b.cfg.WAN.Allocate()
+	if err != nil {
+		// No packet was relayed on the LAN pair, so it needs no quarantine;
+		// quarantining it would drain the LAN pool while the WAN pool is
+		// exhausted.
+		_ = lan.close(false)
+		return nil, fmt.Errorf("WAN pool: %w", err)
+	}
+	s := newSession(b, callID, lan, wan)
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		_ = s.Close()
+		return nil, ErrBridgeClosed
+	}
+	b.sessions[s] = struct{}{}
+	b.mu.Unlock()
+	s.start()
+	return s, nil
+}
+
+// Active is the number of open sessions.
+func (b *Bridge) Active() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.sessions)
+}
+
+// Close closes every session and makes NewSession fail with ErrBridgeClosed.
+func (b *Bridge) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	open := make([]*Session, 0, len(b.sessions))
+	for s := range b.sessions {
+		open = append(open, s)
+	}
+	b.mu.Unlock()
+	var errs []error
+	for _, s := range open {
+		errs = append(errs, s.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (b *Bridge) remove(s *Session) {
+	b.mu.Lock()
+	delete(b.sessions, s)
+	b.mu.Unlock()
+}

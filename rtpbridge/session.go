@@ -1,0 +1,313 @@
+package rtpbridge
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Leg is one side of a Session.
+type Leg int
+
+const (
+	// LegA faces the LAN and the PBX.
+	LegA Leg = iota
+	// LegB faces the Internet and the provider. Pinholes and keepalives are
+	// sent on this leg only, because only it is behind the NAT.
+	LegB
+)
+
+func (l Leg) String() string {
+	switch l {
+	case LegA:
+		return "A"
+	case LegB:
+		return "B"
+	}
+	return "invalid"
+}
+
+const (
+	kindRTP  = 0
+	kindRTCP = 1
+)
+
+// keepalivePT is the payload type of pinhole and keepalive RTP packets: RFC
+// 6263 §4.6, an RTP packet with a payload type the session did not
+// negotiate. RFC 3550 requires receivers to ignore payload types they do not
+// know, so it is never played; comfort noise (PT 13) would be decoded by
+// receivers that negotiated it, and a zero-length UDP datagram is discarded by
+// some stacks before any NAT-friendly handling. 20 is unassigned in RFC 3551,
+// outside the dynamic range, so it cannot collide with a negotiated type.
+const keepalivePT = 20
+
+// Session relays one media stream (RTP and RTCP) between leg A and leg B.
+// Each of its four sockets has one reader goroutine; a timer handles the
+// media timeout and keepalives. Close releases everything and waits for the
+// readers.
+type Session struct {
+	id    string
+	br    *Bridge
+	log   *zap.Logger
+	clock Clock
+	epoch time.Time
+	pairs [2]*PortPair
+	socks [2][2]*sock // [leg][kind]
+	ssrc  uint32      // of our own keepalive and pinhole packets
+
+	wg        sync.WaitGroup
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	mu          sync.Mutex // guards the fields below and every latch change
+	isClosed    bool
+	timer       Timer
+	established bool
+	held        bool
+	mark        int64 // last Established/SetHold, in ns since epoch
+	timedOut    bool
+	kaSeq       uint16
+}
+
+func newSession(b *Bridge, id string, lan, wan *PortPair) *Session {
+	s := &Session{
+		id:     id,
+		br:     b,
+		log:    b.log.With(zap.String("call_id", id)),
+		clock:  b.cfg.Clock,
+		pairs:  [2]*PortPair{lan, wan},
+		ssrc:   rand.Uint32(),
+		closed: make(chan struct{}),
+		kaSeq:  uint16(rand.Uint32()),
+	}
+	s.epoch = s.clock.Now()
+	for leg, pp := range s.pairs {
+		s.socks[leg][kindRTP] = newSock(s, Leg(leg), kindRTP, pp.rtp)
+		s.socks[leg][kindRTCP] = newSock(s, Leg(leg), kindRTCP, pp.rtcp)
+	}
+	for leg := range s.socks {
+		for kind := range s.socks[leg] {
+			s.socks[leg][kind].out = s.socks[1-leg][kind]
+		}
+	}
+	return s
+}
+
+func (s *Session) start() {
+	for leg := range s.socks {
+		for _, k := range s.socks[leg] {
+			s.wg.Add(1)
+			go k.run()
+		}
+	}
+	s.mu.Lock()
+	s.armLocked(s.nowNS())
+	s.mu.Unlock()
+}
+
+func (s *Session) nowNS() int64 { return int64(s.clock.Now().Sub(s.epoch)) }
+
+// ID is the call ID given to NewSession.
+func (s *Session) ID() string { return s.id }
+
+// LocalPort is the RTP port of leg l, for the SDP sent on that leg; RTCP is
+// on LocalPort+1.
+func (s *Session) LocalPort(l Leg) uint16 {
+	if l != LegA && l != LegB {
+		return 0
+	}
+	return s.pairs[l].port
+}
+
+// Done is closed when the session is closed.
+func (s *Session) Done() <-chan struct{} { return s.closed }
+
+// SetRemote sets the SDP addresses of the peer on leg l: RTP, and RTCP (port+1
+// unless the SDP has an a=rtcp attribute). An address that is invalid,
+// unspecified (a 0.0.0.0 hold) or has port 0 means "send nothing there"; the
+// latch is kept, so resuming to the same address needs no relearning. A new
+// address drops the latch, and the next packet from the peer latches again.
+//
+// On leg B a new address gets a pinhole packet at once, before the provider
+// has a chance to send first.
+func (s *Session) SetRemote(l Leg, rtpAddr, rtcpAddr netip.AddrPort) error {
+	if l != LegA && l != LegB {
+		return ErrInvalidLeg
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.isClosed {
+		return ErrSessionClosed
+	}
+	now := s.nowNS()
+	for kind, addr := range [2]netip.AddrPort{rtpAddr, rtcpAddr} {
+		k := s.socks[l][kind]
+		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+		changed := k.setRemoteLocked(addr)
+		if changed {
+			s.log.Debug("remote set", zap.Stringer("leg", l), zap.Bool("rtcp", kind == kindRTCP),
+				zap.Stringer("addr", addr))
+		}
+		if l == LegB && changed {
+			s.sendKeepaliveLocked(k, addr, now)
+		}
+	}
+	s.armLocked(now)
+	return nil
+}
+
+// Established starts the media timeout; the SIP layer calls it when the call
+// is answered. Before that, the SIP ring timeout governs and a call ringing
+// without early media must not be reaped.
+func (s *Session) Established() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.isClosed {
+		return
+	}
+	s.established = true
+	s.mark = s.nowNS()
+	s.armLocked(s.mark)
+}
+
+// SetHold switches between MediaTimeout and HoldTimeout. Either change
+// restarts the timeout, since RTP is expected to stop or resume with it.
+func (s *Session) SetHold(held bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.isClosed {
+		return
+	}
+	s.held = held
+	s.mark = s.nowNS()
+	s.armLocked(s.mark)
+}
+
+// Stats returns a snapshot of the session's counters. It is valid after
+// Close too.
+func (s *Session) Stats() Stats {
+	return Stats{AtoB: s.direction(LegA), BtoA: s.direction(LegB)}
+}
+
+func (s *Session) direction(l Leg) Direction {
+	var d Direction
+	s.socks[l][kindRTP].addTo(&d, false)
+	s.socks[l][kindRTCP].addTo(&d, true)
+	return d
+}
+
+// Close stops relaying, releases both port pairs into quarantine and waits
+// for the reader goroutines. It is idempotent and safe to call from
+// OnTimeout.
+func (s *Session) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.isClosed = true
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+		s.mu.Unlock()
+		close(s.closed)
+		// Closing the sockets is what ends the readers' blocking reads.
+		err = errors.Join(s.pairs[LegA].Release(), s.pairs[LegB].Release())
+		s.wg.Wait()
+		s.br.remove(s)
+		s.log.Debug("session closed", zap.Object("media", s.Stats()))
+	})
+	return err
+}
+
+func (s *Session) timeoutLocked() int64 {
+	if s.held {
+		return int64(s.br.cfg.HoldTimeout)
+	}
+	return int64(s.br.cfg.MediaTimeout)
+}
+
+func (s *Session) lastActivityLocked() int64 {
+	return max(s.socks[LegA][kindRTP].lastRx.Load(), s.socks[LegB][kindRTP].lastRx.Load(), s.mark)
+}
+
+// armLocked schedules the next housekeeping at the earliest deadline. It
+// wakes once per keepalive interval rather than per packet: deadlines are
+// recomputed from the packet timestamps when the timer fires.
+func (s *Session) armLocked(now int64) {
+	if s.isClosed {
+		return
+	}
+	next := int64(math.MaxInt64)
+	if ka := int64(s.br.cfg.KeepaliveInterval); ka > 0 {
+		if w := s.socks[LegB][kindRTP]; w.kaDst.IsValid() {
+			next = w.lastTx.Load() + ka
+		}
+	}
+	if s.established && !s.timedOut {
+		next = min(next, s.lastActivityLocked()+s.timeoutLocked())
+	}
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	if next == math.MaxInt64 {
+		return
+	}
+	s.timer = s.clock.AfterFunc(time.Duration(max(next-now, int64(time.Millisecond))), s.housekeep)
+}
+
+func (s *Session) housekeep() {
+	s.mu.Lock()
+	if s.isClosed {
+		s.mu.Unlock()
+		return
+	}
+	now := s.nowNS()
+	w := s.socks[LegB][kindRTP]
+	if ka := int64(s.br.cfg.KeepaliveInterval); ka > 0 && w.kaDst.IsValid() && now-w.lastTx.Load() >= ka {
+		s.sendKeepaliveLocked(w, w.kaDst, now)
+	}
+	fire, held := false, s.held
+	if s.established && !s.timedOut && now-s.lastActivityLocked() >= s.timeoutLocked() {
+		s.timedOut = true
+		fire = true
+	}
+	s.armLocked(now)
+	s.mu.Unlock()
+	if fire {
+		s.log.Info("media timeout", zap.Bool("held", held), zap.Object("media", s.Stats()))
+		if f := s.br.cfg.OnTimeout; f != nil {
+			f(s)
+		}
+	}
+}
+
+// sendKeepaliveLocked sends the pinhole/keepalive packet: on RTP a bare
+// 12-byte header with keepalivePT, on RTCP an empty receiver report, the
+// smallest valid RTCP packet, so RTCP receivers do not flag it as malformed.
+func (s *Session) sendKeepaliveLocked(k *sock, to netip.AddrPort, now int64) {
+	var b [12]byte
+	n := 12
+	if k.kind == kindRTCP {
+		b[0], b[1] = 0x80, 201 // V=2, RC=0, RR
+		binary.BigEndian.PutUint16(b[2:], 1)
+		binary.BigEndian.PutUint32(b[4:], s.ssrc)
+		n = 8
+	} else {
+		s.kaSeq++
+		b[0], b[1] = 0x80, keepalivePT
+		binary.BigEndian.PutUint16(b[2:], s.kaSeq)
+		binary.BigEndian.PutUint32(b[4:], uint32(now/int64(time.Millisecond))*8)
+		binary.BigEndian.PutUint32(b[8:], s.ssrc)
+	}
+	if _, err := k.conn.WriteToUDPAddrPort(b[:n], to); err != nil {
+		s.log.Warn("keepalive send failed", zap.Stringer("addr", to), zap.Error(err))
+		return
+	}
+	k.lastTx.Store(now)
+}

@@ -1,0 +1,547 @@
+package rtpbridge
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/rtp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+func TestRelayBothDirectionsSymmetric(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+
+	pkt := rtpPkt(1, 160, 0xaaaa, 'a')
+	send(t, h.pbx, pkt, h.aRTP)
+	got, from := recv(t, h.sdp)
+	if !bytes.Equal(got, pkt) {
+		t.Fatal("A→B payload changed")
+	}
+	if from != h.bRTP {
+		t.Fatalf("A→B sent from %s, want leg B socket %s", from, h.bRTP)
+	}
+
+	pkt = rtpPkt(7, 320, 0xbbbb, 'b')
+	send(t, h.sdp, pkt, h.bRTP)
+	got, from = recv(t, h.pbx)
+	if !bytes.Equal(got, pkt) {
+		t.Fatal("B→A payload changed")
+	}
+	if from != h.aRTP {
+		t.Fatalf("B→A sent from %s, want leg A socket %s", from, h.aRTP)
+	}
+
+	st := h.s.Stats()
+	if st.AtoB.Packets != 1 || st.BtoA.Packets != 1 || st.AtoB.Bytes != 172 || st.AtoB.Forwarded != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if st.AtoB.SSRC != 0xaaaa || st.BtoA.Source != addrOf(h.sdp) {
+		t.Fatalf("ssrc/source %+v", st)
+	}
+	if st.OneWay() {
+		t.Fatal("two-way call flagged one-way")
+	}
+}
+
+func TestPinholeBeforeAnyInboundPacket(t *testing.T) {
+	h := newHarness(t, nil)
+	if err := h.s.SetRemote(LegB, addrOf(h.sdp), addrOf(h.sdpRTCP)); err != nil {
+		t.Fatal(err)
+	}
+	b, from := recv(t, h.sdp)
+	if from != h.bRTP {
+		t.Fatalf("pinhole from %s, want %s", from, h.bRTP)
+	}
+	var hdr rtp.Header
+	n, err := hdr.Unmarshal(b)
+	if err != nil || hdr.Version != 2 || hdr.PayloadType != keepalivePT || n != len(b) {
+		t.Fatalf("pinhole %x is not a bare RTP header with PT %d: %+v, %v", b, keepalivePT, hdr, err)
+	}
+	b, from = recv(t, h.sdpRTCP)
+	if from != h.bRTCP {
+		t.Fatalf("RTCP pinhole from %s, want %s", from, h.bRTCP)
+	}
+	if len(b) != 8 || b[0] != 0x80 || b[1] != 201 || binary.BigEndian.Uint16(b[2:]) != 1 {
+		t.Fatalf("RTCP pinhole %x is not an empty RR", b)
+	}
+	// Same address again (a session refresh): no new pinhole, no relatch.
+	if err := h.s.SetRemote(LegB, addrOf(h.sdp), addrOf(h.sdpRTCP)); err != nil {
+		t.Fatal(err)
+	}
+	noPacket(t, h.sdp)
+	// Leg A is on the LAN: no pinhole towards the PBX.
+	if err := h.s.SetRemote(LegA, addrOf(h.pbx), addrOf(h.pbxRTCP)); err != nil {
+		t.Fatal(err)
+	}
+	noPacket(t, h.pbx)
+}
+
+func TestLatchNATedSourceAndDropForeign(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+
+	// Before latching, leg B sends to the SDP address.
+	send(t, h.pbx, rtpPkt(1, 160, 1, 'x'), h.aRTP)
+	recv(t, h.sdp)
+
+	// The provider's media comes from another port than its SDP says.
+	send(t, h.nat, rtpPkt(100, 1600, 0xfeed, 'n'), h.bRTP)
+	recv(t, h.pbx)
+	send(t, h.pbx, rtpPkt(2, 320, 1, 'y'), h.aRTP)
+	got, from := recv(t, h.nat)
+	if got[12] != 'y' || from != h.bRTP {
+		t.Fatalf("after latching, A→B went elsewhere (got %q from %s)", got[12], from)
+	}
+	noPacket(t, h.sdp)
+
+	// A third party, even with the SDP address and the same SSRC, is dropped.
+	send(t, h.sdp, rtpPkt(101, 1760, 0xfeed, 'f'), h.bRTP)
+	foreign := udp(t)
+	send(t, foreign, rtpPkt(5, 5, 0xbad, 'f'), h.bRTP)
+	send(t, h.nat, rtpPkt(102, 1920, 0xfeed, 'm'), h.bRTP)
+	got, _ = recv(t, h.pbx)
+	if got[12] != 'm' {
+		t.Fatalf("foreign packet %q reached the PBX", got[12])
+	}
+	st := h.s.Stats()
+	if st.BtoA.Foreign != 2 || st.BtoA.Packets != 2 || st.BtoA.Source != addrOf(h.nat) {
+		t.Fatalf("stats %+v", st.BtoA)
+	}
+}
+
+func TestRelatchAfterSSRCChange(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	old, next := h.nat, udp(t)
+	send(t, old, rtpPkt(1, 160, 0x1111, 'o'), h.bRTP)
+	recv(t, h.pbx)
+
+	foreignIs := func(want uint64) func() bool {
+		return func() bool { return h.s.Stats().BtoA.Foreign == want }
+	}
+
+	// A new source with a new SSRC while the old one is silent: the third
+	// packet within the window moves the latch.
+	h.clk.Advance(time.Second)
+	send(t, next, rtpPkt(500, 8000, 0x2222, '1'), h.bRTP)
+	send(t, next, rtpPkt(501, 8160, 0x2222, '2'), h.bRTP)
+	send(t, next, rtpPkt(502, 8320, 0x2222, '3'), h.bRTP)
+	got, _ := recv(t, h.pbx)
+	if got[12] != '3' {
+		t.Fatalf("relatch: first forwarded packet %q, want the third", got[12])
+	}
+	st := h.s.Stats().BtoA
+	if st.Foreign != 2 || st.Relatched != 1 || st.Source != addrOf(next) || st.SSRC != 0x2222 {
+		t.Fatalf("stats after relatch %+v", st)
+	}
+	// A→B follows the new source.
+	send(t, h.pbx, rtpPkt(1, 160, 9, 'p'), h.aRTP)
+	if _, from := recv(t, next); from != h.bRTP {
+		t.Fatal("A→B not sent to the relatched source")
+	}
+	// The old source is now foreign.
+	send(t, old, rtpPkt(2, 320, 0x1111, 'o'), h.bRTP)
+	waitFor(t, "old source dropped", foreignIs(3))
+
+	// An interloper with a new SSRC does not win while the latched source
+	// keeps talking, although it sends more than relatchProbation packets.
+	intr := udp(t)
+	h.clk.Advance(time.Millisecond)
+	send(t, intr, rtpPkt(900, 1, 0x3333, 'i'), h.bRTP)
+	send(t, intr, rtpPkt(901, 161, 0x3333, 'i'), h.bRTP)
+	waitFor(t, "interloper dropped", foreignIs(5))
+	h.clk.Advance(time.Millisecond)
+	send(t, next, rtpPkt(503, 8480, 0x2222, 'n'), h.bRTP)
+	recv(t, h.pbx)
+	h.clk.Advance(time.Millisecond)
+	send(t, intr, rtpPkt(902, 321, 0x3333, 'i'), h.bRTP)
+	send(t, intr, rtpPkt(903, 481, 0x3333, 'i'), h.bRTP)
+	send(t, next, rtpPkt(504, 8640, 0x2222, 'n'), h.bRTP)
+	if got, _ := recv(t, h.pbx); got[12] != 'n' {
+		t.Fatalf("interloper took over: %q", got[12])
+	}
+	waitFor(t, "interloper dropped", foreignIs(7))
+
+	// Packets too far apart never complete the window.
+	slow := udp(t)
+	for i := range relatchProbation + 1 {
+		h.clk.Advance(DefaultRelatchWindow + time.Millisecond)
+		send(t, slow, rtpPkt(uint16(700+i), 0, 0x4444, 's'), h.bRTP)
+		waitFor(t, "slow candidate dropped", foreignIs(uint64(8+i)))
+	}
+	if st := h.s.Stats().BtoA; st.Relatched != 1 || st.Source != addrOf(next) {
+		t.Fatalf("relatched outside the window: %+v", st)
+	}
+}
+
+func TestSetRemoteChangeRelatches(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	send(t, h.nat, rtpPkt(1, 160, 1, 'a'), h.bRTP)
+	recv(t, h.pbx)
+
+	// A re-INVITE moves the provider's media; the old latch is dropped, and
+	// the new address gets a pinhole.
+	moved, movedNAT := udp(t), udp(t)
+	if err := h.s.SetRemote(LegB, addrOf(moved), addrOf(h.sdpRTCP)); err != nil {
+		t.Fatal(err)
+	}
+	if _, from := recv(t, moved); from != h.bRTP {
+		t.Fatal("no pinhole to the new address")
+	}
+	send(t, movedNAT, rtpPkt(1, 160, 1, 'b'), h.bRTP) // same SSRC, new source
+	if got, _ := recv(t, h.pbx); got[12] != 'b' {
+		t.Fatal("new source not latched after SDP change")
+	}
+	send(t, h.nat, rtpPkt(2, 320, 1, 'c'), h.bRTP)
+	waitFor(t, "old source dropped", func() bool { return h.s.Stats().BtoA.Foreign == 1 })
+}
+
+func TestRTCPRelayed(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	sr := []byte{0x80, 200, 0, 6, 0, 0, 0xaa, 0xaa, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22}
+	send(t, h.pbxRTCP, sr, h.aRTCP)
+	got, from := recv(t, h.sdpRTCP)
+	if !bytes.Equal(got, sr) || from != h.bRTCP {
+		t.Fatalf("RTCP A→B: %x from %s", got, from)
+	}
+	rr := []byte{0x80, 201, 0, 1, 0, 0, 0xbb, 0xbb}
+	send(t, h.natRTCP, rr, h.bRTCP)
+	got, from = recv(t, h.pbxRTCP)
+	if !bytes.Equal(got, rr) || from != h.aRTCP {
+		t.Fatalf("RTCP B→A: %x from %s", got, from)
+	}
+	// rtcp-mux: RTCP on the RTP port is relayed but kept out of RTP stats.
+	send(t, h.pbx, sr, h.aRTP)
+	if got, _ := recv(t, h.sdp); !bytes.Equal(got, sr) {
+		t.Fatal("muxed RTCP not relayed")
+	}
+	st := h.s.Stats()
+	if st.AtoB.RTCPPackets != 2 || st.AtoB.Packets != 0 || st.BtoA.RTCPPackets != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestMalformedDropped(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	bad := [][]byte{
+		{},
+		{0x80, 8, 0},
+		{0x40, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0}, // version 1
+		{0x80, 8, 0, 1, 0, 0, 0, 0, 0, 0, 1},       // 11 bytes
+		{0x8f, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0}, // 15 CSRCs announced, none there
+		{0x90, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1},    // extension bit, no extension
+		make([]byte, bufSize+100),                  // would be truncated
+	}
+	for _, b := range bad {
+		send(t, h.pbx, b, h.aRTP)
+	}
+	send(t, h.pbxRTCP, []byte{0x00, 201, 0, 1, 0, 0, 0, 0}, h.aRTCP) // RTCP version 0
+	send(t, h.pbx, rtpPkt(1, 160, 1, 'g'), h.aRTP)
+	if got, _ := recv(t, h.sdp); got[12] != 'g' {
+		t.Fatal("malformed packet forwarded")
+	}
+	waitFor(t, "RTCP malformed counted", func() bool { return h.s.Stats().AtoB.Malformed == uint64(len(bad)+1) })
+	if st := h.s.Stats().AtoB; st.Packets != 1 || st.Source != addrOf(h.pbx) {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestHoldZeroAddressStopsSending(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	send(t, h.pbx, rtpPkt(1, 160, 1, 'a'), h.aRTP)
+	recv(t, h.sdp)
+
+	// The PBX holds with c=0.0.0.0: nothing goes to it, but its latch stays.
+	hold := netip.AddrPortFrom(netip.IPv4Unspecified(), addrOf(h.pbx).Port())
+	if err := h.s.SetRemote(LegA, hold, hold); err != nil {
+		t.Fatal(err)
+	}
+	send(t, h.nat, rtpPkt(1, 160, 2, 'm'), h.bRTP)
+	waitFor(t, "unsent counted", func() bool { return h.s.Stats().BtoA.Unsent == 1 })
+	noPacket(t, h.pbx)
+	send(t, h.pbx, rtpPkt(2, 320, 1, 'b'), h.aRTP) // still accepted from the latched PBX
+	recv(t, h.nat)
+
+	if err := h.s.SetRemote(LegA, addrOf(h.pbx), addrOf(h.pbxRTCP)); err != nil {
+		t.Fatal(err)
+	}
+	send(t, h.nat, rtpPkt(2, 320, 2, 'r'), h.bRTP)
+	if got, _ := recv(t, h.pbx); got[12] != 'r' {
+		t.Fatal("no media after resume")
+	}
+	if st := h.s.Stats().AtoB; st.Foreign != 0 {
+		t.Fatalf("resume relatched: %+v", st)
+	}
+}
+
+func TestMediaTimeout(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+
+	// Ringing without media is not a media timeout.
+	h.clk.Advance(2 * DefaultMediaTimeout)
+	assertNoTimeout(t, h)
+
+	h.s.Established()
+	h.clk.Advance(DefaultMediaTimeout - time.Second)
+	assertNoTimeout(t, h)
+	h.clk.Advance(time.Second)
+	if s := <-h.timeouts; s != h.s {
+		t.Fatal("OnTimeout got another session")
+	}
+	h.clk.Advance(10 * DefaultMediaTimeout)
+	assertNoTimeout(t, h) // once only
+	if err := h.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCloseFromOnTimeout(t *testing.T) {
+	closed := make(chan error, 1)
+	h := newHarness(t, func(c *Config) {
+		c.OnTimeout = func(s *Session) { closed <- s.Close() }
+	})
+	h.connect()
+	h.s.Established()
+	h.clk.Advance(DefaultMediaTimeout) // runs OnTimeout, and so Close, inline
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if c := h.br.cfg.WAN.Counts(); c.InUse != 0 || c.Quarantined != 1 {
+		t.Fatalf("WAN pool %+v", c)
+	}
+}
+
+func TestMediaTimeoutNotWhileMediaFlows(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	h.s.Established()
+	// One direction flowing is enough to keep the call.
+	for i := range 5 {
+		h.clk.Advance(DefaultMediaTimeout / 2)
+		send(t, h.nat, rtpPkt(uint16(i), uint32(i)*160, 2, 'm'), h.bRTP)
+		recv(t, h.pbx)
+	}
+	assertNoTimeout(t, h)
+	h.clk.Advance(DefaultMediaTimeout - time.Millisecond)
+	assertNoTimeout(t, h)
+	h.clk.Advance(time.Millisecond)
+	<-h.timeouts
+}
+
+func TestHoldTimeout(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.HoldTimeout = 10 * time.Minute })
+	h.connect()
+	h.s.Established()
+	h.s.SetHold(true)
+	h.clk.Advance(10*time.Minute - time.Second)
+	assertNoTimeout(t, h)
+	h.clk.Advance(time.Second)
+	<-h.timeouts
+}
+
+func assertNoTimeout(t *testing.T, h *harness) {
+	t.Helper()
+	select {
+	case <-h.timeouts:
+		t.Fatal("unexpected media timeout")
+	default:
+	}
+}
+
+func TestKeepaliveWhileWANIdle(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect() // the pinhole was sent at t=0
+	h.s.SetHold(true)
+
+	h.clk.Advance(DefaultKeepaliveInterval - time.Millisecond)
+	noPacket(t, h.sdp)
+	h.clk.Advance(time.Millisecond)
+	b, from := recv(t, h.sdp)
+	if from != h.bRTP || len(b) != 12 || b[1] != keepalivePT {
+		t.Fatalf("keepalive %x from %s", b, from)
+	}
+
+	// Relayed media counts as traffic: no keepalive while the PBX talks.
+	h.clk.Advance(DefaultKeepaliveInterval / 2)
+	send(t, h.pbx, rtpPkt(1, 160, 1, 'a'), h.aRTP)
+	recv(t, h.sdp)
+	h.clk.Advance(DefaultKeepaliveInterval/2 + time.Millisecond)
+	noPacket(t, h.sdp)
+
+	// Keepalives go to the latched source and survive a 0.0.0.0 hold.
+	send(t, h.nat, rtpPkt(1, 160, 2, 'n'), h.bRTP)
+	recv(t, h.pbx)
+	zero := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	if err := h.s.SetRemote(LegB, zero, zero); err != nil {
+		t.Fatal(err)
+	}
+	h.clk.Advance(DefaultKeepaliveInterval)
+	b2, _ := recv(t, h.nat)
+	if b2[1] != keepalivePT || binary.BigEndian.Uint16(b2[2:]) != binary.BigEndian.Uint16(b[2:])+1 {
+		t.Fatalf("second keepalive %x after %x", b2, b)
+	}
+}
+
+func TestCloseIdempotentAndLeakFree(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	send(t, h.pbx, rtpPkt(1, 160, 1, 'a'), h.aRTP)
+	recv(t, h.sdp)
+	if err := h.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	select {
+	case <-h.s.Done():
+	default:
+		t.Fatal("Done not closed")
+	}
+	if err := h.s.SetRemote(LegA, addrOf(h.pbx), addrOf(h.pbxRTCP)); !errors.Is(err, ErrSessionClosed) {
+		t.Fatalf("SetRemote after Close: %v", err)
+	}
+	if st := h.s.Stats(); st.AtoB.Packets != 1 {
+		t.Fatalf("stats lost on close: %+v", st)
+	}
+	if h.br.Active() != 0 {
+		t.Fatal("session still tracked")
+	}
+	// checkRoutines (in newHarness) verifies the readers are gone.
+}
+
+func TestPortsFreedAfterSessionsClose(t *testing.T) {
+	checkRoutines(t)
+	clk := newFakeClock()
+	lan, wan := testPool(lanRange, clk), testPool(wanRange, clk)
+	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pbx := udp(t)
+	var open []*Session
+	for i := range 20 {
+		s, err := br.NewSession("c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, s)
+		_ = s.SetRemote(LegA, addrOf(pbx), addrOf(pbx))
+		if i%2 == 0 {
+			_ = s.SetRemote(LegB, addrOf(pbx), addrOf(pbx))
+		}
+	}
+	if lan.Counts().InUse != 20 || wan.Counts().InUse != 20 || br.Active() != 20 {
+		t.Fatalf("counts %+v %+v", lan.Counts(), wan.Counts())
+	}
+	for i, s := range open {
+		if i < 10 {
+			_ = s.Close()
+		}
+	}
+	if err := br.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*Pool{lan, wan} {
+		if c := p.Counts(); c.InUse != 0 || c.Quarantined != 20 {
+			t.Fatalf("after close %+v", c)
+		}
+	}
+	clk.Advance(DefaultQuarantine)
+	for _, p := range []*Pool{lan, wan} {
+		if c := p.Counts(); c != (PoolCounts{Free: 500}) {
+			t.Fatalf("after quarantine %+v", c)
+		}
+	}
+	if _, err := br.NewSession("late"); !errors.Is(err, ErrBridgeClosed) {
+		t.Fatalf("NewSession after Close: %v", err)
+	}
+}
+
+func TestBridgePoolExhaustionAndRecovery(t *testing.T) {
+	checkRoutines(t)
+	clk := newFakeClock()
+	lan := testPool(lanRange, clk)
+	wan := &Pool{Address: "127.0.0.1", MinPort: 44600, MaxPort: 44601, Clock: clk}
+	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	s, err := br.NewSession("first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := br.NewSession("busy"); !errors.Is(err, ErrPoolExhausted) {
+			t.Fatalf("err %v, want ErrPoolExhausted", err)
+		}
+	}
+	// The LAN pairs of the refused calls went straight back.
+	if c := lan.Counts(); c != (PoolCounts{InUse: 1, Free: 499}) {
+		t.Fatalf("LAN pool leaked: %+v", c)
+	}
+	_ = s.Close()
+	if _, err := br.NewSession("quarantined"); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("during quarantine: %v", err)
+	}
+	clk.Advance(DefaultQuarantine)
+	s, err = br.NewSession("recovered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+}
+
+func TestConfigValidation(t *testing.T) {
+	good := func() Config {
+		return Config{LAN: testPool(lanRange, nil), WAN: testPool(wanRange, nil)}
+	}
+	for name, mod := range map[string]func(*Config){
+		"no LAN":           func(c *Config) { c.LAN = nil },
+		"bad WAN":          func(c *Config) { c.WAN = &Pool{} },
+		"negative timeout": func(c *Config) { c.MediaTimeout = -1 },
+		"payload type":     func(c *Config) { c.ClockRates = map[uint8]uint32{200: 8000} },
+	} {
+		cfg := good()
+		mod(&cfg)
+		if _, err := New(cfg); err == nil {
+			t.Errorf("%s: New succeeded", name)
+		}
+	}
+	if _, err := New(good()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStatsLogLine(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	h := newHarness(t, func(c *Config) { c.Logger = zap.New(core) })
+	h.connect()
+	send(t, h.pbx, rtpPkt(1, 160, 1, 'a'), h.aRTP)
+	recv(t, h.sdp)
+	_ = h.s.Close()
+	entries := logs.FilterMessage("session closed").All()
+	if len(entries) != 1 || entries[0].LoggerName != "rtpbridge" {
+		t.Fatalf("entries %+v", logs.All())
+	}
+	ctx := entries[0].ContextMap()
+	media, ok := ctx["media"].(map[string]any)
+	if !ok || ctx["call_id"] != "call-1" || media["one_way"] != true {
+		t.Fatalf("fields %+v", ctx)
+	}
+	if ab := media["a_to_b"].(map[string]any); ab["packets"] != uint64(1) || ab["dropped_foreign"] != uint64(0) {
+		t.Fatalf("a_to_b %+v", ab)
+	}
+}

@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# linkmanager e2e lab: a NAT router, a LAN and an "Internet", built from
+# network namespaces. Nothing is ever added to the root namespace: every veth
+# pair is created directly between two lab namespaces.
+#
+#   lab.sh up PREFIX DIR [--no-stun] [--kam-nostun] [--kam-natping]
+#                                  topology + Kamailio + coturn (background, pid files in DIR)
+#   lab.sh down PREFIX [DIR]       stop the lab's processes and delete its namespaces
+#   lab.sh net-up PREFIX           topology only
+#   lab.sh net-down PREFIX         kill what runs in the lab namespaces, delete them
+#   lab.sh prepare DIR             write Kamailio db_text tables + coturn config into DIR
+#   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING]   exec Kamailio in the foreground
+#   lab.sh run-coturn PREFIX DIR IP                       exec coturn in the foreground
+#   lab.sh redial PREFIX NEWIP     change the router's WAN address, flush conntrack + ARP
+#   lab.sh exec PREFIX NS CMD...   run CMD inside PREFIX-NS
+#   lab.sh status PREFIX           addresses, NAT rules, conntrack
+#
+# Namespaces (PREFIX-NAME): lan, inet (switches), router, lm (daemon host),
+# pbx, provider (Kamailio), stun (coturn x2), phone (sipp).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+NAMES=(lan inet router lm pbx provider stun phone)
+
+# Contract addresses (other code relies on them).
+LAN_NET=192.168.100
+ROUTER_LAN=$LAN_NET.1
+LM_IP=$LAN_NET.2
+PBX_IP=$LAN_NET.20
+INET_NET=198.51.100
+ROUTER_WAN=$INET_NET.1
+PROVIDER_IP=$INET_NET.50
+STUN1_IP=$INET_NET.60
+STUN2_IP=$INET_NET.61
+PHONE_IP=$INET_NET.70
+NAT_UDP_TIMEOUT=${LAB_NAT_UDP_TIMEOUT:-20}
+
+# Kamailio credentials (contract).
+SIP_DOMAIN=sip.provider.test
+TRUNK_USER=4930123456
+TRUNK_PASS=lab-secret
+PHONE_USER=phone
+PHONE_PASS=phone-secret
+
+die() { echo "lab.sh: $*" >&2; exit 1; }
+ns() { echo "$1-$2"; }
+nsx() { local n; n="$(ns "$1" "$2")"; shift 2; ip netns exec "$n" "$@"; }
+
+check_prefix() {
+	[[ "$1" =~ ^[a-zA-Z0-9]{2,20}$ ]] || die "bad PREFIX '$1' (2-20 alphanumerics)"
+}
+
+net_up() {
+	local p=$1 n
+	check_prefix "$p"
+	for n in "${NAMES[@]}"; do
+		[ -e "/run/netns/$(ns "$p" "$n")" ] && die "namespace $(ns "$p" "$n") exists already"
+	done
+	for n in "${NAMES[@]}"; do
+		ip netns add "$(ns "$p" "$n")"
+		# No IPv6 in the lab (clean captures). Set before any link appears.
+		nsx "$p" "$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 2>/dev/null || true
+		nsx "$p" "$n" sysctl -qw net.ipv6.conf.default.disable_ipv6=1 2>/dev/null || true
+		ip -n "$(ns "$p" "$n")" link set lo up
+	done
+
+	# Two switches: a bridge in each switch namespace.
+	local sw
+	for sw in lan inet; do
+		ip -n "$(ns "$p" $sw)" link add br0 type bridge
+		ip -n "$(ns "$p" $sw)" link set br0 up
+	done
+	# plug SWITCH PORTNAME HOSTNS HOSTIF: one veth pair, created between two lab namespaces.
+	plug() {
+		local sw=$1 port=$2 host=$3 hif=$4
+		ip -n "$(ns "$p" "$sw")" link add "$port" type veth peer name "$hif" netns "$(ns "$p" "$host")"
+		ip -n "$(ns "$p" "$sw")" link set "$port" master br0
+		ip -n "$(ns "$p" "$sw")" link set "$port" up
+		ip -n "$(ns "$p" "$host")" link set "$hif" up
+	}
+	plug lan router router lan
+	plug lan lm lm eth0
+	plug lan pbx pbx eth0
+	plug inet router router wan
+	plug inet provider provider eth0
+	plug inet stun stun eth0
+	plug inet phone phone eth0
+
+	local r
+	r="$(ns "$p" router)"
+	ip -n "$r" addr add $ROUTER_LAN/24 dev lan
+	ip -n "$r" addr add $ROUTER_WAN/24 dev wan
+	ip -n "$(ns "$p" lm)" addr add $LM_IP/24 dev eth0
+	ip -n "$(ns "$p" lm)" route add default via $ROUTER_LAN
+	# The PBX talks only to the daemon: no default route.
+	ip -n "$(ns "$p" pbx)" addr add $PBX_IP/24 dev eth0
+	ip -n "$(ns "$p" provider)" addr add $PROVIDER_IP/24 dev eth0
+	ip -n "$(ns "$p" stun)" addr add $STUN1_IP/24 dev eth0
+	ip -n "$(ns "$p" stun)" addr add $STUN2_IP/24 dev eth0
+	ip -n "$(ns "$p" phone)" addr add $PHONE_IP/24 dev eth0
+	# Internet hosts get no route to 192.168.100.0/24: the LAN is reachable only through the NAT.
+
+	# The router: MASQUERADE (port-preserving), stateful FORWARD.
+	nsx "$p" router sysctl -qw net.ipv4.ip_forward=1
+	nsx "$p" router iptables -P FORWARD DROP
+	nsx "$p" router iptables -A FORWARD -i lan -o wan -j ACCEPT
+	nsx "$p" router iptables -A FORWARD -i wan -o lan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+	nsx "$p" router iptables -t nat -A POSTROUTING -o wan -j MASQUERADE
+	# INPUT stays ACCEPT like the measured lab: an unsolicited packet to the router's own
+	# address then leaves an UNREPLIED conntrack entry (finding 3). Conntrack is active in
+	# this namespace now (the rules above need it), so its sysctls exist; they are per-netns.
+	nsx "$p" router sysctl -qw net.netfilter.nf_conntrack_udp_timeout="$NAT_UDP_TIMEOUT"
+	nsx "$p" router sysctl -qw net.netfilter.nf_conntrack_udp_timeout_stream="$NAT_UDP_TIMEOUT"
+}
+
+# kill_ns_pids PREFIX: every process that runs inside one of this lab's namespaces was
+# started by this lab (the prefix is unique), so it is ours to stop.
+kill_ns_pids() {
+	local p=$1 n pids
+	for sig in TERM KILL; do
+		pids=""
+		for n in "${NAMES[@]}"; do
+			[ -e "/run/netns/$(ns "$p" "$n")" ] || continue
+			pids="$pids $(ip netns pids "$(ns "$p" "$n")" 2>/dev/null | tr '\n' ' ')"
+		done
+		pids="$(echo $pids)"
+		[ -z "$pids" ] && return 0
+		local pid keep=""
+		for pid in $pids; do
+			# never the caller (e.g. a Go test binary with a thread in a lab namespace)
+			if [ "$pid" = "$$" ] || [ "$pid" = "$PPID" ] || [ "$pid" = "${LAB_PROTECT_PID:-}" ]; then continue; fi
+			keep="$keep $pid"
+			kill -s $sig "$pid" 2>/dev/null || true
+		done
+		pids="$(echo $keep)"
+		[ -z "$pids" ] && return 0
+		# bounded wait
+		local i
+		for i in $(seq 1 30); do
+			local alive=""
+			for pid in $pids; do
+				# a zombie is dead already (its parent reaps it)
+				[ -e "/proc/$pid" ] && [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)" != Z ] && alive=1
+			done
+			[ -z "$alive" ] && return 0
+			sleep 0.1
+		done
+	done
+}
+
+net_down() {
+	local p=$1 n
+	check_prefix "$p"
+	kill_ns_pids "$p"
+	for n in "${NAMES[@]}"; do
+		[ -e "/run/netns/$(ns "$p" "$n")" ] && ip netns del "$(ns "$p" "$n")" 2>/dev/null || true
+	done
+	return 0
+}
+
+prepare() {
+	local d=$1
+	mkdir -p "$d/db" "$d/run"
+	local ha1t ha1bt ha1p ha1bp
+	ha1t=$(printf '%s' "$TRUNK_USER:$SIP_DOMAIN:$TRUNK_PASS" | md5sum | cut -d' ' -f1)
+	ha1bt=$(printf '%s' "$TRUNK_USER@$SIP_DOMAIN:$SIP_DOMAIN:$TRUNK_PASS" | md5sum | cut -d' ' -f1)
+	ha1p=$(printf '%s' "$PHONE_USER:$SIP_DOMAIN:$PHONE_PASS" | md5sum | cut -d' ' -f1)
+	ha1bp=$(printf '%s' "$PHONE_USER@$SIP_DOMAIN:$SIP_DOMAIN:$PHONE_PASS" | md5sum | cut -d' ' -f1)
+	# db_text reads empty fields as NULL (and auth then fails): fill every column.
+	cat >"$d/db/version" <<-EOF
+	id(int,auto) table_name(string) table_version(int) 
+	1:version:1
+	2:subscriber:7
+	3:location:9
+	EOF
+	cat >"$d/db/subscriber" <<-EOF
+	id(int,auto) username(string) domain(string) password(string) ha1(string) ha1b(string) 
+	1:$TRUNK_USER:$SIP_DOMAIN:$TRUNK_PASS:$ha1t:$ha1bt
+	2:$PHONE_USER:$SIP_DOMAIN:$PHONE_PASS:$ha1p:$ha1bp
+	EOF
+	# An empty config file of our own, so coturn never reads /etc/turnserver.conf.
+	: >"$d/turnserver.conf"
+}
+
+run_kamailio() {
+	local p=$1 d=$2
+	shift 2
+	local defs=() a
+	for a in "$@"; do
+		case "$a" in
+		NOSTUN | NATPING) defs+=(-A "$a") ;;
+		*) die "unknown kamailio switch $a" ;;
+		esac
+	done
+	[ -f "$d/db/subscriber" ] || prepare "$d"
+	mkdir -p "$d/run"
+	exec ip netns exec "$(ns "$p" provider)" kamailio -DD -E -f "$HERE/kamailio.cfg" \
+		-Y "$d/run" -w "$d/run" -P "$d/run/kamailio.pid" -m 32 -M 8 \
+		-A "DBURL=\"text://$d/db\"" -A "CTLSOCK=\"unix:$d/run/kamailio_ctl\"" "${defs[@]}"
+}
+
+run_coturn() {
+	local p=$1 d=$2 ip=$3
+	[ -f "$d/turnserver.conf" ] || prepare "$d"
+	exec ip netns exec "$(ns "$p" stun)" turnserver -c "$d/turnserver.conf" \
+		--stun-only --no-cli --no-rfc5780 --no-tls --no-dtls --no-tcp \
+		--listening-ip "$ip" --listening-port 3478 \
+		--userdb "$d/run/turndb-$ip" --pidfile "$d/run/coturn-$ip.pid" \
+		--no-stdout-log --log-file "$d/coturn-$ip.log" --simple-log \
+		--realm lab.test --no-software-attribute
+}
+
+redial() {
+	local p=$1 new=$2 r old
+	r="$(ns "$p" router)"
+	old=$(ip -n "$r" -4 -o addr show dev wan | awk '{print $4}' | head -1)
+	[ "$old" = "$new/24" ] && return 0
+	# delete first: removing a primary address also removes the secondaries of its subnet
+	[ -n "$old" ] && ip -n "$r" addr del "$old" dev wan
+	ip -n "$r" addr add "$new/24" dev wan
+	ip netns exec "$r" conntrack -F >/dev/null 2>&1 || true
+	local n
+	for n in provider stun phone; do ip -n "$(ns "$p" $n)" neigh flush all 2>/dev/null || true; done
+	ip -n "$r" neigh flush all 2>/dev/null || true
+}
+
+status() {
+	local p=$1 n
+	for n in "${NAMES[@]}"; do
+		echo "== $(ns "$p" "$n")"
+		ip -n "$(ns "$p" "$n")" -4 -o addr show | awk '$2!="lo"{print "  "$2, $4}'
+	done
+	echo "== router nat/filter"
+	nsx "$p" router iptables -S FORWARD
+	nsx "$p" router iptables -t nat -S POSTROUTING
+	echo "== router conntrack"
+	nsx "$p" router conntrack -L 2>/dev/null || true
+}
+
+up() {
+	local p=$1 d=$2 stun=1 kam=()
+	shift 2
+	local a
+	for a in "$@"; do
+		case "$a" in
+		--no-stun) stun=0 ;;
+		--kam-nostun) kam+=(NOSTUN) ;;
+		--kam-natping) kam+=(NATPING) ;;
+		*) die "unknown option $a" ;;
+		esac
+	done
+	mkdir -p "$d"
+	d="$(cd "$d" && pwd)"
+	prepare "$d"
+	net_up "$p"
+	"$0" run-kamailio "$p" "$d" "${kam[@]}" >"$d/kamailio.log" 2>&1 &
+	echo $! >"$d/kamailio.bgpid"
+	if [ $stun = 1 ]; then
+		"$0" run-coturn "$p" "$d" $STUN1_IP >"$d/coturn-$STUN1_IP.out" 2>&1 &
+		echo $! >"$d/coturn1.bgpid"
+		"$0" run-coturn "$p" "$d" $STUN2_IP >"$d/coturn-$STUN2_IP.out" 2>&1 &
+		echo $! >"$d/coturn2.bgpid"
+	fi
+	# bounded wait for Kamailio's control socket
+	local i
+	for i in $(seq 1 100); do
+		[ -S "$d/run/kamailio_ctl" ] && break
+		sleep 0.1
+	done
+	[ -S "$d/run/kamailio_ctl" ] || { tail -20 "$d/kamailio.log" >&2; die "Kamailio did not start"; }
+	echo "lab $p up; logs and sockets in $d"
+	echo "  kamcmd -s unix:$d/run/kamailio_ctl ul.dump"
+}
+
+down() {
+	local p=$1 d=${2:-} f pid
+	if [ -n "$d" ] && [ -d "$d" ]; then
+		for f in "$d"/*.bgpid; do
+			[ -e "$f" ] || continue
+			pid=$(cat "$f")
+			kill "$pid" 2>/dev/null || true
+			rm -f "$f"
+		done
+	fi
+	net_down "$p"
+}
+
+cmd=${1:-}
+[ -n "$cmd" ] || { sed -n '2,20p' "$0"; exit 2; }
+shift
+case "$cmd" in
+up) [ $# -ge 2 ] || die "usage: up PREFIX DIR [options]"; up "$@" ;;
+down) [ $# -ge 1 ] || die "usage: down PREFIX [DIR]"; down "$@" ;;
+net-up) net_up "$1" ;;
+net-down) net_down "$1" ;;
+prepare) prepare "$1" ;;
+run-kamailio) run_kamailio "$@" ;;
+run-coturn) run_coturn "$@" ;;
+redial) redial "$1" "$2" ;;
+exec) p=$1 n=$2; shift 2; exec ip netns exec "$(ns "$p" "$n")" "$@" ;;
+status) status "$1" ;;
+*) die "unknown command $cmd" ;;
+esac

@@ -61,7 +61,9 @@ func daemonBinary(t testing.TB) string {
 		out := filepath.Join(dir, "linkmanager")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/linkmanager")
+		// -race: a data race under real traffic makes the daemon exit 66,
+		// which every test that stops it checks.
+		cmd := exec.CommandContext(ctx, "go", "build", "-race", "-o", out, "./cmd/linkmanager")
 		cmd.Dir = root
 		if b, err := cmd.CombinedOutput(); err != nil {
 			buildError = fmt.Errorf("go build ./cmd/linkmanager: %v\n%s", err, b)

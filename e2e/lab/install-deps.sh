@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the e2e lab and the demo need on a Debian machine (as root).
+# The packaged kamailio and coturn services are kept from starting: the lab
+# runs its own instances inside its namespaces, and a packaged one in the
+# root namespace would hold ports and confuse captures.
+set -euo pipefail
+pkgs=(iproute2 procps kamailio coturn sip-tester conntrack iptables tcpdump)
+if [[ $(id -u) -ne 0 ]]; then
+	echo "install-deps.sh: run as root (apt-get install)" >&2
+	exit 1
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	created_policy=0
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod +x /usr/sbin/policy-rc.d
+		created_policy=1
+	fi
+	trap 'if ((created_policy)); then rm -f /usr/sbin/policy-rc.d; fi' EXIT
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Go 1.26 or newer builds the daemon; Debian's golang package is older.
+export PATH="$PATH:/usr/local/go/bin"
+if ! command -v go >/dev/null; then
+	echo "install-deps.sh: Go 1.26+ not found (looked in PATH and /usr/local/go/bin): install it from go.dev/dl" >&2
+	exit 1
+fi

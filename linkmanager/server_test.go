@@ -267,3 +267,39 @@ func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\r\n")
 	return line
 }
+
+func TestServerSeveralTrunksRegisterIndependently(t *testing.T) {
+	good, dead := startUDPRegistrar(t), listenLoopback(t) // dead: never answers
+	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	conn := NewSharedConn(listenLoopback(t), log, nil)
+	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetSTUNHandler(keeper.HandlePacket)
+	conn.SetOnSend(keeper.NoteSent)
+	trunk := func(name string, port uint16) TrunkOptions {
+		return TrunkOptions{Name: name, Host: "127.0.0.1", Port: int(port), Domain: name + ".test",
+			Username: "u-" + name, Password: "p", Expires: 300 * time.Second, Register: true, Keepalive: config.KeepaliveOff}
+	}
+	srv, err := New(Options{Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log, Trunks: []TrunkOptions{
+		trunk("dead", dead.LocalAddr().(*net.UDPAddr).AddrPort().Port()),
+		trunk("good", good.addr().Port()),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	// The dead provider's 10 s transaction timeout must not hold up the
+	// other trunk.
+	await(t, "the good trunk to register", func() bool { return srv.Status()[1].Registered })
+	if st := srv.Status()[0]; st.Registered || st.Trunk != "dead" {
+		t.Errorf("dead trunk status = %+v", st)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v", err)
+	}
+}

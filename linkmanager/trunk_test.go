@@ -1,0 +1,151 @@
+package linkmanager
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+
+	"github.com/linkmanager/linkmanager/linkmanager/config"
+)
+
+// keepaliveRig records what a trunk's keepalive loop sends to the
+// registrar, with the socket's per-flow send time under test control.
+type keepaliveRig struct {
+	mu       sync.Mutex
+	probes   []time.Time
+	options  []time.Time
+	crlfs    []time.Time
+	lastSent time.Time
+	stunOK   bool
+}
+
+func (r *keepaliveRig) trunk(method string) *trunk {
+	t := &trunk{
+		conf: trunkConf{Name: "provider", Domain: "sip.provider.test", Username: "4930123456", Keepalive: method},
+		host: registrarAddr.Addr().String(), port: int(registrarAddr.Port()), interval: 10 * time.Second,
+		log: zap.NewNop(), now: time.Now, sources: map[netip.Addr]bool{},
+	}
+	t.probe = func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.probes = append(r.probes, time.Now())
+		r.lastSent = time.Now()
+		if !r.stunOK {
+			return netip.AddrPort{}, errors.New("no STUN answer")
+		}
+		return natAddr, nil
+	}
+	t.do = func(ctx context.Context, req *sip.Request, dst netip.AddrPort) (*sip.Response, error) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if req.Method != sip.OPTIONS || dst != registrarAddr {
+			return nil, errors.New("unexpected request")
+		}
+		r.options = append(r.options, time.Now())
+		r.lastSent = time.Now()
+		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+		res.Via().Params.Add("received", natAddr.Addr().String())
+		res.Via().Params.Add("rport", "65002")
+		return res, nil
+	}
+	t.send = func(b []byte, dst netip.AddrPort) error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if string(b) == "\r\n\r\n" && dst == registrarAddr {
+			r.crlfs = append(r.crlfs, time.Now())
+		}
+		r.lastSent = time.Now()
+		return nil
+	}
+	t.lastSent = func(netip.AddrPort) time.Time {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.lastSent
+	}
+	t.reg = newRegistration(t.conf, t.do, t.resolveRegistrar, &fakeKeeper{}, lanAddr, zap.NewNop())
+	return t
+}
+
+func (r *keepaliveRig) sentOptions() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.options)
+}
+
+// runFor runs the keepalive loop for d of fake time.
+func runFor(t *trunk, d time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { t.keepaliveLoop(ctx); close(done) }()
+	time.Sleep(d)
+	cancel()
+	<-done
+}
+
+func TestKeepaliveMethods(t *testing.T) {
+	for _, tc := range []struct {
+		name, method       string
+		stunOK             bool
+		probes, opts, crlf int // in 95 s at a 10 s interval: t=0, 10, ... 90
+		effective          string
+	}{
+		{"auto picks STUN when the registrar answers it", config.KeepaliveAuto, true, 10, 0, 0, config.KeepaliveSTUN},
+		{"auto falls back to OPTIONS", config.KeepaliveAuto, false, 1, 10, 0, config.KeepaliveOptions},
+		{"stun insists on STUN", config.KeepaliveSTUN, false, 10, 0, 0, config.KeepaliveSTUN},
+		{"options", config.KeepaliveOptions, true, 0, 10, 0, config.KeepaliveOptions},
+		{"crlf", config.KeepaliveCRLF, true, 0, 0, 10, config.KeepaliveCRLF},
+		{"off sends nothing", config.KeepaliveOff, true, 0, 0, 0, config.KeepaliveOff},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rig := &keepaliveRig{stunOK: tc.stunOK}
+				tr := rig.trunk(tc.method)
+				runFor(tr, 95*time.Second)
+				if len(rig.probes) != tc.probes || len(rig.options) != tc.opts || len(rig.crlfs) != tc.crlf {
+					t.Errorf("sent %d STUN probes, %d OPTIONS, %d CRLF; want %d, %d, %d",
+						len(rig.probes), len(rig.options), len(rig.crlfs), tc.probes, tc.opts, tc.crlf)
+				}
+				if got := *tr.keepalive.Load(); got != tc.effective {
+					t.Errorf("keepalive in use = %s, want %s", got, tc.effective)
+				}
+			})
+		})
+	}
+}
+
+// Traffic to the registrar (a REGISTER, a call) keeps the flow alive by
+// itself: keepalives go out only after a full idle interval.
+func TestKeepaliveOnlyWhenIdle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := &keepaliveRig{}
+		tr := rig.trunk(config.KeepaliveOptions)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { tr.keepaliveLoop(ctx); close(done) }()
+		time.Sleep(time.Second) // the first keepalive went at t=0
+		for i := 0; i < 60; i++ {
+			time.Sleep(5 * time.Second)
+			rig.mu.Lock()
+			rig.lastSent = time.Now() // busy: something goes to the registrar every 5 s
+			rig.mu.Unlock()
+		}
+		synctest.Wait()
+		if n := rig.sentOptions(); n != 1 {
+			t.Errorf("%d OPTIONS while the flow was busy, want only the first", n)
+		}
+		time.Sleep(10 * time.Second) // now idle for one interval
+		synctest.Wait()
+		if n := rig.sentOptions(); n != 2 {
+			t.Errorf("%d OPTIONS after an idle interval, want 2", n)
+		}
+		cancel()
+		<-done
+	})
+}

@@ -1,0 +1,23 @@
+package stunkeeper
+
+import "errors"
+
+var (
+	// ErrNoServers is returned by Refresh when Config.Servers is empty.
+	ErrNoServers = errors.New("stunkeeper: no stun servers configured")
+	// ErrTimeout means a Binding transaction got no answer after all
+	// retransmits.
+	ErrTimeout = errors.New("stunkeeper: stun transaction timed out")
+	// ErrClosed is returned once Run has returned: nothing feeds the
+	// keeper any more, so no answer could ever be matched.
+	ErrClosed = errors.New("stunkeeper: keeper closed")
+	// ErrRunning is returned by a second concurrent call to Run.
+	ErrRunning = errors.New("stunkeeper: already running")
+	// ErrErrorResponse means the destination answered with a STUN error
+	// response (for example a registrar that speaks STUN but refuses it).
+	ErrErrorResponse = errors.New("stunkeeper: stun error response")
+	// ErrNoSend is returned by New when Config.Send is nil.
+	ErrNoSend = errors.New("stunkeeper: Config.Send is required")
+	// ErrBadServer is returned by New for a server that is not host:port.
+	ErrBadServer = errors.New("stunkeeper: bad stun server address")
+)

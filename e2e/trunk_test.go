@@ -29,9 +29,21 @@ func durationField(e map[string]any, key string) (time.Duration, bool) {
 
 func startRegistered(t *testing.T, l *Lab, cfg DaemonConfig) (*Daemon, map[string]any) {
 	t.Helper()
+	startBusyPBX(t, l)
 	d := l.StartDaemon(cfg.YAML())
 	e := d.WaitLog(t, regTimeout, Msg("registered", "trunk", "provider"))
 	return d, e
+}
+
+// startBusyPBX puts a PBX on 192.168.100.20:5060 that answers every
+// INVITE with 480. The daemon bridges calls for a DID to the PBX, so the
+// phone getting that 480 proves the INVITE crossed the NAT, the daemon and
+// the LAN; a 408 means it died on the way.
+func startBusyPBX(t *testing.T, l *Lab) {
+	t.Helper()
+	if _, err := l.StartRegisteringUA(UASpec{NS: NSPBX, IP: PBXIP, Port: 5060, NoRegister: true}); err != nil {
+		t.Fatalf("start the PBX: %v", err)
+	}
 }
 
 // (a) The daemon registers through the NAT; the provider sees 198.51.100.1:65002.

@@ -1,6 +1,7 @@
 package linkmanager
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"go.uber.org/zap/exp/zapslog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
@@ -30,6 +32,12 @@ type Options struct {
 	Interval time.Duration // keepalive interval for registrar flows
 	Logger   *zap.Logger
 	Resolver resolver // nil: net.DefaultResolver
+
+	// The B2BUA. Without PBXConn, calls for our DIDs are refused (480).
+	PBXConn     *SharedConn      // the LAN socket the PBX talks to
+	PBX         PBXOptions       //
+	Media       rtpbridge.Config // relay pools and timers; OnTimeout is set by New
+	RingTimeout time.Duration    // 0: DefaultRingTimeout
 }
 
 // TrunkOptions is one provider account.
@@ -46,6 +54,7 @@ type TrunkOptions struct {
 	Register      bool
 	Keepalive     string
 	DIDs          []string
+	Prefixes      []string // outbound_prefixes; none: every number
 }
 
 // Server is the SIP side of the daemon on the shared Internet socket:
@@ -58,6 +67,12 @@ type Server struct {
 	srv    *sipgo.Server
 	client *sipgo.Client
 	trunks []*trunk
+
+	b2bua  *B2BUA // nil without a PBX socket
+	media  *rtpbridge.Bridge
+	lan    *SharedConn
+	lanUA  *sipgo.UserAgent
+	lanSrv *sipgo.Server
 }
 
 // New builds the server; nothing runs until Run.
@@ -98,7 +113,7 @@ func New(opts Options) (*Server, error) {
 		t := &trunk{
 			conf: trunkConf{Name: to.Name, Domain: to.Domain, Username: to.Username, AuthUsername: to.AuthUsername,
 				Password: to.Password, Expires: to.Expires, Register: to.Register, Keepalive: to.Keepalive, DIDs: to.DIDs},
-			host: to.Host, port: to.Port, also: to.RegistrarHost, interval: opts.Interval,
+			host: to.Host, port: to.Port, also: to.RegistrarHost, prefixes: to.Prefixes, interval: opts.Interval,
 			do: s.do, probe: opts.Keeper.Probe, send: opts.Conn.Send, lastSent: opts.Conn.LastSent,
 			log: tl, now: time.Now, lookup: lookup, sources: map[netip.Addr]bool{},
 		}
@@ -109,7 +124,70 @@ func New(opts Options) (*Server, error) {
 	opts.Conn.SetRequestFilter(s.allowRequest)
 	srv.OnOptions(s.onOptions)
 	srv.OnInvite(s.onInvite)
+	if opts.PBXConn != nil {
+		if err := s.newB2BUA(opts, slogger, log); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// newB2BUA sets up the LAN side: its own user agent on the PBX socket, so
+// LAN and Internet transactions never share a socket by accident.
+func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) error {
+	lanAddr := opts.PBXConn.LocalAddrPort()
+	ua, err := sipgo.NewUA(
+		sipgo.WithUserAgent("linkmanager/"+Version),
+		sipgo.WithUserAgentHostname(lanAddr.Addr().String()),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slogger)),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger)),
+	)
+	if err != nil {
+		return fmt.Errorf("linkmanager: pbx user agent: %w", err)
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slogger))
+	if err != nil {
+		return fmt.Errorf("linkmanager: pbx server: %w", err)
+	}
+	client, err := sipgo.NewClient(ua, sipgo.WithClientConnectionAddr(lanAddr.String()), sipgo.WithClientLogger(slogger))
+	if err != nil {
+		return fmt.Errorf("linkmanager: pbx client: %w", err)
+	}
+	b := &B2BUA{
+		log:         log.Named("call"),
+		pbx:         opts.PBX,
+		ringTimeout: cmp.Or(opts.RingTimeout, DefaultRingTimeout),
+		trunks:      func() []*trunk { return s.trunks },
+		calls:       map[string]*call{},
+		lan: &side{name: "pbx", leg: rtpbridge.LegA, client: client,
+			contact: func() netip.AddrPort { return lanAddr }},
+		wan: &side{name: "provider", leg: rtpbridge.LegB, client: s.client,
+			contact: func() netip.AddrPort {
+				if m, ok := s.keeper.Public(); ok {
+					return m.Addr
+				}
+				return s.conn.LocalAddrPort()
+			}},
+	}
+	b.pbx.Listen = lanAddr
+	mc := opts.Media
+	mc.OnTimeout = b.onMediaTimeout
+	if mc.Logger == nil {
+		mc.Logger = log
+	}
+	media, err := rtpbridge.New(mc)
+	if err != nil {
+		return fmt.Errorf("linkmanager: media relay: %w", err)
+	}
+	b.bridgeMedia = media
+	srv.OnInvite(b.onPBXInvite)
+	srv.OnAck(b.onAck)
+	srv.OnBye(b.onBye)
+	srv.OnOptions(s.onOptions)
+	s.srv.OnAck(b.onAck)
+	s.srv.OnBye(b.onBye)
+	s.b2bua, s.media, s.lan, s.lanUA, s.lanSrv = b, media, opts.PBXConn, ua, srv
+	return nil
 }
 
 // do runs one client transaction from the shared socket.
@@ -135,6 +213,17 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return s.keeper.Run(keeperCtx) })
+	if s.b2bua != nil {
+		g.Go(func() error {
+			if err := s.lanSrv.ServeUDP(s.lan); err != nil && !errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("linkmanager: pbx listener: %w", err)
+			}
+			if gctx.Err() == nil {
+				return fmt.Errorf("linkmanager: pbx listener stopped")
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		// Requests sent before sipgo has the socket in its pool would go
 		// out from a fresh ephemeral socket.
@@ -142,15 +231,33 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-s.conn.Ready():
 		case <-gctx.Done():
 		}
-		tg, tctx := errgroup.WithContext(gctx)
+		// Trunks get their own context: on shutdown they must stay
+		// registered until the calls are hung up.
+		tctx, stopTrunks := context.WithCancel(context.Background())
+		defer stopTrunks()
+		tg, tctx := errgroup.WithContext(tctx)
 		for _, t := range s.trunks {
 			tg.Go(func() error { return t.Run(tctx) })
 		}
+		select {
+		case <-gctx.Done():
+		case <-tctx.Done():
+		}
+		if s.b2bua != nil {
+			s.b2bua.drain.Store(true)
+			s.b2bua.HangupAll("shutdown")
+		}
+		stopTrunks()
 		err := tg.Wait()
-		// Trunks have unregistered; now stop STUN and the socket.
+		// Trunks have unregistered; now stop STUN and the sockets.
 		stopKeeper()
 		s.ua.Close()
 		s.conn.Close()
+		if s.b2bua != nil {
+			s.lanUA.Close()
+			s.lan.Close()
+			s.media.Close()
+		}
 		return err
 	})
 	return g.Wait()
@@ -204,6 +311,10 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(tx, req, sip.StatusForbidden, "Forbidden")
 		return
 	}
+	if s.b2bua != nil && tagOf(req.To()) != "" {
+		s.b2bua.reinvite(s.b2bua.wanFor(t), req, tx)
+		return
+	}
 	var toUser string
 	if to := req.To(); to != nil {
 		toUser = to.Address.User
@@ -216,7 +327,11 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	log.Info("inbound call", zap.String("did", did), zap.String("from", req.Source()))
-	s.respond(tx, req, sip.StatusTemporarilyUnavailable, "Temporarily Unavailable")
+	if s.b2bua == nil {
+		s.respond(tx, req, sip.StatusTemporarilyUnavailable, "Temporarily Unavailable")
+		return
+	}
+	s.b2bua.onProviderInvite(t, did, req, tx)
 }
 
 func (s *Server) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string) {

@@ -28,9 +28,10 @@ type prober func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error
 // this the provider's INVITEs die at the router after the UDP timeout.
 type trunk struct {
 	conf     trunkConf
-	host     string // where requests go: the outbound proxy, else the registrar
-	port     int    // 0: SRV, then 5060
-	also     string // the registrar's host when a proxy is used: it may send to us too
+	host     string   // where requests go: the outbound proxy, else the registrar
+	port     int      // 0: SRV, then 5060
+	also     string   // the registrar's host when a proxy is used: it may send to us too
+	prefixes []string // dialled-number prefixes this trunk takes; none: all
 	interval time.Duration
 
 	reg      *registration

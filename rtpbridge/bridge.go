@@ -153,6 +153,14 @@ func (b *Bridge) Active() int {
 	return len(b.sessions)
 }
 
+// BridgeCounts is the port usage of both pools, in pairs.
+type BridgeCounts struct{ LAN, WAN PoolCounts }
+
+// Counts reports both pools' usage (status, metrics, leak tests).
+func (b *Bridge) Counts() BridgeCounts {
+	return BridgeCounts{LAN: b.cfg.LAN.Counts(), WAN: b.cfg.WAN.Counts()}
+}
+
 // Close closes every session and makes NewSession fail with ErrBridgeClosed.
 func (b *Bridge) Close() error {
 	b.mu.Lock()

@@ -21,6 +21,7 @@ import (
 
 	"github.com/linkmanager/linkmanager/linkmanager"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
@@ -79,6 +80,10 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("sip.listen %s: %w", cfg.SIP.Listen, err)
 	}
+	pbxListen, err := resolveListen(cfg.PBX.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("pbx.listen %s: %w", cfg.PBX.Listen, err)
+	}
 	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(listen))
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
@@ -106,12 +111,29 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	conn.SetSTUNHandler(keeper.HandlePacket)
 	conn.SetOnSend(keeper.NoteSent)
 
+	pbxUDP, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(pbxListen))
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("pbx.listen %s: port %d is already in use: stop the other SIP software on this host, or choose another pbx.listen port: %w",
+				pbxListen, pbxListen.Port(), err)
+		}
+		return fmt.Errorf("pbx.listen %s: %w", pbxListen, err)
+	}
+	pbxConn := linkmanager.NewSharedConn(pbxUDP, log, nil)
+	defer pbxConn.Close()
+
 	srv, err := linkmanager.New(linkmanager.Options{
 		Conn:     conn,
 		Keeper:   keeper,
 		Trunks:   trunkOptions(cfg.Trunks),
 		Interval: time.Duration(cfg.STUN.Interval),
 		Logger:   log,
+		PBXConn:  pbxConn,
+		PBX: linkmanager.PBXOptions{
+			Addr: cfg.PBX.Addr, Allow: cfg.PBX.AllowPrefixes,
+			Username: cfg.PBX.Username, Password: cfg.PBX.Password,
+		},
+		Media: mediaConfig(cfg.RTP, pbxListen.Addr(), listen.Addr()),
 	})
 	if err != nil {
 		return err
@@ -125,6 +147,22 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	return g.Wait()
 }
 
+// mediaConfig sizes the relay: the LAN pool on the PBX-facing address, the
+// Internet pool on the provider-facing one.
+func mediaConfig(c config.RTP, lan, wan netip.Addr) rtpbridge.Config {
+	// Config's dscp 0 means "unmarked"; rtpbridge's 0 means "default".
+	dscp := -1
+	if c.DSCP != nil && *c.DSCP != 0 {
+		dscp = *c.DSCP
+	}
+	return rtpbridge.Config{
+		LAN:          &rtpbridge.Pool{Address: lan.String(), MinPort: uint16(c.LANPortMin), MaxPort: uint16(c.LANPortMax), DSCP: dscp},
+		WAN:          &rtpbridge.Pool{Address: wan.String(), MinPort: uint16(c.PortMin), MaxPort: uint16(c.PortMax), DSCP: dscp},
+		MediaTimeout: time.Duration(c.MediaTimeout),
+		HoldTimeout:  time.Duration(c.HoldTimeout),
+	}
+}
+
 func trunkOptions(ts []config.Trunk) []linkmanager.TrunkOptions {
 	out := make([]linkmanager.TrunkOptions, 0, len(ts))
 	for _, t := range ts {
@@ -132,6 +170,7 @@ func trunkOptions(ts []config.Trunk) []linkmanager.TrunkOptions {
 			Name: t.Name, Host: t.ProxyAddr.Host, Port: t.ProxyAddr.Port, RegistrarHost: t.RegistrarAddr.Host,
 			Domain: t.Domain, Username: t.Username, AuthUsername: t.AuthUsername, Password: t.Password,
 			Expires: time.Duration(t.Expires), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,
+			Prefixes: t.OutboundPrefixes,
 		})
 	}
 	return out

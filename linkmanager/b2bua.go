@@ -1,0 +1,350 @@
+package linkmanager
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+
+	"github.com/linkmanager/linkmanager/linkmanager/sdp"
+	"github.com/linkmanager/linkmanager/rtpbridge"
+)
+
+// PBXOptions is the LAN side of the B2BUA.
+type PBXOptions struct {
+	Listen   netip.AddrPort // our LAN SIP address (Contact, Via, SDP)
+	Addr     netip.AddrPort // where inbound calls go
+	Allow    []netip.Prefix // who may place calls
+	Username string         // optional digest the PBX must present
+	Password string
+}
+
+// B2BUA bridges calls between the PBX and the providers. Each call has a
+// dialog on each side that shares nothing but the numbers and the
+// (rewritten) SDP: the provider never sees a LAN address, the PBX never
+// sees the provider's Via, Record-Route or Contact.
+type B2BUA struct {
+	log         *zap.Logger
+	lan         *side
+	wan         *side
+	pbx         PBXOptions
+	bridgeMedia *rtpbridge.Bridge
+	ringTimeout time.Duration
+	trunks      func() []*trunk
+
+	mu    sync.Mutex
+	calls map[string]*call // guarded by mu; by the Call-ID of either leg
+	wg    sync.WaitGroup   // hang-ups in flight
+	drain atomic.Bool
+}
+
+func (b *B2BUA) draining() bool { return b.drain.Load() }
+
+func (b *B2BUA) sideOf(l rtpbridge.Leg) *side {
+	if l == rtpbridge.LegA {
+		return b.lan
+	}
+	return b.wan
+}
+
+// wanFor is the Internet side as seen by one trunk: its Contact is what
+// that trunk's registrar sees, which is what the provider can reach.
+func (b *B2BUA) wanFor(t *trunk) *side {
+	s := *b.wan
+	s.contact = func() netip.AddrPort {
+		if st := t.reg.Status(); st.Contact.IsValid() {
+			return st.Contact
+		}
+		return b.wan.contact()
+	}
+	return &s
+}
+
+func (b *B2BUA) track(c *call) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, d := range c.legs {
+		if d != nil {
+			b.calls[d.callID] = c
+		}
+	}
+}
+
+func (b *B2BUA) lookup(callID string) (*call, rtpbridge.Leg, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c, ok := b.calls[callID]
+	if !ok {
+		return nil, 0, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for l, d := range c.legs {
+		if d != nil && d.callID == callID {
+			return c, rtpbridge.Leg(l), true
+		}
+	}
+	return nil, 0, false
+}
+
+// finish ends a call once: it frees the relay ports and logs one line with
+// the media statistics.
+func (b *B2BUA) finish(c *call, reason string) {
+	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return
+	}
+	c.ended = true
+	legs := c.legs
+	c.mu.Unlock()
+	b.mu.Lock()
+	for _, d := range legs {
+		if d != nil && b.calls[d.callID] == c {
+			delete(b.calls, d.callID)
+		}
+	}
+	b.mu.Unlock()
+	c.media.Close()
+	st := c.media.Stats()
+	fields := []zap.Field{zap.String("reason", reason), zap.Object("media", st)}
+	if !c.answer.IsZero() {
+		fields = append(fields, zap.Duration("duration", time.Since(c.answer)))
+		if st.OneWay() {
+			fields = append(fields, zap.Bool("one_way_audio", true))
+		}
+	}
+	c.log.Info("call ended", fields...)
+}
+
+// hangup sends BYE on both legs of an answered call and ends it.
+func (b *B2BUA) hangup(c *call, reason string) {
+	c.mu.Lock()
+	legs, ended := c.legs, c.ended
+	c.mu.Unlock()
+	if ended {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, d := range legs {
+		if d != nil && d.remoteTag != "" {
+			wg.Add(1)
+			go func() { defer wg.Done(); b.bye(d) }()
+		}
+	}
+	wg.Wait()
+	b.finish(c, reason)
+}
+
+// onMediaTimeout is rtpbridge's callback for a call whose media died.
+func (b *B2BUA) onMediaTimeout(s *rtpbridge.Session) {
+	c, _, ok := b.lookup(s.ID())
+	if !ok {
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.hangup(c, "media timeout")
+	}()
+}
+
+// HangupAll ends every call (shutdown) and waits for the BYEs.
+func (b *B2BUA) HangupAll(reason string) {
+	b.mu.Lock()
+	seen := map[*call]bool{}
+	for _, c := range b.calls {
+		seen[c] = true
+	}
+	b.mu.Unlock()
+	var wg sync.WaitGroup
+	for c := range seen {
+		wg.Add(1)
+		go func() { defer wg.Done(); b.hangup(c, reason) }()
+	}
+	wg.Wait()
+	b.wg.Wait()
+}
+
+// Active is the number of calls up or being set up.
+func (b *B2BUA) Active() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	seen := map[*call]bool{}
+	for _, c := range b.calls {
+		seen[c] = true
+	}
+	return len(seen)
+}
+
+// onPBXInvite handles an INVITE from the LAN: toll fraud starts here, so
+// only the PBX's addresses may call out.
+func (b *B2BUA) onPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
+	src, err := netip.ParseAddrPort(req.Source())
+	if err != nil || !b.allowedPBX(src.Addr()) {
+		b.log.Warn("call from an address not in pbx.allow refused", zap.String("from", req.Source()),
+			zap.String("call_id", req.CallID().Value()))
+		b.reply(tx, req, nil, sip.StatusForbidden, "Forbidden", nil)
+		return
+	}
+	if tagOf(req.To()) != "" {
+		b.reinvite(b.lan, req, tx)
+		return
+	}
+	number := req.Recipient.User
+	t := b.trunkForNumber(number)
+	if t == nil {
+		b.reply(tx, req, nil, sip.StatusNotFound, "No Trunk For Number", nil)
+		return
+	}
+	dst := t.dst.Load()
+	if dst == nil {
+		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Trunk Not Resolved", nil, sip.NewHeader("Retry-After", "10"))
+		return
+	}
+	wan := b.wanFor(t)
+	b.bridge(b.lan, req, tx, bridgeParams{
+		to:    wan,
+		ruri:  sip.Uri{Scheme: "sip", User: number, Host: t.conf.Domain},
+		from:  sip.Uri{Scheme: "sip", User: t.conf.Username, Host: t.conf.Domain},
+		at:    sip.Uri{Scheme: "sip", User: number, Host: t.conf.Domain},
+		dst:   *dst,
+		user:  t.reg.authUser(),
+		pass:  t.conf.Password,
+		trunk: t.conf.Name,
+		dir:   "outbound",
+	})
+}
+
+// onProviderInvite bridges a call for one of our DIDs to the PBX.
+func (b *B2BUA) onProviderInvite(t *trunk, did string, req *sip.Request, tx sip.ServerTransaction) {
+	caller := ""
+	if f := req.From(); f != nil {
+		caller = f.Address.User
+	}
+	lanIP := b.pbx.Listen.Addr().String()
+	b.bridge(b.wanFor(t), req, tx, bridgeParams{
+		to:    b.lan,
+		ruri:  sip.Uri{Scheme: "sip", User: did, Host: b.pbx.Addr.Addr().String(), Port: int(b.pbx.Addr.Port())},
+		from:  sip.Uri{Scheme: "sip", User: caller, Host: lanIP},
+		at:    sip.Uri{Scheme: "sip", User: did, Host: b.pbx.Addr.Addr().String()},
+		dst:   b.pbx.Addr,
+		trunk: t.conf.Name,
+		dir:   "inbound",
+	})
+}
+
+func (b *B2BUA) allowedPBX(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range b.pbx.Allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// trunkForNumber picks the first trunk whose outbound prefixes match;
+// a trunk without prefixes takes every number.
+func (b *B2BUA) trunkForNumber(number string) *trunk {
+	for _, t := range b.trunks() {
+		if len(t.prefixes) == 0 {
+			return t
+		}
+		for _, p := range t.prefixes {
+			if strings.HasPrefix(number, p) {
+				return t
+			}
+		}
+	}
+	return nil
+}
+
+// onBye ends a call from either side: answer, then hang up the other leg.
+func (b *B2BUA) onBye(req *sip.Request, tx sip.ServerTransaction) {
+	c, leg, ok := b.lookup(req.CallID().Value())
+	if !ok {
+		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
+		return
+	}
+	b.reply(tx, req, nil, sip.StatusOK, "OK", nil)
+	if other := c.other(leg); other != nil && other.remoteTag != "" {
+		b.bye(other)
+	}
+	b.finish(c, "bye from "+b.sideOf(leg).name)
+}
+
+// onAck confirms an answered call; media was already running.
+func (b *B2BUA) onAck(req *sip.Request, tx sip.ServerTransaction) {}
+
+// reinvite relays a mid-call INVITE (hold, resume, codec change, session
+// refresh) to the other leg with its SDP rewritten, and the answer back.
+func (b *B2BUA) reinvite(from *side, req *sip.Request, tx sip.ServerTransaction) {
+	c, leg, ok := b.lookup(req.CallID().Value())
+	if !ok {
+		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
+		return
+	}
+	c.mu.Lock()
+	in := c.legs[leg]
+	c.mu.Unlock()
+	out := c.other(leg)
+	var body []byte
+	if len(req.Body()) > 0 {
+		offer, err := sdp.Parse(req.Body())
+		if err != nil {
+			code, reason := statusFor(err)
+			b.reply(tx, req, in, code, reason, nil)
+			return
+		}
+		if c.index < len(offer.Media) {
+			setRemote(c.media, leg, offer.Media[c.index])
+			c.media.SetHold(offer.Media[c.index].Hold)
+		}
+		if body, err = b.rewrite(c, out.side, req.Body()); err != nil {
+			code, reason := statusFor(err)
+			b.reply(tx, req, in, code, reason, nil)
+			return
+		}
+	}
+	ctx, stop := context.WithTimeout(context.Background(), 32*time.Second)
+	defer stop()
+	fwd := out.newRequest(sip.INVITE, body)
+	otx, err := b.send(ctx, out, fwd)
+	if err != nil {
+		b.reply(tx, req, in, sip.StatusServiceUnavailable, "Service Unavailable", nil)
+		return
+	}
+	defer otx.Terminate()
+	for {
+		select {
+		case <-ctx.Done():
+			b.reply(tx, req, in, sip.StatusRequestTimeout, "Request Timeout", nil)
+			return
+		case <-otx.Done():
+			b.reply(tx, req, in, sip.StatusRequestTimeout, "Request Timeout", nil)
+			return
+		case res := <-otx.Responses():
+			if res.StatusCode < 200 {
+				continue
+			}
+			if res.StatusCode >= 300 {
+				b.reply(tx, req, in, int(res.StatusCode), res.Reason, nil)
+				return
+			}
+			out.learnTarget(res, out.invite != nil)
+			b.ack(out, fwd, res)
+			answer, err := b.answerSDP(c, leg, out.side.leg, res.Body())
+			if err != nil {
+				c.log.Warn("bad SDP in re-INVITE answer", zap.Error(err))
+			}
+			b.reply(tx, req, in, sip.StatusOK, "OK", answer)
+			return
+		}
+	}
+}

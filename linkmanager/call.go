@@ -1,0 +1,524 @@
+package linkmanager
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
+	"go.uber.org/zap"
+
+	"github.com/linkmanager/linkmanager/linkmanager/sdp"
+	"github.com/linkmanager/linkmanager/rtpbridge"
+)
+
+// DefaultRingTimeout bounds how long a call may ring: sipgo's Timer B
+// stops at the first 1xx, so nothing else would.
+const DefaultRingTimeout = 120 * time.Second
+
+// side is one network the B2BUA talks to: the LAN (PBX) or the Internet
+// (providers). Each has its own socket, sipgo client and addresses.
+type side struct {
+	name   string // "pbx" or "provider", for logs
+	leg    rtpbridge.Leg
+	client *sipgo.Client
+	// contact is what we write into Via and Contact on this side: the
+	// public address on the Internet side.
+	contact func() netip.AddrPort
+}
+
+// dialog is our half of one SIP dialog on one side.
+type dialog struct {
+	side      *side
+	callID    string
+	localTag  string
+	remoteTag string
+	local     sip.Uri // our From (UAC) / To (UAS) address
+	remote    sip.Uri
+	target    sip.Uri   // the peer's Contact
+	routes    []sip.Uri // route set, in the order to put into Route
+	dst       netip.AddrPort
+	cseq      uint32 // our last CSeq on this dialog
+	version   uint64 // o= version of the SDP we send on this side
+	invite    *sip.Request
+}
+
+// call is one bridged call: a dialog on each side and a media session.
+type call struct {
+	id     string // the first leg's Call-ID, used in logs
+	dir    string // "outbound" (PBX to provider) or "inbound"
+	trunk  string
+	log    *zap.Logger
+	media  *rtpbridge.Session
+	index  int // relayed m-line
+	start  time.Time
+	answer time.Time
+
+	mu    sync.Mutex
+	legs  [2]*dialog // by rtpbridge.Leg; guarded by mu
+	ended bool       // guarded by mu
+}
+
+// other returns the dialog on the far side of d.
+func (c *call) other(leg rtpbridge.Leg) *dialog {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.legs[1-leg]
+}
+
+// bridgeParams says where the new leg's INVITE goes.
+type bridgeParams struct {
+	to       *side
+	ruri     sip.Uri
+	from, at sip.Uri // From and To of the new leg
+	dst      netip.AddrPort
+	user     string // digest credentials for the new leg; empty: none
+	pass     string
+	trunk    string
+	dir      string
+}
+
+// bridge handles an initial INVITE that arrived on in: it builds the
+// other leg, relays provisional and final responses, and returns once the
+// incoming transaction has a final response (sipgo requires the handler to
+// block until then).
+func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p bridgeParams) {
+	callID := req.CallID().Value()
+	log := b.log.With(zap.String("call_id", callID), zap.String("trunk", p.trunk), zap.String("direction", p.dir))
+	if b.draining() {
+		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
+		return
+	}
+	offer, err := sdp.Parse(req.Body())
+	if err != nil {
+		log.Info("call refused: unusable SDP offer", zap.Error(err))
+		code, reason := statusFor(err)
+		b.reply(tx, req, nil, code, reason, nil)
+		return
+	}
+	idx, ok := relayable(offer)
+	if !ok {
+		b.reply(tx, req, nil, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
+		return
+	}
+	media, err := b.bridgeMedia.NewSession(callID)
+	if err != nil {
+		log.Warn("call refused: no relay ports", zap.Error(err))
+		code, reason := statusFor(err)
+		b.reply(tx, req, nil, code, reason, nil, sip.NewHeader("Retry-After", "30"))
+		return
+	}
+	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now()}
+	in_ := uasDialog(in, req)
+	c.legs[in.leg] = in_
+	if err := setRemote(media, in.leg, offer.Media[idx]); err != nil {
+		log.Warn("bad media address in offer", zap.Error(err))
+	}
+	b.reply(tx, req, in_, sip.StatusTrying, "Trying", nil)
+
+	outSDP, err := b.rewrite(c, p.to, req.Body())
+	if err != nil {
+		b.finish(c, "sdp rewrite failed: "+err.Error())
+		code, reason := statusFor(err)
+		b.reply(tx, req, in_, code, reason, nil)
+		return
+	}
+	out := &dialog{side: p.to, callID: sip.GenerateTagN(24) + "@linkmanager", localTag: sip.GenerateTagN(12),
+		local: p.from, remote: p.at, target: p.ruri, dst: p.dst, cseq: 1}
+	c.legs[p.to.leg] = out
+	b.track(c)
+
+	cancelled := make(chan struct{})
+	var once sync.Once
+	tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
+
+	invite := out.newRequest(sip.INVITE, outSDP)
+	out.invite = invite
+	ring := time.NewTimer(b.ringTimeout)
+	defer ring.Stop()
+	// Not tied to the handler: a CANCEL or a late 2xx must still be
+	// handled after the caller is gone.
+	octx, ocancel := context.WithCancel(context.Background())
+	defer ocancel()
+
+	otx, err := b.send(octx, out, invite)
+	if err != nil {
+		b.finish(c, "invite send failed: "+err.Error())
+		b.reply(tx, req, in_, sip.StatusServiceUnavailable, "Service Unavailable", nil)
+		return
+	}
+	authed := false
+	for {
+		select {
+		case <-cancelled:
+			// sipgo already answered the CANCEL with 200 and the INVITE
+			// with 487; pass the CANCEL on and wait for the far side's
+			// final answer, which ends the loop.
+			b.cancel(out, invite)
+			cancelled = nil
+			continue
+		case <-ring.C:
+			log.Info("ring timeout", zap.Duration("after", b.ringTimeout))
+			b.cancel(out, invite)
+			b.reply(tx, req, in_, sip.StatusRequestTimeout, "Request Timeout", nil)
+			b.awaitCancelled(otx, out, invite)
+			b.finish(c, "ring timeout")
+			return
+		case <-otx.Done():
+			b.finish(c, "no answer from "+out.side.name)
+			b.reply(tx, req, in_, sip.StatusRequestTimeout, "Request Timeout", nil)
+			return
+		case res := <-otx.Responses():
+			code := int(res.StatusCode)
+			switch {
+			case code == 100:
+			case code < 200:
+				out.remoteTag = tagOf(res.To())
+				body, err := b.answerSDP(c, in.leg, p.to.leg, res.Body())
+				if err != nil {
+					log.Info("dropping SDP of provisional response", zap.Error(err))
+				}
+				b.reply(tx, req, in_, code, res.Reason, body)
+			case code < 300:
+				out.remoteTag = tagOf(res.To())
+				out.learnTarget(res, true)
+				b.ack(out, invite, res)
+				if cancelled == nil {
+					// The far side answered while our CANCEL was on its
+					// way: the caller is gone, so hang up at once.
+					b.bye(out)
+					b.finish(c, "answered after cancel")
+					return
+				}
+				body, err := b.answerSDP(c, in.leg, p.to.leg, res.Body())
+				if err != nil {
+					log.Warn("bad SDP in answer", zap.Error(err))
+					b.bye(out)
+					b.finish(c, "bad answer SDP")
+					b.reply(tx, req, in_, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
+					return
+				}
+				c.answer = time.Now()
+				media.Established()
+				b.reply(tx, req, in_, sip.StatusOK, "OK", body)
+				log.Info("call answered", zap.Duration("setup", c.answer.Sub(c.start)))
+				return
+			case (code == 401 || code == 407) && p.user != "" && !authed:
+				authed = true
+				next, err := out.authorize(invite, res, p.user, p.pass)
+				if err != nil {
+					b.finish(c, "authentication: "+err.Error())
+					b.reply(tx, req, in_, sip.StatusForbidden, "Forbidden", nil)
+					return
+				}
+				invite = next
+				out.invite = next
+				otx.Terminate()
+				if otx, err = b.send(octx, out, invite); err != nil {
+					b.finish(c, "invite send failed: "+err.Error())
+					b.reply(tx, req, in_, sip.StatusServiceUnavailable, "Service Unavailable", nil)
+					return
+				}
+			default:
+				// Busy, not found and the rest go back as they came;
+				// sipgo's transaction has already ACKed them.
+				b.finish(c, fmt.Sprintf("%d %s", code, res.Reason))
+				if code == 401 || code == 407 {
+					code, res.Reason = sip.StatusForbidden, "Forbidden"
+				}
+				b.reply(tx, req, in_, code, res.Reason, nil)
+				return
+			}
+		}
+	}
+}
+
+// relayable picks the stream we relay: the first active audio or T.38
+// stream. Others are declined (port 0) in what we send on.
+func relayable(s *sdp.Session) (int, bool) {
+	for _, m := range s.Media {
+		if m.Port != 0 && (m.Kind == "audio" || m.Kind == "image") {
+			return m.Index, true
+		}
+	}
+	return 0, false
+}
+
+func setRemote(s *rtpbridge.Session, leg rtpbridge.Leg, m sdp.Media) error {
+	if m.Hold && m.Addr.IsUnspecified() || m.Port == 0 {
+		return s.SetRemote(leg, netip.AddrPort{}, netip.AddrPort{})
+	}
+	rtcp := m.RTCP
+	if m.RTCPMux || !rtcp.IsValid() {
+		rtcp = netip.AddrPortFrom(m.Addr, uint16(m.Port+1))
+	}
+	return s.SetRemote(leg, netip.AddrPortFrom(m.Addr, uint16(m.Port)), rtcp)
+}
+
+// rewrite turns an SDP body from one side into what we send on side to:
+// our address there and our relay port for that side's leg.
+func (b *B2BUA) rewrite(c *call, to *side, body []byte) ([]byte, error) {
+	s, err := sdp.Parse(body)
+	if err != nil {
+		return nil, err
+	}
+	ports := make(map[int]int, len(s.Media))
+	for _, m := range s.Media {
+		ports[m.Index] = 0
+	}
+	if m := s.Media; c.index < len(m) && m[c.index].Port != 0 {
+		ports[c.index] = int(c.media.LocalPort(to.leg))
+	}
+	c.mu.Lock()
+	d := c.legs[to.leg]
+	var version uint64 = 1
+	if d != nil {
+		d.version++
+		version = d.version
+	}
+	c.mu.Unlock()
+	return sdp.Rewrite(body, to.contact().Addr(), ports, version)
+}
+
+// answerSDP takes an SDP answer from side `from` for the caller's side
+// `to`: it points the relay at the answerer and rewrites the body. An
+// empty body stays empty.
+func (b *B2BUA) answerSDP(c *call, to, from rtpbridge.Leg, body []byte) ([]byte, error) {
+	if len(body) == 0 {
+		return nil, nil
+	}
+	s, err := sdp.Parse(body)
+	if err != nil {
+		return nil, err
+	}
+	if c.index < len(s.Media) {
+		// The pinhole packet leaves inside SetRemote, before the answer is
+		// passed on: the remote cannot have started sending yet.
+		if err := setRemote(c.media, from, s.Media[c.index]); err != nil {
+			return nil, err
+		}
+		c.media.SetHold(s.Media[c.index].Hold)
+	}
+	return b.rewrite(c, b.sideOf(to), body)
+}
+
+// uasDialog records the dialog an incoming INVITE opens.
+func uasDialog(s *side, req *sip.Request) *dialog {
+	d := &dialog{side: s, callID: req.CallID().Value(), localTag: sip.GenerateTagN(12),
+		remoteTag: tagOf(req.From()), local: req.To().Address, remote: req.From().Address}
+	if c := req.Contact(); c != nil {
+		d.target = c.Address
+	}
+	// Record-Route as received is the route set in order for a UAS.
+	for _, h := range req.GetHeaders("Record-Route") {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok {
+			d.routes = append(d.routes, rr.Address)
+		}
+	}
+	if src, err := netip.ParseAddrPort(req.Source()); err == nil {
+		d.dst = src
+	}
+	if cs := req.CSeq(); cs != nil {
+		d.cseq = 0
+	}
+	return d
+}
+
+func tagOf(h interface{ Value() string }) string {
+	switch v := h.(type) {
+	case *sip.ToHeader:
+		if v != nil {
+			t, _ := v.Params.Get("tag")
+			return t
+		}
+	case *sip.FromHeader:
+		if v != nil {
+			t, _ := v.Params.Get("tag")
+			return t
+		}
+	}
+	return ""
+}
+
+// learnTarget records the peer's Contact and, for a UAC, the route set
+// (Record-Route reversed).
+func (d *dialog) learnTarget(res *sip.Response, uac bool) {
+	if c := res.Contact(); c != nil {
+		d.target = c.Address
+	}
+	var routes []sip.Uri
+	for _, h := range res.GetHeaders("Record-Route") {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok {
+			routes = append(routes, rr.Address)
+		}
+	}
+	if uac {
+		for i, j := 0, len(routes)-1; i < j; i, j = i+1, j-1 {
+			routes[i], routes[j] = routes[j], routes[i]
+		}
+	}
+	d.routes = routes
+}
+
+// newRequest builds a request on this dialog from scratch: nothing from
+// the other leg is copied, so no header of one side leaks to the other.
+func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request {
+	req := sip.NewRequest(method, d.target)
+	req.AppendHeader(newVia(d.side.contact()))
+	for _, r := range d.routes {
+		req.AppendHeader(&sip.RouteHeader{Address: r})
+	}
+	req.AppendHeader(&sip.FromHeader{Address: d.local, Params: params("tag", d.localTag)})
+	to := &sip.ToHeader{Address: d.remote, Params: sip.NewParams()}
+	if d.remoteTag != "" {
+		to.Params.Add("tag", d.remoteTag)
+	}
+	req.AppendHeader(to)
+	cid := sip.CallIDHeader(d.callID)
+	req.AppendHeader(&cid)
+	if method != sip.ACK && method != sip.CANCEL {
+		d.cseq++
+	}
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: d.cseq, MethodName: method})
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+	if method == sip.INVITE {
+		req.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: d.local.User,
+			Host: d.side.contact().Addr().String(), Port: int(d.side.contact().Port())}})
+		req.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE"))
+	}
+	if body != nil {
+		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	req.SetBody(body)
+	req.SetDestination(d.dst.String())
+	return req
+}
+
+// authorize answers a 401/407 to an INVITE with a copy carrying
+// credentials, a new branch and the next CSeq.
+func (d *dialog) authorize(req *sip.Request, res *sip.Response, user, pass string) (*sip.Request, error) {
+	chal, hdr, err := challenge(res)
+	if err != nil {
+		return nil, err
+	}
+	cred, err := digest.Digest(chal, digest.Options{Method: string(req.Method), URI: req.Recipient.String(),
+		Username: user, Password: pass})
+	if err != nil {
+		return nil, err
+	}
+	next := req.Clone()
+	next.RemoveHeader("Via")
+	next.PrependHeader(newVia(d.side.contact()))
+	d.cseq++
+	next.CSeq().SeqNo = d.cseq
+	next.RemoveHeader(hdr)
+	next.AppendHeader(sip.NewHeader(hdr, cred.String()))
+	next.SetDestination(d.dst.String())
+	return next, nil
+}
+
+// send starts a client transaction from this side's socket.
+func (b *B2BUA) send(ctx context.Context, d *dialog, req *sip.Request) (sip.ClientTransaction, error) {
+	return d.side.client.TransactionRequest(ctx, req, sipgo.ClientRequestBuild)
+}
+
+// ack confirms a 2xx (RFC 3261 §13.2.2.4): end to end, so it is ours to
+// send, to the target the 2xx named.
+func (b *B2BUA) ack(d *dialog, invite *sip.Request, res *sip.Response) {
+	ack := d.newRequest(sip.ACK, nil)
+	ack.CSeq().SeqNo = invite.CSeq().SeqNo
+	if err := d.side.client.WriteRequest(ack, sipgo.ClientRequestBuild); err != nil {
+		b.log.Warn("ack failed", zap.String("call_id", d.callID), zap.Error(err))
+	}
+}
+
+// cancel sends CANCEL for our pending INVITE (RFC 3261 §9.1): same branch,
+// same CSeq number.
+func (b *B2BUA) cancel(d *dialog, invite *sip.Request) {
+	req := sip.NewRequest(sip.CANCEL, invite.Recipient)
+	req.AppendHeader(invite.Via().Clone())
+	for _, h := range invite.GetHeaders("Route") {
+		req.AppendHeader(h)
+	}
+	req.AppendHeader(invite.From())
+	req.AppendHeader(invite.To())
+	req.AppendHeader(invite.CallID())
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: invite.CSeq().SeqNo, MethodName: sip.CANCEL})
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+	req.SetBody(nil)
+	req.SetDestination(invite.Destination())
+	ctx, stop := context.WithTimeout(context.Background(), 8*time.Second)
+	go func() {
+		defer stop()
+		if _, err := d.side.client.Do(ctx, req, sipgo.ClientRequestBuild); err != nil {
+			b.log.Debug("cancel unanswered", zap.String("call_id", d.callID), zap.Error(err))
+		}
+	}()
+}
+
+// awaitCancelled waits briefly for the final answer to a cancelled
+// INVITE, hanging up if it was a 2xx that crossed our CANCEL.
+func (b *B2BUA) awaitCancelled(tx sip.ClientTransaction, d *dialog, invite *sip.Request) {
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return
+		case <-tx.Done():
+			return
+		case res := <-tx.Responses():
+			if res.StatusCode >= 200 && res.StatusCode < 300 {
+				d.remoteTag = tagOf(res.To())
+				d.learnTarget(res, true)
+				b.ack(d, invite, res)
+				b.bye(d)
+				return
+			}
+			if res.StatusCode >= 300 {
+				return
+			}
+		}
+	}
+}
+
+// bye hangs up one dialog; it does not wait longer than a transaction.
+func (b *B2BUA) bye(d *dialog) {
+	req := d.newRequest(sip.BYE, nil)
+	ctx, stop := context.WithTimeout(context.Background(), 8*time.Second)
+	defer stop()
+	if _, err := d.side.client.Do(ctx, req, sipgo.ClientRequestBuild); err != nil {
+		b.log.Debug("bye unanswered", zap.String("call_id", d.callID), zap.Error(err))
+	}
+}
+
+// reply answers an incoming request on dialog d (nil before we have one).
+// An sdpBody among extra becomes the body.
+func (b *B2BUA) reply(tx sip.ServerTransaction, req *sip.Request, d *dialog, code int, reason string, body []byte, extra ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	if d != nil && code > 100 {
+		if to := res.To(); to != nil && !to.Params.Has("tag") {
+			to.Params.Add("tag", d.localTag)
+		}
+		if code < 300 {
+			res.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: d.local.User,
+				Host: d.side.contact().Addr().String(), Port: int(d.side.contact().Port())}})
+		}
+	}
+	for _, h := range extra {
+		res.AppendHeader(h)
+	}
+	if body != nil {
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		res.SetBody(body)
+	}
+	if err := tx.Respond(res); err != nil {
+		b.log.Debug("response failed", zap.Int("code", code), zap.Error(err))
+	}
+}

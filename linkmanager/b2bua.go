@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
 
@@ -36,11 +37,28 @@ type B2BUA struct {
 	bridgeMedia *rtpbridge.Bridge
 	ringTimeout time.Duration
 	trunks      func() []*trunk
+	auth        *pbxAuth // nil: the PBX is trusted by address alone
 
-	mu    sync.Mutex
-	calls map[string]*call // guarded by mu; by the Call-ID of either leg
-	wg    sync.WaitGroup   // hang-ups in flight
-	drain atomic.Bool
+	mu       sync.Mutex
+	calls    map[string]*call // guarded by mu; by the Call-ID of either leg
+	stopping bool             // guarded by mu; no new background work
+	wg       sync.WaitGroup   // background work per call (hang-ups, 2xx retransmits)
+	drain    atomic.Bool
+}
+
+// goCall runs f in the background unless we are stopping; HangupAll waits
+// for it. Adding under mu keeps Add from racing Wait.
+func (b *B2BUA) goCall(f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopping {
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		f()
+	}()
 }
 
 func (b *B2BUA) draining() bool { return b.drain.Load() }
@@ -103,6 +121,7 @@ func (b *B2BUA) finish(c *call, reason string) {
 	c.ended = true
 	legs := c.legs
 	c.mu.Unlock()
+	close(c.done)
 	b.mu.Lock()
 	for _, d := range legs {
 		if d != nil && b.calls[d.callID] == c {
@@ -147,11 +166,7 @@ func (b *B2BUA) onMediaTimeout(s *rtpbridge.Session) {
 	if !ok {
 		return
 	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.hangup(c, "media timeout")
-	}()
+	b.goCall(func() { b.hangup(c, "media timeout") })
 }
 
 // HangupAll ends every call (shutdown) and waits for the BYEs.
@@ -168,6 +183,9 @@ func (b *B2BUA) HangupAll(reason string) {
 		go func() { defer wg.Done(); b.hangup(c, reason) }()
 	}
 	wg.Wait()
+	b.mu.Lock()
+	b.stopping = true
+	b.mu.Unlock()
 	b.wg.Wait()
 }
 
@@ -193,11 +211,18 @@ func (b *B2BUA) onPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	if tagOf(req.To()) != "" {
-		b.reinvite(b.lan, req, tx)
+		b.reinvite(req, tx)
 		return
 	}
-	number := req.Recipient.User
-	t := b.trunkForNumber(number)
+	if b.auth != nil {
+		if ok, chal := b.auth.check(req); !ok {
+			b.reply(tx, req, nil, sip.StatusProxyAuthRequired, "Proxy Authentication Required", nil,
+				sip.NewHeader("Proxy-Authenticate", chal))
+			return
+		}
+	}
+	dialled := req.Recipient.User
+	t := b.trunkForNumber(dialled)
 	if t == nil {
 		b.reply(tx, req, nil, sip.StatusNotFound, "No Trunk For Number", nil)
 		return
@@ -207,6 +232,7 @@ func (b *B2BUA) onPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Trunk Not Resolved", nil, sip.NewHeader("Retry-After", "10"))
 		return
 	}
+	number := normalizeNumber(dialled, t.format, t.country)
 	wan := b.wanFor(t)
 	b.bridge(b.lan, req, tx, bridgeParams{
 		to:    wan,
@@ -280,11 +306,49 @@ func (b *B2BUA) onBye(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 // onAck confirms an answered call; media was already running.
-func (b *B2BUA) onAck(req *sip.Request, tx sip.ServerTransaction) {}
+func (b *B2BUA) onAck(req *sip.Request, tx sip.ServerTransaction) {
+	if c, _, ok := b.lookup(req.CallID().Value()); ok {
+		c.confirm()
+	}
+}
 
-// reinvite relays a mid-call INVITE (hold, resume, codec change, session
-// refresh) to the other leg with its SDP rewritten, and the answer back.
-func (b *B2BUA) reinvite(from *side, req *sip.Request, tx sip.ServerTransaction) {
+// onStrayResponse sees responses no transaction wanted. A 2xx to an
+// INVITE arriving again means our ACK was lost: send it again, or the
+// callee hangs up.
+func (b *B2BUA) onStrayResponse(res *sip.Response) {
+	cs := res.CSeq()
+	if cs == nil || cs.MethodName != sip.INVITE || !res.IsSuccess() || res.CallID() == nil {
+		return
+	}
+	c, leg, ok := b.lookup(res.CallID().Value())
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	d := c.legs[leg]
+	var ack *sip.Request
+	if d.lastAck != nil && d.lastAck.CSeq().SeqNo == cs.SeqNo {
+		ack = d.lastAck
+	}
+	c.mu.Unlock()
+	if ack == nil {
+		return
+	}
+	if err := d.side.client.WriteRequest(ack.Clone(), sipgo.ClientRequestBuild); err != nil {
+		c.log.Debug("re-ACK failed", zap.Error(err))
+	}
+}
+
+// onUpdate relays UPDATE (RFC 3311: session timers, early hold) like a
+// re-INVITE.
+func (b *B2BUA) onUpdate(req *sip.Request, tx sip.ServerTransaction) {
+	b.reinvite(req, tx)
+}
+
+// reinvite relays a mid-call INVITE or UPDATE (hold, resume, codec
+// change, RFC 4028 session refresh) to the other leg with its SDP
+// rewritten, and the answer back. The relay ports stay the same.
+func (b *B2BUA) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 	c, leg, ok := b.lookup(req.CallID().Value())
 	if !ok {
 		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
@@ -314,7 +378,7 @@ func (b *B2BUA) reinvite(from *side, req *sip.Request, tx sip.ServerTransaction)
 	}
 	ctx, stop := context.WithTimeout(context.Background(), 32*time.Second)
 	defer stop()
-	fwd := out.newRequest(sip.INVITE, body)
+	fwd := out.newRequest(req.Method, body)
 	otx, err := b.send(ctx, out, fwd)
 	if err != nil {
 		b.reply(tx, req, in, sip.StatusServiceUnavailable, "Service Unavailable", nil)
@@ -337,8 +401,14 @@ func (b *B2BUA) reinvite(from *side, req *sip.Request, tx sip.ServerTransaction)
 				b.reply(tx, req, in, int(res.StatusCode), res.Reason, nil)
 				return
 			}
-			out.learnTarget(res, out.invite != nil)
-			b.ack(out, fwd, res)
+			// A 2xx refreshes the remote target; the route set was fixed
+			// when the dialog was made (RFC 3261 §12.2.1.2).
+			if ct := res.Contact(); ct != nil {
+				out.target = ct.Address
+			}
+			if req.Method == sip.INVITE {
+				b.ack(out, fwd, res)
+			}
 			answer, err := b.answerSDP(c, leg, out.side.leg, res.Body())
 			if err != nil {
 				c.log.Warn("bad SDP in re-INVITE answer", zap.Error(err))

@@ -290,6 +290,12 @@ func TestB2BUAOutboundCallKeepsTheLegsApart(t *testing.T) {
 	if !strings.Contains(final, "c=IN IP4 "+lanIP) {
 		t.Errorf("PBX SDP should carry our LAN address:\n%s", final)
 	}
+	ack := fmt.Sprintf("ACK sip:0301234567@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKack1;rport\r\n"+
+		"From: <sip:200@%s>;tag=pbxcall1\r\nTo: %s\r\nCall-ID: call1@%s\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+		lan, pAddr, pbxIP, headerOf(final, "To"), pbxIP)
+	if _, err := pbx.WriteToUDPAddrPort([]byte(ack), lan); err != nil {
+		t.Fatal(err)
+	}
 	// The first ACK is sipgo's, for the 407; ours for the 200 follows.
 	await(t, "the ACK at the provider", func() bool { return len(prov.received("ACK")) == 2 })
 	if ack := prov.received("ACK")[1]; !strings.HasPrefix(ack, "ACK sip:callee@"+wanIP) || !strings.Contains(ack, "secret-provider-route") {

@@ -45,6 +45,7 @@ type dialog struct {
 	cseq      uint32 // our last CSeq on this dialog
 	version   uint64 // o= version of the SDP we send on this side
 	invite    *sip.Request
+	lastAck   *sip.Request // resent when the peer retransmits its 2xx
 }
 
 // call is one bridged call: a dialog on each side and a media session.
@@ -58,10 +59,17 @@ type call struct {
 	start  time.Time
 	answer time.Time
 
+	done      chan struct{} // closed by finish
+	acked     chan struct{} // closed when the caller ACKs our 2xx
+	ackedOnce sync.Once
+
 	mu    sync.Mutex
 	legs  [2]*dialog // by rtpbridge.Leg; guarded by mu
 	ended bool       // guarded by mu
 }
+
+// confirm records the caller's ACK for our 2xx.
+func (c *call) confirm() { c.ackedOnce.Do(func() { close(c.acked) }) }
 
 // other returns the dialog on the far side of d.
 func (c *call) other(leg rtpbridge.Leg) *dialog {
@@ -112,7 +120,8 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		b.reply(tx, req, nil, code, reason, nil, sip.NewHeader("Retry-After", "30"))
 		return
 	}
-	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now()}
+	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now(),
+		acked: make(chan struct{}), done: make(chan struct{})}
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
 	if err := setRemote(media, in.leg, offer.Media[idx]); err != nil {
@@ -204,8 +213,9 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				}
 				c.answer = time.Now()
 				media.Established()
-				b.reply(tx, req, in_, sip.StatusOK, "OK", body)
+				ok := b.reply(tx, req, in_, sip.StatusOK, "OK", body)
 				log.Info("call answered", zap.Duration("setup", c.answer.Sub(c.start)))
+				b.goCall(func() { b.retransmitUntilAck(c, tx, ok) })
 				return
 			case (code == 401 || code == 407) && p.user != "" && !authed:
 				authed = true
@@ -432,6 +442,7 @@ func (b *B2BUA) send(ctx context.Context, d *dialog, req *sip.Request) (sip.Clie
 func (b *B2BUA) ack(d *dialog, invite *sip.Request, res *sip.Response) {
 	ack := d.newRequest(sip.ACK, nil)
 	ack.CSeq().SeqNo = invite.CSeq().SeqNo
+	d.lastAck = ack
 	if err := d.side.client.WriteRequest(ack, sipgo.ClientRequestBuild); err != nil {
 		b.log.Warn("ack failed", zap.String("call_id", d.callID), zap.Error(err))
 	}
@@ -500,7 +511,7 @@ func (b *B2BUA) bye(d *dialog) {
 
 // reply answers an incoming request on dialog d (nil before we have one).
 // An sdpBody among extra becomes the body.
-func (b *B2BUA) reply(tx sip.ServerTransaction, req *sip.Request, d *dialog, code int, reason string, body []byte, extra ...sip.Header) {
+func (b *B2BUA) reply(tx sip.ServerTransaction, req *sip.Request, d *dialog, code int, reason string, body []byte, extra ...sip.Header) *sip.Response {
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
 	if d != nil && code > 100 {
 		if to := res.To(); to != nil && !to.Params.Has("tag") {
@@ -520,5 +531,37 @@ func (b *B2BUA) reply(tx sip.ServerTransaction, req *sip.Request, d *dialog, cod
 	}
 	if err := tx.Respond(res); err != nil {
 		b.log.Debug("response failed", zap.Int("code", code), zap.Error(err))
+	}
+	return res
+}
+
+// retransmitUntilAck resends our 2xx to the caller until its ACK arrives
+// (RFC 3261 §13.3.1.4): over UDP nobody else does, and a lost 200 would
+// leave the caller ringing while the callee talks. No ACK within 64*T1
+// ends the call.
+func (b *B2BUA) retransmitUntilAck(c *call, tx sip.ServerTransaction, res *sip.Response) {
+	interval := sip.T1
+	deadline := time.NewTimer(64 * sip.T1)
+	defer deadline.Stop()
+	for {
+		t := time.NewTimer(interval)
+		select {
+		case <-c.acked:
+			t.Stop()
+			return
+		case <-c.done:
+			t.Stop()
+			return
+		case <-deadline.C:
+			t.Stop()
+			c.log.Warn("caller never acknowledged the answer; hanging up")
+			b.hangup(c, "no ACK")
+			return
+		case <-t.C:
+			if err := tx.Respond(res); err != nil {
+				c.log.Debug("2xx retransmission failed", zap.Error(err))
+			}
+			interval = min(2*interval, sip.T2)
+		}
 	}
 }

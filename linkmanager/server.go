@@ -55,6 +55,8 @@ type TrunkOptions struct {
 	Keepalive     string
 	DIDs          []string
 	Prefixes      []string // outbound_prefixes; none: every number
+	NumberFormat  string   // e164, national or as-is
+	CountryCode   string
 }
 
 // Server is the SIP side of the daemon on the shared Internet socket:
@@ -83,11 +85,13 @@ func New(opts Options) (*Server, error) {
 	}
 	slogger := slog.New(zapslog.NewHandler(log.Named("sipgo").Core()))
 	local := opts.Conn.LocalAddrPort()
+	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip")}
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("linkmanager/"+Version),
 		sipgo.WithUserAgentHostname(local.Addr().String()),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slogger)),
-		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger)),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger),
+			sip.WithTransactionLayerUnhandledResponseHandler(s.strayResponse)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("linkmanager: sip user agent: %w", err)
@@ -103,7 +107,7 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("linkmanager: sip client: %w", err)
 	}
-	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip"), ua: ua, srv: srv, client: client}
+	s.ua, s.srv, s.client = ua, srv, client
 	var lookup resolver = net.DefaultResolver
 	if opts.Resolver != nil {
 		lookup = opts.Resolver
@@ -113,7 +117,7 @@ func New(opts Options) (*Server, error) {
 		t := &trunk{
 			conf: trunkConf{Name: to.Name, Domain: to.Domain, Username: to.Username, AuthUsername: to.AuthUsername,
 				Password: to.Password, Expires: to.Expires, Register: to.Register, Keepalive: to.Keepalive, DIDs: to.DIDs},
-			host: to.Host, port: to.Port, also: to.RegistrarHost, prefixes: to.Prefixes, interval: opts.Interval,
+			host: to.Host, port: to.Port, also: to.RegistrarHost, prefixes: to.Prefixes, format: to.NumberFormat, country: to.CountryCode, interval: opts.Interval,
 			do: s.do, probe: opts.Keeper.Probe, send: opts.Conn.Send, lastSent: opts.Conn.LastSent,
 			log: tl, now: time.Now, lookup: lookup, sources: map[netip.Addr]bool{},
 		}
@@ -140,7 +144,8 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 		sipgo.WithUserAgent("linkmanager/"+Version),
 		sipgo.WithUserAgentHostname(lanAddr.Addr().String()),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slogger)),
-		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger)),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger),
+			sip.WithTransactionLayerUnhandledResponseHandler(s.strayResponse)),
 	)
 	if err != nil {
 		return fmt.Errorf("linkmanager: pbx user agent: %w", err)
@@ -170,6 +175,9 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 			}},
 	}
 	b.pbx.Listen = lanAddr
+	if opts.PBX.Username != "" {
+		b.auth = newPBXAuth(opts.PBX.Username, opts.PBX.Password)
+	}
 	mc := opts.Media
 	mc.OnTimeout = b.onMediaTimeout
 	if mc.Logger == nil {
@@ -183,11 +191,20 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	srv.OnInvite(b.onPBXInvite)
 	srv.OnAck(b.onAck)
 	srv.OnBye(b.onBye)
+	srv.OnUpdate(b.onUpdate)
 	srv.OnOptions(s.onOptions)
 	s.srv.OnAck(b.onAck)
 	s.srv.OnBye(b.onBye)
+	s.srv.OnUpdate(b.onUpdate)
 	s.b2bua, s.media, s.lan, s.lanUA, s.lanSrv = b, media, opts.PBXConn, ua, srv
 	return nil
+}
+
+// strayResponse is sipgo's hook for responses without a transaction.
+func (s *Server) strayResponse(res *sip.Response) {
+	if b := s.b2bua; b != nil {
+		b.onStrayResponse(res)
+	}
 }
 
 // do runs one client transaction from the shared socket.
@@ -312,7 +329,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	if s.b2bua != nil && tagOf(req.To()) != "" {
-		s.b2bua.reinvite(s.b2bua.wanFor(t), req, tx)
+		s.b2bua.reinvite(req, tx)
 		return
 	}
 	var toUser string

@@ -32,6 +32,8 @@ type trunk struct {
 	port     int      // 0: SRV, then 5060
 	also     string   // the registrar's host when a proxy is used: it may send to us too
 	prefixes []string // dialled-number prefixes this trunk takes; none: all
+	format   string   // number_format: e164, national or as-is
+	country  string   // country calling code for format
 	interval time.Duration
 
 	reg      *registration

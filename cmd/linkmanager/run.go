@@ -170,7 +170,7 @@ func trunkOptions(ts []config.Trunk) []linkmanager.TrunkOptions {
 			Name: t.Name, Host: t.ProxyAddr.Host, Port: t.ProxyAddr.Port, RegistrarHost: t.RegistrarAddr.Host,
 			Domain: t.Domain, Username: t.Username, AuthUsername: t.AuthUsername, Password: t.Password,
 			Expires: time.Duration(t.Expires), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,
-			Prefixes: t.OutboundPrefixes,
+			Prefixes: t.OutboundPrefixes, NumberFormat: t.NumberFormat, CountryCode: t.CountryCode,
 		})
 	}
 	return out

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The demo: linkmanager behind a real Linux NAT router, registering with a
 # real provider (Kamailio) and keeping the NAT open with STUN (coturn).
-# It shows the registration and public address, a call from the Internet
-# reaching the daemon, a DSL-style redial followed at once, and a clean
-# unregister. Everything runs in network namespaces this script creates and
+# It shows the registration and public address, real calls in both
+# directions with audio relayed through the NAT (and their RTP statistics),
+# a DSL-style redial followed at once, and a clean unregister. Everything runs in network namespaces this script creates and
 # removes again (trap); nothing touches the root namespace.
 #
 # Usage (as root): e2e/lab/demo.sh
@@ -48,16 +48,38 @@ wait_log() {
 	return 1
 }
 
-# call_did: the Internet phone calls the DID through the provider; prints
-# the final response code the phone got.
-call_did() {
-	local msgs="$DIR/call-$1.msg"
-	"$LAB" exec "$P" phone timeout 30 sipp -sf "$HERE/sipp/call.xml" -i 198.51.100.70 -p 5070 \
-		-m 1 -s 4930123456 -d 1000 -timeout 25s -trace_msg -message_file "$msgs" \
-		198.51.100.50:5060 >/dev/null 2>&1 || true
-	grep -oE '^SIP/2\.0 [2-6][0-9][0-9]' "$msgs" 2>/dev/null | tail -1 | awk '{print $2}'
+# call A_NS A_IP B_NS B_IP TARGET NUMBER LABEL: B answers and echoes RTP
+# (sipp -rtp_echo); A calls NUMBER via TARGET and plays ~7 s of G.711
+# audio (236 packets). What A gets back proves both directions.
+call() {
+	local a_ns=$1 a_ip=$2 b_ns=$3 b_ip=$4 target=$5 number=$6 label=$7
+	local cap="$DIR/$label.pcap" from
+	from=$(($(wc -l <"$DIR/linkmanager.log") + 1))
+	"$LAB" exec "$P" "$b_ns" timeout 40 sipp -sn uas -i "$b_ip" -p 5060 -mi "$b_ip" -rtp_echo -m 1 \
+		>/dev/null 2>&1 &
+	local uas=$!
+	"$LAB" exec "$P" "$a_ns" timeout 40 tcpdump -i any -n -U -w "$cap" "udp and dst host $a_ip and dst port 6000" \
+		>/dev/null 2>&1 &
+	local cap_pid=$!
+	sleep 0.5
+	(cd "$DIR" && "$LAB" exec "$P" "$a_ns" timeout 40 sipp -sf "$HERE/sipp/uac-pcap.xml" -i "$a_ip" -p 5070 \
+		-mi "$a_ip" -mp 6000 -m 1 -d 9000 -s "$number" "$target" >/dev/null 2>&1) ||
+		echo "  (the caller's sipp reported a failed call; see $DIR)"
+	wait "$uas" 2>/dev/null || true
+	sleep 0.5
+	kill "$cap_pid" 2>/dev/null || true
+	wait "$cap_pid" 2>/dev/null || true
+	local back
+	back=$(tcpdump -n -r "$cap" 2>/dev/null | wc -l)
+	local line
+	line=$(tail -n +"$from" "$DIR/linkmanager.log" | grep "call ended" | head -1)
+	echo "  caller got $back RTP packets back (it sent 236; the far end echoes them)"
+	echo "  linkmanager's RTP statistics for the call:"
+	for dir in a_to_b b_to_a; do
+		echo "$line" | grep -oE "\"$dir\": \{[^}]*" | sed -E 's/"(a_to_b|b_to_a)": \{/    \1 (a = PBX leg, b = provider leg): /; s/"//g'
+	done
+	echo "$line" | grep -oE '"one_way": (true|false)' | sed 's/"//g; s/^/    /'
 }
-
 say "building linkmanager"
 (cd "$ROOT" && go build -o "$DIR/linkmanager" ./cmd/linkmanager)
 "$DIR/linkmanager" version
@@ -76,10 +98,11 @@ say "what the provider stored (Kamailio location table)"
 ip netns exec "$P-provider" kamcmd -s "unix:$DIR/run/kamailio_ctl" ul.lookup location s:4930123456 |
 	grep -E 'Address|Received|Expires' || true
 
-say "the phone calls the DID 4930123456 through the provider and the NAT"
-code=$(call_did 1)
-echo "phone got: ${code:-no answer}   (480 = the INVITE reached linkmanager; the B2BUA that bridges it to the PBX is the next milestone)"
-wait_log "inbound call" 5
+say "inbound: the phone (198.51.100.70) calls the DID 4930123456; linkmanager bridges it to the PBX (192.168.100.20)"
+call phone 198.51.100.70 pbx 192.168.100.20 198.51.100.50:5060 4930123456 inbound
+
+say "outbound: the PBX calls 0301234567; linkmanager sends it to the provider, which rings the phone"
+call pbx 192.168.100.20 phone 198.51.100.70 192.168.100.2:5060 0301234567 outbound
 
 say "DSL redial: the router's public IP changes 198.51.100.1 -> 198.51.100.2, conntrack flushed"
 from=$(($(wc -l <"$DIR/linkmanager.log") + 1))
@@ -88,8 +111,8 @@ start=$(date +%s.%N)
 wait_log 'registered.*198\.51\.100\.2:65002' 20 "$from"
 printf 're-registered with the new address %.1f s after the redial (STUN interval 10 s)\n' \
 	"$(echo "$(date +%s.%N) - $start" | bc)"
-code=$(call_did 2)
-echo "phone got: ${code:-no answer} after the redial"
+say "inbound again, through the new public address"
+call phone 198.51.100.70 pbx 192.168.100.20 198.51.100.50:5060 4930123456 after-redial
 
 say "stopping linkmanager (SIGTERM): it unregisters, then exits"
 from=$(($(wc -l <"$DIR/linkmanager.log") + 1))

@@ -44,6 +44,31 @@ type B2BUA struct {
 	stopping bool             // guarded by mu; no new background work
 	wg       sync.WaitGroup   // background work per call (hang-ups, 2xx retransmits)
 	drain    atomic.Bool
+	changed  chan struct{} // guarded by mu; closed and replaced when a call ends
+	metrics  *metrics
+}
+
+// waitIdle returns when no call is left, or with ctx's error. It logs the
+// calls still up every few seconds so an admin sees why a stop waits.
+func (b *B2BUA) waitIdle(ctx context.Context) error {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		b.mu.Lock()
+		ch := b.changed
+		b.mu.Unlock()
+		n := b.Active()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		case <-tick.C:
+			b.log.Info("draining: waiting for calls to end", zap.Int("active_calls", n))
+		}
+	}
 }
 
 // goCall runs f in the background unless we are stopping; HangupAll waits
@@ -119,21 +144,34 @@ func (b *B2BUA) finish(c *call, reason string) {
 		return
 	}
 	c.ended = true
-	legs := c.legs
+	legs, answer := c.legs, c.answer
 	c.mu.Unlock()
 	close(c.done)
+	// Close first: the relay stops and the statistics are final. Then
+	// move the call from the table to the metrics' totals under both
+	// locks (metrics first, as Collect takes them), so a scrape never
+	// sees it twice or not at all.
+	c.media.Close()
+	st := c.media.Stats()
+	if b.metrics != nil {
+		b.metrics.mu.Lock()
+	}
 	b.mu.Lock()
 	for _, d := range legs {
 		if d != nil && b.calls[d.callID] == c {
 			delete(b.calls, d.callID)
 		}
 	}
+	close(b.changed)
+	b.changed = make(chan struct{})
 	b.mu.Unlock()
-	c.media.Close()
-	st := c.media.Stats()
+	if b.metrics != nil {
+		b.metrics.callEndedLocked(c.dir, !answer.IsZero(), reason, st)
+		b.metrics.mu.Unlock()
+	}
 	fields := []zap.Field{zap.String("reason", reason), zap.Object("media", st)}
-	if !c.answer.IsZero() {
-		fields = append(fields, zap.Duration("duration", time.Since(c.answer)))
+	if !answer.IsZero() {
+		fields = append(fields, zap.Duration("duration", time.Since(answer)))
 		if st.OneWay() {
 			fields = append(fields, zap.Bool("one_way_audio", true))
 		}

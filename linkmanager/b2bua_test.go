@@ -327,3 +327,29 @@ func headerOf(msg, name string) string {
 	}
 	return ""
 }
+
+// placeCall runs a whole outbound call from the PBX socket: INVITE, 200,
+// ACK, BYE.
+func placeCall(t *testing.T, prov *fakeProvider, pbx *net.UDPConn, lan netip.AddrPort, id string) {
+	t.Helper()
+	pAddr := pbx.LocalAddr().(*net.UDPAddr).AddrPort()
+	if _, err := pbx.WriteToUDPAddrPort([]byte(pbxInvite(pAddr, "0301234567", id)), lan); err != nil {
+		t.Fatal(err)
+	}
+	final, _ := readFinal(t, pbx)
+	if !strings.HasPrefix(final, "SIP/2.0 200") {
+		t.Fatalf("PBX got %q, want 200", firstLine(final))
+	}
+	for _, m := range []string{"ACK", "BYE"} {
+		cseq := map[string]string{"ACK": "1 ACK", "BYE": "2 BYE"}[m]
+		req := fmt.Sprintf("%s sip:0301234567@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s%s;rport\r\n"+
+			"From: <sip:200@%s>;tag=pbx%s\r\nTo: %s\r\nCall-ID: %s@%s\r\nCSeq: %s\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+			m, lan, pAddr, m, id, pbxIP, id, headerOf(final, "To"), id, pbxIP, cseq)
+		if _, err := pbx.WriteToUDPAddrPort([]byte(req), lan); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res, _ := readFinal(t, pbx); !strings.HasPrefix(res, "SIP/2.0 200") {
+		t.Errorf("BYE answered %q", firstLine(res))
+	}
+}

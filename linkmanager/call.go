@@ -53,6 +53,9 @@ type call struct {
 	id     string // the first leg's Call-ID, used in logs
 	dir    string // "outbound" (PBX to provider) or "inbound"
 	trunk  string
+	from   string // caller's number, as received
+	to     string // callee's number, as sent on
+	codec  string // of the answer's first format
 	log    *zap.Logger
 	media  *rtpbridge.Session
 	index  int // relayed m-line
@@ -121,6 +124,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		return
 	}
 	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now(),
+		from: req.From().Address.User, to: p.at.User,
 		acked: make(chan struct{}), done: make(chan struct{})}
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
@@ -211,10 +215,12 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 					b.reply(tx, req, in_, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
 					return
 				}
+				c.mu.Lock()
 				c.answer = time.Now()
+				c.mu.Unlock()
 				media.Established()
 				ok := b.reply(tx, req, in_, sip.StatusOK, "OK", body)
-				log.Info("call answered", zap.Duration("setup", c.answer.Sub(c.start)))
+				log.Info("call answered", zap.Duration("setup", time.Since(c.start)))
 				b.goCall(func() { b.retransmitUntilAck(c, tx, ok) })
 				return
 			case (code == 401 || code == 407) && p.user != "" && !authed:
@@ -306,6 +312,11 @@ func (b *B2BUA) answerSDP(c *call, to, from rtpbridge.Leg, body []byte) ([]byte,
 		return nil, err
 	}
 	if c.index < len(s.Media) {
+		if f := s.Media[c.index].Formats; len(f) > 0 {
+			c.mu.Lock()
+			c.codec = codecName(f[0])
+			c.mu.Unlock()
+		}
 		// The pinhole packet leaves inside SetRemote, before the answer is
 		// passed on: the remote cannot have started sending yet.
 		if err := setRemote(c.media, from, s.Media[c.index]); err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 
 	"time"
 
@@ -70,6 +71,9 @@ type Server struct {
 	client *sipgo.Client
 	trunks []*trunk
 
+	draining atomic.Bool // set by Shutdown: readiness fails, new calls get 503
+	metrics  *metrics
+
 	b2bua  *B2BUA // nil without a PBX socket
 	media  *rtpbridge.Bridge
 	lan    *SharedConn
@@ -85,7 +89,7 @@ func New(opts Options) (*Server, error) {
 	}
 	slogger := slog.New(zapslog.NewHandler(log.Named("sipgo").Core()))
 	local := opts.Conn.LocalAddrPort()
-	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip")}
+	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip"), metrics: newMetrics()}
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("linkmanager/"+Version),
 		sipgo.WithUserAgentHostname(local.Addr().String()),
@@ -164,6 +168,8 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 		ringTimeout: cmp.Or(opts.RingTimeout, DefaultRingTimeout),
 		trunks:      func() []*trunk { return s.trunks },
 		calls:       map[string]*call{},
+		changed:     make(chan struct{}),
+		metrics:     s.metrics,
 		lan: &side{name: "pbx", leg: rtpbridge.LegA, client: client,
 			contact: func() netip.AddrPort { return lanAddr }},
 		wan: &side{name: "provider", leg: rtpbridge.LegB, client: s.client,
@@ -278,6 +284,20 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	})
 	return g.Wait()
+}
+
+// Shutdown starts the drain: readiness fails at once, new calls get 503,
+// and it returns when the last call has ended, or with ctx's error when
+// the grace period runs out. Run then hangs up what remains and
+// unregisters once its own context ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	if s.b2bua == nil {
+		return nil
+	}
+	s.b2bua.drain.Store(true)
+	s.log.Info("draining: new calls get 503", zap.Int("active_calls", s.b2bua.Active()))
+	return s.b2bua.waitIdle(ctx)
 }
 
 // Status reports every trunk's registration.

@@ -82,7 +82,9 @@ type quarantined struct {
 
 // PoolCounts is a snapshot of a Pool, in pairs.
 type PoolCounts struct {
-	InUse, Quarantined, Free int
+	InUse       int `json:"in_use"`
+	Quarantined int `json:"quarantined"`
+	Free        int `json:"free"`
 }
 
 // Validate fills in defaults and checks the range. Calling it again after the

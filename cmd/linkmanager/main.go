@@ -7,12 +7,9 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 )
 
 func main() {
@@ -24,6 +21,7 @@ const usage = `linkmanager - SIP trunk daemon for a PBX behind NAT
 Usage:
   linkmanager run --config FILE            run in the foreground, log to stderr
   linkmanager check-config --config FILE   validate FILE; one line per problem
+  linkmanager status [--admin ADDR] [--json]   show trunks, public address, calls; exit 0 when ready
   linkmanager version                      print the version
 
 Run 'linkmanager COMMAND --help' for a command's flags.
@@ -37,9 +35,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "run":
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-		defer stop()
-		return cmdRun(ctx, args[1:], stderr)
+		return cmdRun(args[1:], stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(args[1:], stdout, stderr)
 	case "version", "--version", "-v":

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/signal"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -31,7 +33,10 @@ Runs the daemon in the foreground and logs to stderr (console or JSON, see
 log.format). It binds sip.listen (the Internet-facing SIP+STUN socket),
 registers every trunk, and keeps the NAT mapping alive.
 
-SIGTERM or SIGINT unregisters every trunk and exits 0.
+SIGTERM or SIGINT drains: /readyz fails at once, new calls get 503, active
+calls may go on for shutdown.grace; then the rest are hung up (BYE), every
+trunk is unregistered and it exits 0. A second SIGTERM or SIGINT skips the
+rest of the grace period.
 
 Exit status: 0 after a clean stop, 1 on a start-up or runtime error,
 2 on a usage or configuration error.
@@ -39,7 +44,7 @@ Exit status: 0 after a clean stop, 1 on a start-up or runtime error,
 Flags:
 `
 
-func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
+func cmdRun(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "/etc/linkmanager/linkmanager.yaml", "config file")
@@ -54,13 +59,19 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		return 2
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	level := zap.NewAtomicLevel()
+	log, err := newLogger(cfg.Log, level, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "linkmanager: %v\n", err)
 		return 2
 	}
 	defer log.Sync()
-	if err := serve(ctx, cfg, log); err != nil {
+	// Signals are read by serve: the first SIGTERM/SIGINT drains, a
+	// second one stops at once, SIGHUP reloads.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	if err := serve(cfg, log, sigs); err != nil {
 		log.Error("linkmanager stopped", zap.Error(err))
 		return 1
 	}
@@ -68,9 +79,9 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 	return 0
 }
 
-// serve opens the sockets, wires the components and runs them until ctx
-// ends or one of them fails.
-func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+// serve opens the sockets, wires the components and runs them until a
+// signal stops them or one of them fails.
+func serve(cfg *config.Config, log *zap.Logger, sigs <-chan os.Signal) error {
 	// sipgo refuses to send messages above 1300 bytes by default; INVITEs
 	// with rich SDP exceed that. UDP fragments fine on the LAN and on
 	// every provider we know.
@@ -142,9 +153,74 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		zap.Stringer("sip_listen", listen), zap.Strings("stun_servers", cfg.STUN.Servers),
 		zap.Int("trunks", len(cfg.Trunks)))
 
-	g, gctx := errgroup.WithContext(ctx)
+	var adminLn net.Listener
+	if cfg.Admin.ListenAddr.IsValid() {
+		if adminLn, err = net.Listen("tcp", cfg.Admin.ListenAddr.String()); err != nil {
+			return fmt.Errorf("admin.listen %s: %w (set admin.listen to a free port, or \"off\")", cfg.Admin.ListenAddr, err)
+		}
+	}
+
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return srv.Run(gctx) })
+	if adminLn != nil {
+		admin := linkmanager.NewAdmin(srv, log)
+		g.Go(func() error { return admin.Serve(adminLn) })
+		g.Go(func() error {
+			<-gctx.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return admin.Shutdown(ctx)
+		})
+	}
+	g.Go(func() error {
+		defer stopRun()
+		return handleSignals(gctx, srv, time.Duration(cfg.Shutdown.Grace), log, sigs)
+	})
 	return g.Wait()
+}
+
+// handleSignals waits for a stop signal, then drains in two phases:
+// readiness fails and new calls get 503 while calls may finish for the
+// grace period; then Run hangs up what is left and unregisters. A second
+// stop signal cuts the grace period short.
+func handleSignals(ctx context.Context, srv *linkmanager.Server, grace time.Duration, log *zap.Logger, sigs <-chan os.Signal) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				log.Warn("SIGHUP: reload is not supported yet; restart to apply config changes")
+				continue
+			}
+			log.Info("stopping: draining calls", zap.Stringer("signal", sig), zap.Duration("grace", grace))
+			graceCtx, cancel := context.WithTimeout(context.Background(), grace)
+			done := make(chan error, 1)
+			go func() { done <- srv.Shutdown(graceCtx) }()
+			for waiting := true; waiting; {
+				select {
+				case err := <-done:
+					if err != nil {
+						log.Info("grace period over; hanging up the remaining calls")
+					}
+					waiting = false
+				case sig := <-sigs:
+					if sig != syscall.SIGHUP {
+						log.Warn("second stop signal: hanging up now", zap.Stringer("signal", sig))
+						cancel()
+					}
+				case <-ctx.Done():
+					cancel()
+					<-done
+					waiting = false
+				}
+			}
+			cancel()
+			return nil
+		}
+	}
 }
 
 // mediaConfig sizes the relay: the LAN pool on the PBX-facing address, the
@@ -196,11 +272,12 @@ func resolveListen(ap netip.AddrPort) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip, ap.Port()), nil
 }
 
-func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(c.Level)
+func newLogger(c config.Log, level zap.AtomicLevel, w io.Writer) (*zap.Logger, error) {
+	l, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
 		return nil, fmt.Errorf("log.level: %w", err)
 	}
+	level.SetLevel(l)
 	ec := zap.NewProductionEncoderConfig()
 	ec.EncodeTime = zapcore.ISO8601TimeEncoder
 	enc := zapcore.NewConsoleEncoder(ec)

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"text/tabwriter"
+	"time"
+
+	"github.com/linkmanager/linkmanager/linkmanager"
+)
+
+const statusHelp = `NAME
+    linkmanager status - show what the running daemon is doing
+
+SYNOPSIS
+    linkmanager status [--admin ADDR] [--json]
+
+DESCRIPTION
+    Asks the daemon's admin endpoint (admin.listen) for its status and
+    prints a short summary: readiness, the public address and how it was
+    learned, the NAT behaviour, each trunk's registration, and the calls
+    that are up.
+
+    Exit status: 0 when the daemon is ready (every registering trunk is
+    registered and it is not shutting down), 1 when it is not, 2 when it
+    cannot be reached.
+
+OPTIONS
+`
+
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	admin := fs.String("admin", "127.0.0.1:9065", "admin endpoint host:port (admin.listen)")
+	asJSON := fs.Bool("json", false, "print the raw JSON status")
+	fs.Usage = func() { fmt.Fprint(stderr, statusHelp); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	res, err := client.Get("http://" + *admin + "/status")
+	if err != nil {
+		fmt.Fprintf(stderr, "linkmanager status: cannot reach the daemon at %s: %v\n", *admin, err)
+		return 2
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(res.Body, 4<<20))
+	if err != nil || res.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "linkmanager status: %s: HTTP %d %v\n", *admin, res.StatusCode, err)
+		return 2
+	}
+	var st linkmanager.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		fmt.Fprintf(stderr, "linkmanager status: bad answer from %s: %v\n", *admin, err)
+		return 2
+	}
+	if *asJSON {
+		stdout.Write(body)
+	} else {
+		printStatus(stdout, st)
+	}
+	if !st.Ready {
+		return 1
+	}
+	return 0
+}
+
+func printStatus(w io.Writer, st linkmanager.Status) {
+	ready := "ready"
+	if !st.Ready {
+		ready = "NOT READY: " + st.Reason
+	}
+	fmt.Fprintf(w, "linkmanager: %s\n", ready)
+	pub := st.Public
+	if pub == "" {
+		pub = "unknown"
+	} else {
+		pub += " (from " + st.PublicSrc + ")"
+	}
+	fmt.Fprintf(w, "public address: %s   NAT: %s\n\n", pub, st.NAT)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TRUNK\tREGISTERED\tCONTACT\tKEEPALIVE\tLAST ERROR")
+	for _, t := range st.Trunks {
+		reg := "no"
+		switch {
+		case !t.Register:
+			reg = "(not registering)"
+		case t.Registered:
+			reg = "yes, " + time.Since(t.Since).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, reg, t.Contact, t.Keepalive, t.LastError)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\n%d call(s)\n", len(st.Calls))
+	if len(st.Calls) > 0 {
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DIRECTION\tFROM\tTO\tTRUNK\tDURATION\tCODEC\tPBX>NET PKTS\tNET>PBX PKTS\tNOTE")
+		for _, c := range st.Calls {
+			note := ""
+			switch {
+			case !c.Answered:
+				note = "ringing"
+			case c.OneWay:
+				note = "ONE-WAY AUDIO"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", c.Direction, c.From, c.To, c.Trunk,
+				(time.Duration(c.Duration) * time.Second).Round(time.Second), c.Codec, c.PBXToNet.Packets, c.NetToPBX.Packets, note)
+		}
+		tw.Flush()
+	}
+	if p := st.Ports; p != nil {
+		fmt.Fprintf(w, "\nrelay ports (pairs): internet %d in use, %d quarantined, %d free; LAN %d in use, %d free\n",
+			p.WAN.InUse, p.WAN.Quarantined, p.WAN.Free, p.LAN.InUse, p.LAN.Free)
+	}
+}

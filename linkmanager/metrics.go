@@ -1,0 +1,220 @@
+package linkmanager
+
+import (
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/linkmanager/linkmanager/rtpbridge"
+)
+
+// metrics holds what cannot be read from a snapshot at scrape time: call
+// counts and the media of calls that have ended. Everything else (trunks,
+// STUN, pools, sockets, live calls) is read when Prometheus scrapes, so no
+// state is kept twice.
+type metrics struct {
+	mu     sync.Mutex
+	calls  map[string]uint64      // guarded by mu; by direction
+	failed map[string]uint64      // guarded by mu; by cause
+	ended  [2]rtpbridge.Direction // guarded by mu; totals of ended calls: PBX→provider, provider→PBX
+
+	loss   *prometheus.HistogramVec
+	jitter *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		calls:  map[string]uint64{},
+		failed: map[string]uint64{},
+		loss: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "linkmanager_rtp_loss_ratio",
+			Help:    "Share of RTP packets lost per call and direction, observed when a call ends.",
+			Buckets: []float64{0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1},
+		}, []string{"direction"}),
+		jitter: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "linkmanager_rtp_jitter_seconds",
+			Help:    "RFC 3550 interarrival jitter per call and direction, observed when a call ends.",
+			Buckets: []float64{0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16},
+		}, []string{"direction"}),
+	}
+}
+
+const (
+	dirPBXToNet = "pbx_to_provider"
+	dirNetToPBX = "provider_to_pbx"
+)
+
+// callEndedLocked counts a finished call; the caller holds m.mu. A call
+// that was never answered counts as failed, by cause: the SIP status it
+// got, or our reason.
+func (m *metrics) callEndedLocked(dir string, answered bool, reason string, st rtpbridge.Stats) {
+	m.calls[dir]++
+	if !answered {
+		m.failed[causeOf(reason)]++
+	}
+	addDirection(&m.ended[0], st.AtoB)
+	addDirection(&m.ended[1], st.BtoA)
+	if answered {
+		for _, d := range []struct {
+			name string
+			d    rtpbridge.Direction
+		}{{dirPBXToNet, st.AtoB}, {dirNetToPBX, st.BtoA}} {
+			if exp := int64(d.d.Packets) + d.d.Lost; exp > 0 && d.d.Packets > 0 {
+				m.loss.WithLabelValues(d.name).Observe(max(0, float64(d.d.Lost)) / float64(exp))
+				m.jitter.WithLabelValues(d.name).Observe(d.d.Jitter.Seconds())
+			}
+		}
+	}
+}
+
+// causeOf keeps the label set small: a status code, or the first words of
+// one of our own reasons.
+func causeOf(reason string) string {
+	if len(reason) >= 3 && strings.Trim(reason[:3], "0123456789") == "" {
+		return reason[:3]
+	}
+	reason, _, _ = strings.Cut(reason, ":")
+	return strings.ReplaceAll(strings.TrimSpace(reason), " ", "_")
+}
+
+func addDirection(sum *rtpbridge.Direction, d rtpbridge.Direction) {
+	sum.Packets += d.Packets
+	sum.Bytes += d.Bytes
+	sum.Foreign += d.Foreign
+	sum.Malformed += d.Malformed
+}
+
+// collector exports a Server's state to Prometheus.
+type collector struct {
+	s *Server
+}
+
+var (
+	descRegistered = prometheus.NewDesc("linkmanager_trunk_registered",
+		"1 while the trunk is registered with its provider.", []string{"trunk"}, nil)
+	descRegFailures = prometheus.NewDesc("linkmanager_trunk_registration_failures",
+		"Consecutive failed registration attempts.", []string{"trunk"}, nil)
+	descAddrChanges = prometheus.NewDesc("linkmanager_public_address_changes_total",
+		"Public address observations that differed from the previous one at the same destination.", nil, nil)
+	descSTUNRTT = prometheus.NewDesc("linkmanager_stun_rtt_seconds",
+		"Round trip time of the last STUN transaction answered without retransmission.", nil, nil)
+	descSTUNRequests = prometheus.NewDesc("linkmanager_stun_requests_total",
+		"STUN Binding requests sent, retransmissions included.", nil, nil)
+	descSTUNFailures = prometheus.NewDesc("linkmanager_stun_failures_total",
+		"STUN transactions that got no answer.", nil, nil)
+	descSIPDropped = prometheus.NewDesc("linkmanager_sip_dropped_total",
+		"Datagrams dropped on a SIP socket before parsing, by socket and reason.", []string{"socket", "reason"}, nil)
+	descCallsActive = prometheus.NewDesc("linkmanager_calls_active",
+		"Calls being set up or up.", nil, nil)
+	descCalls = prometheus.NewDesc("linkmanager_calls_total",
+		"Calls that have ended, by direction.", []string{"direction"}, nil)
+	descCallsFailed = prometheus.NewDesc("linkmanager_calls_failed_total",
+		"Calls that ended without being answered, by cause.", []string{"cause"}, nil)
+	descRTPPackets = prometheus.NewDesc("linkmanager_rtp_packets_total",
+		"RTP packets relayed, by direction.", []string{"direction"}, nil)
+	descRTPBytes = prometheus.NewDesc("linkmanager_rtp_bytes_total",
+		"RTP bytes relayed, by direction.", []string{"direction"}, nil)
+	descRTPDropped = prometheus.NewDesc("linkmanager_rtp_dropped_total",
+		"RTP packets dropped, by reason.", []string{"reason"}, nil)
+	descPorts = prometheus.NewDesc("linkmanager_port_pool_pairs",
+		"RTP/RTCP port pairs of the relay pools, by pool and state.", []string{"pool", "state"}, nil)
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.s
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	for _, t := range s.trunks {
+		st := t.reg.Status()
+		gauge(descRegistered, boolFloat(st.Registered), t.conf.Name)
+		gauge(descRegFailures, float64(st.Failures), t.conf.Name)
+	}
+	ks := s.keeper.Stats()
+	counter(descAddrChanges, float64(ks.Changes))
+	gauge(descSTUNRTT, ks.LastRTT.Seconds())
+	counter(descSTUNRequests, float64(ks.Requests))
+	counter(descSTUNFailures, float64(ks.Timeouts))
+	for _, sc := range []struct {
+		name string
+		c    *SharedConn
+	}{{"internet", s.conn}, {"pbx", s.lan}} {
+		if sc.c == nil {
+			continue
+		}
+		st := sc.c.Stats()
+		counter(descSIPDropped, float64(st.DroppedSource), sc.name, "source_not_allowed")
+		counter(descSIPDropped, float64(st.DroppedMalformed), sc.name, "malformed")
+	}
+	b := s.b2bua
+	if b == nil {
+		return
+	}
+	m := s.metrics
+	m.mu.Lock()
+	for dir, n := range m.calls {
+		counter(descCalls, float64(n), dir)
+	}
+	for cause, n := range m.failed {
+		counter(descCallsFailed, float64(n), cause)
+	}
+	sums := m.ended
+	for _, cs := range b.liveMedia() { // takes b.mu: the same order as finish
+		addDirection(&sums[0], cs.AtoB)
+		addDirection(&sums[1], cs.BtoA)
+	}
+	m.mu.Unlock()
+	gauge(descCallsActive, float64(b.Active()))
+	for i, dir := range []string{dirPBXToNet, dirNetToPBX} {
+		counter(descRTPPackets, float64(sums[i].Packets), dir)
+		counter(descRTPBytes, float64(sums[i].Bytes), dir)
+	}
+	counter(descRTPDropped, float64(sums[0].Foreign+sums[1].Foreign), "foreign_source")
+	counter(descRTPDropped, float64(sums[0].Malformed+sums[1].Malformed), "malformed")
+	pc := s.media.Counts()
+	for _, p := range []struct {
+		name string
+		c    rtpbridge.PoolCounts
+	}{{"lan", pc.LAN}, {"internet", pc.WAN}} {
+		gauge(descPorts, float64(p.c.InUse), p.name, "in_use")
+		gauge(descPorts, float64(p.c.Quarantined), p.name, "quarantined")
+		gauge(descPorts, float64(p.c.Free), p.name, "free")
+	}
+}
+
+// liveMedia is the media so far of the calls still up.
+func (b *B2BUA) liveMedia() []rtpbridge.Stats {
+	b.mu.Lock()
+	seen := map[*call]bool{}
+	for _, c := range b.calls {
+		seen[c] = true
+	}
+	b.mu.Unlock()
+	out := make([]rtpbridge.Stats, 0, len(seen))
+	for c := range seen {
+		out = append(out, c.media.Stats())
+	}
+	return out
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Registry returns a Prometheus registry with the daemon's metrics and the
+// Go runtime's. Each call makes a new one: there is no global registry.
+func (s *Server) Registry(extra ...prometheus.Collector) *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collector{s}, s.metrics.loss, s.metrics.jitter)
+	r.MustRegister(extra...)
+	return r
+}

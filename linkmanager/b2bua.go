@@ -33,11 +33,10 @@ type B2BUA struct {
 	log         *zap.Logger
 	lan         *side
 	wan         *side
-	pbx         PBXOptions
+	pbx         atomic.Pointer[pbxState] // swapped by a reload
 	bridgeMedia *rtpbridge.Bridge
 	ringTimeout time.Duration
 	trunks      func() []*trunk
-	auth        *pbxAuth // nil: the PBX is trusted by address alone
 
 	mu       sync.Mutex
 	calls    map[string]*call // guarded by mu; by the Call-ID of either leg
@@ -87,6 +86,20 @@ func (b *B2BUA) goCall(f func()) {
 }
 
 func (b *B2BUA) draining() bool { return b.drain.Load() }
+
+// pbxState is the LAN-side settings a reload may change.
+type pbxState struct {
+	PBXOptions
+	auth *pbxAuth // nil: the PBX is trusted by address alone
+}
+
+func (b *B2BUA) setPBX(o PBXOptions) {
+	st := &pbxState{PBXOptions: o}
+	if o.Username != "" {
+		st.auth = newPBXAuth(o.Username, o.Password)
+	}
+	b.pbx.Store(st)
+}
 
 func (b *B2BUA) sideOf(l rtpbridge.Leg) *side {
 	if l == rtpbridge.LegA {
@@ -242,7 +255,8 @@ func (b *B2BUA) Active() int {
 // only the PBX's addresses may call out.
 func (b *B2BUA) onPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 	src, err := netip.ParseAddrPort(req.Source())
-	if err != nil || !b.allowedPBX(src.Addr()) {
+	pbx := b.pbx.Load()
+	if err != nil || !pbx.allowed(src.Addr()) {
 		b.log.Warn("call from an address not in pbx.allow refused", zap.String("from", req.Source()),
 			zap.String("call_id", req.CallID().Value()))
 		b.reply(tx, req, nil, sip.StatusForbidden, "Forbidden", nil)
@@ -252,8 +266,8 @@ func (b *B2BUA) onPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.reinvite(req, tx)
 		return
 	}
-	if b.auth != nil {
-		if ok, chal := b.auth.check(req); !ok {
+	if pbx.auth != nil {
+		if ok, chal := pbx.auth.check(req); !ok {
 			b.reply(tx, req, nil, sip.StatusProxyAuthRequired, "Proxy Authentication Required", nil,
 				sip.NewHeader("Proxy-Authenticate", chal))
 			return
@@ -291,21 +305,22 @@ func (b *B2BUA) onProviderInvite(t *trunk, did string, req *sip.Request, tx sip.
 	if f := req.From(); f != nil {
 		caller = f.Address.User
 	}
-	lanIP := b.pbx.Listen.Addr().String()
+	pbx := b.pbx.Load()
+	lanIP := pbx.Listen.Addr().String()
 	b.bridge(b.wanFor(t), req, tx, bridgeParams{
 		to:    b.lan,
-		ruri:  sip.Uri{Scheme: "sip", User: did, Host: b.pbx.Addr.Addr().String(), Port: int(b.pbx.Addr.Port())},
+		ruri:  sip.Uri{Scheme: "sip", User: did, Host: pbx.Addr.Addr().String(), Port: int(pbx.Addr.Port())},
 		from:  sip.Uri{Scheme: "sip", User: caller, Host: lanIP},
-		at:    sip.Uri{Scheme: "sip", User: did, Host: b.pbx.Addr.Addr().String()},
-		dst:   b.pbx.Addr,
+		at:    sip.Uri{Scheme: "sip", User: did, Host: pbx.Addr.Addr().String()},
+		dst:   pbx.Addr,
 		trunk: t.conf.Name,
 		dir:   "inbound",
 	})
 }
 
-func (b *B2BUA) allowedPBX(ip netip.Addr) bool {
+func (p *pbxState) allowed(ip netip.Addr) bool {
 	ip = ip.Unmap()
-	for _, p := range b.pbx.Allow {
+	for _, p := range p.Allow {
 		if p.Contains(ip) {
 			return true
 		}

@@ -131,7 +131,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
-	for _, t := range s.trunks {
+	for _, t := range s.trunkList() {
 		st := t.reg.Status()
 		gauge(descRegistered, boolFloat(st.Registered), t.conf.Name)
 		gauge(descRegFailures, float64(st.Failures), t.conf.Name)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -88,6 +89,9 @@ type registration struct {
 
 	// observed carries registrar-seen addresses from the keepalive loop.
 	observed chan netip.AddrPort
+	// keepBinding skips the unregister on stop: a reload's successor
+	// registers the same binding.
+	keepBinding atomic.Bool
 
 	// Owned by run.
 	callID  string
@@ -158,7 +162,9 @@ func (r *registration) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			r.unregister()
+			if !r.keepBinding.Load() {
+				r.unregister()
+			}
 			return nil
 		case m := <-changes:
 			if c := r.candidate(m); c.IsValid() {
@@ -180,7 +186,9 @@ func (r *registration) run(ctx context.Context) error {
 		next, err := r.register(ctx, want)
 		want = netip.AddrPort{}
 		if ctx.Err() != nil {
-			r.unregister()
+			if !r.keepBinding.Load() {
+				r.unregister()
+			}
 			return nil
 		}
 		var delay time.Duration

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"sync"
 	"sync/atomic"
 
 	"time"
@@ -69,9 +71,16 @@ type Server struct {
 	ua     *sipgo.UserAgent
 	srv    *sipgo.Server
 	client *sipgo.Client
-	trunks []*trunk
 
 	draining atomic.Bool // set by Shutdown: readiness fails, new calls get 503
+	trunks   atomic.Pointer[[]*trunk]
+	tmu      sync.Mutex // serialises starting and stopping trunks (Run, Reload)
+	started  bool       // guarded by tmu; Run has started the trunks
+	stopped  bool       // guarded by tmu; Run is stopping them
+	lookup   resolver
+	interval time.Duration
+	local    netip.AddrPort
+	rootLog  *zap.Logger
 	metrics  *metrics
 
 	b2bua  *B2BUA // nil without a PBX socket
@@ -112,23 +121,16 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("linkmanager: sip client: %w", err)
 	}
 	s.ua, s.srv, s.client = ua, srv, client
-	var lookup resolver = net.DefaultResolver
+	s.lookup = net.DefaultResolver
 	if opts.Resolver != nil {
-		lookup = opts.Resolver
+		s.lookup = opts.Resolver
 	}
+	s.interval, s.local, s.rootLog = opts.Interval, local, log
+	trunks := make([]*trunk, 0, len(opts.Trunks))
 	for _, to := range opts.Trunks {
-		tl := log.Named("trunk").With(zap.String("trunk", to.Name))
-		t := &trunk{
-			conf: trunkConf{Name: to.Name, Domain: to.Domain, Username: to.Username, AuthUsername: to.AuthUsername,
-				Password: to.Password, Expires: to.Expires, Register: to.Register, Keepalive: to.Keepalive, DIDs: to.DIDs},
-			host: to.Host, port: to.Port, also: to.RegistrarHost, prefixes: to.Prefixes, format: to.NumberFormat, country: to.CountryCode, interval: opts.Interval,
-			do: s.do, probe: opts.Keeper.Probe, send: opts.Conn.Send, lastSent: opts.Conn.LastSent,
-			log: tl, now: time.Now, lookup: lookup, sources: map[netip.Addr]bool{},
-		}
-		t.reg = newRegistration(t.conf, s.do, t.resolveRegistrar, opts.Keeper, local, tl)
-		t.reg.ua = "linkmanager/" + Version
-		s.trunks = append(s.trunks, t)
+		trunks = append(trunks, s.newTrunk(to))
 	}
+	s.trunks.Store(&trunks)
 	opts.Conn.SetRequestFilter(s.allowRequest)
 	srv.OnOptions(s.onOptions)
 	srv.OnInvite(s.onInvite)
@@ -138,6 +140,46 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// newTrunk builds (but does not start) one provider account.
+func (s *Server) newTrunk(to TrunkOptions) *trunk {
+	tl := s.rootLog.Named("trunk").With(zap.String("trunk", to.Name))
+	t := &trunk{
+		conf: trunkConf{Name: to.Name, Domain: to.Domain, Username: to.Username, AuthUsername: to.AuthUsername,
+			Password: to.Password, Expires: to.Expires, Register: to.Register, Keepalive: to.Keepalive, DIDs: to.DIDs},
+		opts: to, host: to.Host, port: to.Port, also: to.RegistrarHost, prefixes: to.Prefixes,
+		format: to.NumberFormat, country: to.CountryCode, interval: s.interval,
+		do: s.do, probe: s.keeper.Probe, send: s.conn.Send, lastSent: s.conn.LastSent,
+		log: tl, now: time.Now, lookup: s.lookup, sources: map[netip.Addr]bool{},
+	}
+	t.reg = newRegistration(t.conf, s.do, t.resolveRegistrar, s.keeper, s.local, tl)
+	t.reg.ua = "linkmanager/" + Version
+	return t
+}
+
+// trunkList is the current trunks; a reload swaps the whole slice.
+func (s *Server) trunkList() []*trunk { return *s.trunks.Load() }
+
+// startTrunk runs t until stopTrunk; the owner waits for it there.
+func (s *Server) startTrunk(t *trunk) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.stop, t.done = cancel, make(chan struct{})
+	go func() {
+		defer close(t.done)
+		t.Run(ctx)
+	}()
+}
+
+// stopTrunk stops t and waits; it unregisters unless keepBinding, for a
+// successor that registers the same binding at once.
+func (s *Server) stopTrunk(t *trunk, keepBinding bool) {
+	if t.stop == nil {
+		return
+	}
+	t.reg.keepBinding.Store(keepBinding)
+	t.stop()
+	<-t.done
 }
 
 // newB2BUA sets up the LAN side: its own user agent on the PBX socket, so
@@ -164,9 +206,8 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	}
 	b := &B2BUA{
 		log:         log.Named("call"),
-		pbx:         opts.PBX,
 		ringTimeout: cmp.Or(opts.RingTimeout, DefaultRingTimeout),
-		trunks:      func() []*trunk { return s.trunks },
+		trunks:      s.trunkList,
 		calls:       map[string]*call{},
 		changed:     make(chan struct{}),
 		metrics:     s.metrics,
@@ -180,10 +221,9 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 				return s.conn.LocalAddrPort()
 			}},
 	}
-	b.pbx.Listen = lanAddr
-	if opts.PBX.Username != "" {
-		b.auth = newPBXAuth(opts.PBX.Username, opts.PBX.Password)
-	}
+	pbx := opts.PBX
+	pbx.Listen = lanAddr
+	b.setPBX(pbx)
 	mc := opts.Media
 	mc.OnTimeout = b.onMediaTimeout
 	if mc.Logger == nil {
@@ -254,24 +294,30 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-s.conn.Ready():
 		case <-gctx.Done():
 		}
-		// Trunks get their own context: on shutdown they must stay
-		// registered until the calls are hung up.
-		tctx, stopTrunks := context.WithCancel(context.Background())
-		defer stopTrunks()
-		tg, tctx := errgroup.WithContext(tctx)
-		for _, t := range s.trunks {
-			tg.Go(func() error { return t.Run(tctx) })
+		// Trunks have their own lifetimes (a reload adds and removes
+		// them); on shutdown they must stay registered until the calls
+		// are hung up.
+		s.tmu.Lock()
+		for _, t := range s.trunkList() {
+			s.startTrunk(t)
 		}
-		select {
-		case <-gctx.Done():
-		case <-tctx.Done():
-		}
+		s.started = true
+		s.tmu.Unlock()
+		<-gctx.Done()
 		if s.b2bua != nil {
 			s.b2bua.drain.Store(true)
 			s.b2bua.HangupAll("shutdown")
 		}
-		stopTrunks()
-		err := tg.Wait()
+		s.tmu.Lock()
+		s.stopped = true
+		var wg sync.WaitGroup
+		for _, t := range s.trunkList() {
+			wg.Add(1)
+			go func() { defer wg.Done(); s.stopTrunk(t, false) }()
+		}
+		wg.Wait()
+		s.tmu.Unlock()
+		var err error
 		// Trunks have unregistered; now stop STUN and the sockets.
 		stopKeeper()
 		s.ua.Close()
@@ -284,6 +330,91 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	})
 	return g.Wait()
+}
+
+// ReloadOptions is what a configuration reload may change while calls
+// are up. The sockets and the relay ranges are not among them.
+type ReloadOptions struct {
+	Trunks      []TrunkOptions
+	PBX         PBXOptions // Listen is kept
+	STUNServers []string
+}
+
+// Reload applies a new configuration without dropping a call: STUN
+// servers and PBX settings switch at once; a trunk whose settings changed
+// is replaced (re-registering), a removed one unregisters, an added one
+// starts. It returns what it changed, for the log.
+func (s *Server) Reload(o ReloadOptions) ([]string, error) {
+	if err := s.keeper.SetServers(o.STUNServers); err != nil {
+		return nil, fmt.Errorf("linkmanager: reload stun.servers: %w", err)
+	}
+	var changed []string
+	if b := s.b2bua; b != nil {
+		pbx := o.PBX
+		pbx.Listen = b.pbx.Load().Listen
+		b.setPBX(pbx)
+	}
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	if s.stopped {
+		return nil, ErrServerClosed
+	}
+	old := map[string]*trunk{}
+	for _, t := range s.trunkList() {
+		old[t.conf.Name] = t
+	}
+	next := make([]*trunk, 0, len(o.Trunks))
+	for _, to := range o.Trunks {
+		prev := old[to.Name]
+		delete(old, to.Name)
+		if prev != nil && sameTrunk(prev.opts, to) {
+			next = append(next, prev)
+			continue
+		}
+		t := s.newTrunk(to)
+		if prev != nil {
+			// The same account at the same registrar: hand the binding
+			// over instead of removing and re-adding it.
+			same := prev.opts.Username == to.Username && prev.opts.Domain == to.Domain &&
+				prev.opts.Host == to.Host && prev.opts.Port == to.Port
+			if prev.opts.Host == to.Host && prev.opts.Port == to.Port {
+				// Keep accepting the provider's requests while the
+				// successor resolves its registrar again.
+				prev.mu.Lock()
+				for ip := range prev.sources {
+					t.sources[ip] = true
+				}
+				prev.mu.Unlock()
+				t.dst.Store(prev.dst.Load())
+			}
+			if s.started {
+				s.stopTrunk(prev, same)
+			}
+			changed = append(changed, "trunk "+to.Name+" changed")
+		} else {
+			changed = append(changed, "trunk "+to.Name+" added")
+		}
+		if s.started {
+			s.startTrunk(t)
+		}
+		next = append(next, t)
+	}
+	for name, t := range old {
+		if s.started {
+			s.stopTrunk(t, false)
+		}
+		changed = append(changed, "trunk "+name+" removed")
+	}
+	s.trunks.Store(&next)
+	return changed, nil
+}
+
+func sameTrunk(a, b TrunkOptions) bool {
+	return a.Name == b.Name && a.Host == b.Host && a.Port == b.Port && a.RegistrarHost == b.RegistrarHost &&
+		a.Domain == b.Domain && a.Username == b.Username && a.AuthUsername == b.AuthUsername &&
+		a.Password == b.Password && a.Expires == b.Expires && a.Register == b.Register &&
+		a.Keepalive == b.Keepalive && slices.Equal(a.DIDs, b.DIDs) && slices.Equal(a.Prefixes, b.Prefixes) &&
+		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode
 }
 
 // Shutdown starts the drain: readiness fails at once, new calls get 503,
@@ -302,8 +433,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Status reports every trunk's registration.
 func (s *Server) Status() []RegStatus {
-	out := make([]RegStatus, 0, len(s.trunks))
-	for _, t := range s.trunks {
+	out := make([]RegStatus, 0, len(s.trunkList()))
+	for _, t := range s.trunkList() {
 		st := t.reg.Status()
 		if m := t.keepalive.Load(); m != nil {
 			st.Keepalive = *m
@@ -318,7 +449,7 @@ func (s *Server) allowRequest(from netip.AddrPort) bool {
 }
 
 func (s *Server) trunkFor(ip netip.Addr) *trunk {
-	for _, t := range s.trunks {
+	for _, t := range s.trunkList() {
 		if t.Allows(ip) {
 			return t
 		}

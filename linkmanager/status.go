@@ -86,7 +86,7 @@ func (s *Server) Ready() (bool, string) {
 		return false, "SIP socket not served yet"
 	}
 	var missing []string
-	for _, t := range s.trunks {
+	for _, t := range s.trunkList() {
 		if t.conf.Register && !t.reg.Status().Registered {
 			missing = append(missing, t.conf.Name)
 		}
@@ -104,7 +104,7 @@ func (s *Server) Snapshot() Status {
 	if m, ok := s.keeper.Public(); ok {
 		st.Public, st.PublicSrc = m.Addr.String(), string(m.Source)
 	}
-	for _, t := range s.trunks {
+	for _, t := range s.trunkList() {
 		r := t.reg.Status()
 		ts := TrunkStatus{Name: t.conf.Name, Register: t.conf.Register, Registered: r.Registered, Since: r.Since,
 			LastError: r.LastError, Keepalive: t.conf.Keepalive, Failures: r.Failures}

@@ -28,12 +28,13 @@ type prober func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error
 // this the provider's INVITEs die at the router after the UDP timeout.
 type trunk struct {
 	conf     trunkConf
-	host     string   // where requests go: the outbound proxy, else the registrar
-	port     int      // 0: SRV, then 5060
-	also     string   // the registrar's host when a proxy is used: it may send to us too
-	prefixes []string // dialled-number prefixes this trunk takes; none: all
-	format   string   // number_format: e164, national or as-is
-	country  string   // country calling code for format
+	opts     TrunkOptions // as configured; a reload compares them
+	host     string       // where requests go: the outbound proxy, else the registrar
+	port     int          // 0: SRV, then 5060
+	also     string       // the registrar's host when a proxy is used: it may send to us too
+	prefixes []string     // dialled-number prefixes this trunk takes; none: all
+	format   string       // number_format: e164, national or as-is
+	country  string       // country calling code for format
 	interval time.Duration
 
 	reg      *registration
@@ -50,6 +51,9 @@ type trunk struct {
 
 	mu      sync.Mutex
 	sources map[netip.Addr]bool // guarded by mu; addresses allowed to send requests
+
+	stop func()        // set by Server.startTrunk
+	done chan struct{} // closed when Run has returned
 }
 
 // resolver is the DNS the trunk needs; net.Resolver satisfies it.

@@ -148,6 +148,8 @@ type Keeper struct {
 	state    atomic.Int32
 	done     chan struct{} // closed when Run returns
 	kick     chan struct{} // Refresh asks Run to query now
+	reconf   chan []server // SetServers hands Run a new server list
+	nServers atomic.Int32  // len(servers), for callers outside Run
 
 	// Owned by the Run goroutine.
 	servers      []server
@@ -187,6 +189,7 @@ func New(cfg Config) (*Keeper, error) {
 		interval: cfg.Interval,
 		done:     make(chan struct{}),
 		kick:     make(chan struct{}, 1),
+		reconf:   make(chan []server, 1),
 		txs:      make(map[txID]chan result),
 		obs:      make(map[netip.AddrPort]Mapping),
 		nat:      NATUnknown,
@@ -212,6 +215,7 @@ func New(cfg Config) (*Keeper, error) {
 		}
 		k.servers = append(k.servers, srv)
 	}
+	k.nServers.Store(int32(len(k.servers)))
 	return k, nil
 }
 
@@ -377,12 +381,42 @@ func (k *Keeper) Stats() Stats {
 	return k.stats
 }
 
+// SetServers replaces the STUN servers (a config reload). Run switches at
+// once, starting with the first new server; observations already made
+// stay valid. A server that does not parse rejects the whole list.
+func (k *Keeper) SetServers(servers []string) error {
+	list := make([]server, 0, len(servers))
+	for _, s := range servers {
+		srv, err := parseServer(s)
+		if err != nil {
+			return err
+		}
+		list = append(list, srv)
+	}
+	if k.state.Load() == stateClosed {
+		return ErrClosed
+	}
+	// Replace a list Run has not taken yet: the newest one wins.
+	for {
+		select {
+		case k.reconf <- list:
+			k.nServers.Store(int32(len(list)))
+			return nil
+		default:
+		}
+		select {
+		case <-k.reconf:
+		default:
+		}
+	}
+}
+
 // Refresh asks Run to query the current server now, ignoring idle time
 // and backoff; use it when SIP suggests the address changed (a REGISTER
 // timed out, say). It does not wait: the answer shows in Public and as a
 // change event.
 func (k *Keeper) Refresh() error {
-	if len(k.servers) == 0 {
+	if k.nServers.Load() == 0 {
 		return ErrNoServers
 	}
 	if k.state.Load() == stateClosed {

@@ -31,21 +31,23 @@ func (k *Keeper) Run(ctx context.Context) error {
 	}
 	defer k.shutdown()
 
-	if len(k.servers) == 0 {
-		k.log.Info("no stun servers configured; relying on registrar observations and probes")
-		<-ctx.Done()
-		return nil
-	}
-	names := make([]string, len(k.servers))
-	for i, s := range k.servers {
-		names[i] = s.hostport
-	}
-	k.log.Info("stun keeper started", zap.Strings("servers", names), zap.Duration("interval", k.interval))
+	k.logServers("stun keeper started")
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	forced := false
 	for ctx.Err() == nil {
+		if len(k.servers) == 0 {
+			// Nothing to ask: the registrar's Via tells us our address
+			// until a reload brings servers.
+			select {
+			case <-ctx.Done():
+			case list := <-k.reconf:
+				k.setServers(list)
+				forced = len(list) > 0
+			}
+			continue
+		}
 		why := reasonKick
 		if !forced {
 			now := k.now()
@@ -57,6 +59,9 @@ func (k *Keeper) Run(ctx context.Context) error {
 				case <-timer.C:
 				case <-k.kick:
 					forced = true
+				case list := <-k.reconf:
+					k.setServers(list)
+					forced = len(list) > 0
 				}
 				// Re-evaluate: NoteSent and Observe move deadlines
 				// without waking us, so an expired timer may be early.
@@ -68,6 +73,23 @@ func (k *Keeper) Run(ctx context.Context) error {
 		k.refresh(ctx, why)
 	}
 	return nil
+}
+
+func (k *Keeper) setServers(list []server) {
+	k.servers, k.cur, k.roundFails, k.backoffStep, k.backingOff, k.retryNow = list, 0, 0, 0, false, false
+	k.logServers("stun servers changed")
+}
+
+func (k *Keeper) logServers(msg string) {
+	if len(k.servers) == 0 {
+		k.log.Info(msg+"; none configured: relying on registrar observations and probes", zap.Duration("interval", k.interval))
+		return
+	}
+	names := make([]string, len(k.servers))
+	for i, s := range k.servers {
+		names[i] = s.hostport
+	}
+	k.log.Info(msg, zap.Strings("servers", names), zap.Duration("interval", k.interval))
 }
 
 func (k *Keeper) shutdown() {

@@ -542,3 +542,59 @@ func TestResolveFailureFailsOver(t *testing.T) {
 		}
 	})
 }
+
+// A reload swaps the servers under a running keeper: from a dead server
+// to a working one, and from none at all to one.
+func TestSetServers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, natType(vnet.EndpointIndependent))
+		dead := l.addResponder(stun1)
+		dead.setDead(true)
+		alive := l.addResponder(stun2)
+		stop := l.start()
+		defer stop()
+		k := l.newKeeper(Config{Servers: []string{stun1.String()}, Interval: 10 * time.Second})
+		stopRun := runKeeper(t, k)
+		defer stopRun()
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		if _, ok := k.Public(); ok {
+			t.Fatal("learned an address from a dead server")
+		}
+		if err := k.SetServers([]string{"bad host:port:x"}); err == nil {
+			t.Error("an unparsable server list was accepted")
+		}
+		if err := k.SetServers([]string{stun2.String()}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if m, ok := k.Public(); !ok || m.Via != stun2 {
+			t.Errorf("Public() = %+v, %v one second after the reload, want an answer via %v", m, ok, stun2)
+		}
+		if len(alive.requests()) == 0 {
+			t.Error("the new server was never asked")
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, natType(vnet.EndpointIndependent))
+		l.addResponder(stun1)
+		stop := l.start()
+		defer stop()
+		k := l.newKeeper(Config{Interval: 10 * time.Second})
+		stopRun := runKeeper(t, k)
+		defer stopRun()
+		time.Sleep(time.Minute)
+		if err := k.Refresh(); !errors.Is(err, ErrNoServers) {
+			t.Errorf("Refresh with no servers = %v", err)
+		}
+		if err := k.SetServers([]string{stun1.String()}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if m, ok := k.Public(); !ok || m.Via != stun1 {
+			t.Errorf("Public() = %+v, %v after adding a server to none", m, ok)
+		}
+	})
+}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -71,7 +72,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	if err := serve(cfg, log, sigs); err != nil {
+	if err := serve(*path, cfg, level, log, sigs); err != nil {
 		log.Error("linkmanager stopped", zap.Error(err))
 		return 1
 	}
@@ -81,7 +82,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 // serve opens the sockets, wires the components and runs them until a
 // signal stops them or one of them fails.
-func serve(cfg *config.Config, log *zap.Logger, sigs <-chan os.Signal) error {
+func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logger, sigs <-chan os.Signal) error {
 	// sipgo refuses to send messages above 1300 bytes by default; INVITEs
 	// with rich SDP exceed that. UDP fragments fine on the LAN and on
 	// every provider we know.
@@ -153,6 +154,16 @@ func serve(cfg *config.Config, log *zap.Logger, sigs <-chan os.Signal) error {
 		zap.Stringer("sip_listen", listen), zap.Strings("stun_servers", cfg.STUN.Servers),
 		zap.Int("trunks", len(cfg.Trunks)))
 
+	running := cfg
+	reload := func() {
+		next, err := reloadConfig(path, running, level, srv, log)
+		if err != nil {
+			log.Error("reload rejected; the running configuration stays in force", zap.Error(err))
+			return
+		}
+		running = next
+	}
+
 	var adminLn net.Listener
 	if cfg.Admin.ListenAddr.IsValid() {
 		if adminLn, err = net.Listen("tcp", cfg.Admin.ListenAddr.String()); err != nil {
@@ -176,7 +187,7 @@ func serve(cfg *config.Config, log *zap.Logger, sigs <-chan os.Signal) error {
 	}
 	g.Go(func() error {
 		defer stopRun()
-		return handleSignals(gctx, srv, time.Duration(cfg.Shutdown.Grace), log, sigs)
+		return handleSignals(gctx, srv, time.Duration(cfg.Shutdown.Grace), log, sigs, reload)
 	})
 	return g.Wait()
 }
@@ -185,14 +196,14 @@ func serve(cfg *config.Config, log *zap.Logger, sigs <-chan os.Signal) error {
 // readiness fails and new calls get 503 while calls may finish for the
 // grace period; then Run hangs up what is left and unregisters. A second
 // stop signal cuts the grace period short.
-func handleSignals(ctx context.Context, srv *linkmanager.Server, grace time.Duration, log *zap.Logger, sigs <-chan os.Signal) error {
+func handleSignals(ctx context.Context, srv *linkmanager.Server, grace time.Duration, log *zap.Logger, sigs <-chan os.Signal, reload func()) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				log.Warn("SIGHUP: reload is not supported yet; restart to apply config changes")
+				reload()
 				continue
 			}
 			log.Info("stopping: draining calls", zap.Stringer("signal", sig), zap.Duration("grace", grace))
@@ -221,6 +232,54 @@ func handleSignals(ctx context.Context, srv *linkmanager.Server, grace time.Dura
 			return nil
 		}
 	}
+}
+
+// reloadConfig reads path again and applies what can change live. A bad
+// file changes nothing. Settings that need new sockets are reported and
+// kept.
+func reloadConfig(path string, running *config.Config, level zap.AtomicLevel, srv *linkmanager.Server, log *zap.Logger) (*config.Config, error) {
+	next, err := config.Load(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s", strings.Join(config.Problems(err), "; "))
+	}
+	for _, k := range []struct {
+		key        string
+		was, would string
+	}{
+		{"sip.listen", running.SIP.ListenAddr.String(), next.SIP.ListenAddr.String()},
+		{"pbx.listen", running.PBX.ListenAddr.String(), next.PBX.ListenAddr.String()},
+		{"rtp ranges", fmt.Sprint(running.RTP.PortMin, running.RTP.PortMax, running.RTP.LANPortMin, running.RTP.LANPortMax),
+			fmt.Sprint(next.RTP.PortMin, next.RTP.PortMax, next.RTP.LANPortMin, next.RTP.LANPortMax)},
+		{"admin.listen", running.Admin.ListenAddr.String(), next.Admin.ListenAddr.String()},
+		{"stun.interval", running.STUN.Interval.String(), next.STUN.Interval.String()},
+		{"rtp timers and dscp", fmt.Sprint(running.RTP.MediaTimeout, running.RTP.HoldTimeout, *running.RTP.DSCP),
+			fmt.Sprint(next.RTP.MediaTimeout, next.RTP.HoldTimeout, *next.RTP.DSCP)},
+	} {
+		if k.was != k.would {
+			log.Warn("cannot change on reload; restart to apply", zap.String("key", k.key),
+				zap.String("running", k.was), zap.String("file", k.would))
+		}
+	}
+	// Keep what cannot change, so the next reload compares against what
+	// actually runs.
+	next.SIP, next.RTP, next.Admin = running.SIP, running.RTP, running.Admin
+	next.STUN.Interval = running.STUN.Interval
+	next.PBX.Listen, next.PBX.ListenAddr = running.PBX.Listen, running.PBX.ListenAddr
+
+	changed, err := srv.Reload(linkmanager.ReloadOptions{
+		Trunks: trunkOptions(next.Trunks),
+		PBX: linkmanager.PBXOptions{Addr: next.PBX.Addr, Allow: next.PBX.AllowPrefixes,
+			Username: next.PBX.Username, Password: next.PBX.Password},
+		STUNServers: next.STUN.Servers,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if l, err := zapcore.ParseLevel(next.Log.Level); err == nil {
+		level.SetLevel(l)
+	}
+	log.Info("configuration reloaded", zap.String("config", path), zap.Strings("changes", changed))
+	return next, nil
 }
 
 // mediaConfig sizes the relay: the LAN pool on the PBX-facing address, the

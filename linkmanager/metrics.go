@@ -121,7 +121,13 @@ var (
 		"RTP/RTCP port pairs of the relay pools, by pool and state.", []string{"pool", "state"}, nil)
 )
 
-func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
+		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts} {
+		ch <- d
+	}
+}
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s

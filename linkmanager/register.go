@@ -88,7 +88,9 @@ type registration struct {
 	ua      string
 
 	// observed carries registrar-seen addresses from the keepalive loop.
-	observed chan netip.AddrPort
+	observed      chan netip.AddrPort
+	attempted     chan struct{} // closed after the first REGISTER attempt ends
+	attemptedOnce sync.Once
 	// keepBinding skips the unregister on stop: a reload's successor
 	// registers the same binding.
 	keepBinding atomic.Bool
@@ -108,20 +110,21 @@ type registration struct {
 func newRegistration(conf trunkConf, do txFunc, resolve func(context.Context) (netip.AddrPort, error),
 	keeper publicAddrs, local netip.AddrPort, log *zap.Logger) *registration {
 	return &registration{
-		conf:     conf,
-		do:       do,
-		resolve:  resolve,
-		keeper:   keeper,
-		local:    local,
-		log:      log,
-		now:      time.Now,
-		jitter:   rand.Float64,
-		ua:       "linkmanager",
-		observed: make(chan netip.AddrPort, 4),
-		callID:   sip.GenerateTagN(24) + "@linkmanager",
-		fromTag:  sip.GenerateTagN(12),
-		cseq:     uint32(rand.N(10000)) + 1,
-		status:   RegStatus{Trunk: conf.Name, Keepalive: conf.Keepalive},
+		conf:      conf,
+		do:        do,
+		resolve:   resolve,
+		keeper:    keeper,
+		local:     local,
+		log:       log,
+		now:       time.Now,
+		jitter:    rand.Float64,
+		ua:        "linkmanager",
+		observed:  make(chan netip.AddrPort, 4),
+		attempted: make(chan struct{}),
+		callID:    sip.GenerateTagN(24) + "@linkmanager",
+		fromTag:   sip.GenerateTagN(12),
+		cseq:      uint32(rand.N(10000)) + 1,
+		status:    RegStatus{Trunk: conf.Name, Keepalive: conf.Keepalive},
 	}
 }
 
@@ -150,6 +153,7 @@ func (r *registration) Observe(a netip.AddrPort) {
 // run registers, keeps the registration fresh and unregisters when ctx
 // ends. It returns only when ctx is done.
 func (r *registration) run(ctx context.Context) error {
+	defer r.attemptedOnce.Do(func() { close(r.attempted) })
 	changes, unsubscribe := r.keeper.Subscribe()
 	defer unsubscribe()
 
@@ -184,6 +188,7 @@ func (r *registration) run(ctx context.Context) error {
 		}
 
 		next, err := r.register(ctx, want)
+		r.attemptedOnce.Do(func() { close(r.attempted) })
 		want = netip.AddrPort{}
 		if ctx.Err() != nil {
 			if !r.keepBinding.Load() {

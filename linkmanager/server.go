@@ -332,6 +332,37 @@ func (s *Server) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// WaitStarted returns once the SIP socket is served and every trunk that
+// registers has made its first attempt (whatever the outcome): the point
+// where systemd may call the service started.
+func (s *Server) WaitStarted(ctx context.Context) error {
+	select {
+	case <-s.conn.Ready():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	for _, t := range s.trunkList() {
+		if !t.conf.Register {
+			continue
+		}
+		select {
+		case <-t.reg.attempted:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Alive is the watchdog's check: the SIP stack is still reading both
+// sockets. sipgo never restarts a listener that stopped.
+func (s *Server) Alive() bool {
+	if s.draining.Load() {
+		return true // stopping on purpose; the stop timeout covers us
+	}
+	return s.conn.Listening() && (s.lan == nil || s.lan.Listening())
+}
+
 // ReloadOptions is what a configuration reload may change while calls
 // are up. The sockets and the relay ranges are not among them.
 type ReloadOptions struct {

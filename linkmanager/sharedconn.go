@@ -43,6 +43,7 @@ type SharedConn struct {
 
 	readyOnce sync.Once
 	ready     chan struct{}
+	reading   atomic.Bool // inside ReadFrom: the SIP stack is listening
 
 	stats sharedConnCounters
 }
@@ -118,6 +119,10 @@ func (c *SharedConn) SetOnSend(f func(to netip.AddrPort)) {
 // earlier would make sipgo bind a new socket on the same port and fail.
 func (c *SharedConn) Ready() <-chan struct{} { return c.ready }
 
+// Listening reports whether the SIP stack is waiting for packets now. A
+// listener that died never comes back to ReadFrom; the watchdog uses this.
+func (c *SharedConn) Listening() bool { return c.reading.Load() }
+
 // Stats returns a snapshot of the counters.
 func (c *SharedConn) Stats() SharedConnStats {
 	s := &c.stats
@@ -145,6 +150,8 @@ func (c *SharedConn) LocalAddrPort() netip.AddrPort {
 // ReadFrom implements net.PacketConn for sipgo.
 func (c *SharedConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	c.readyOnce.Do(func() { close(c.ready) })
+	c.reading.Store(true)
+	defer c.reading.Store(false)
 	var backoff time.Duration
 	for {
 		n, from, err := c.conn.ReadFromUDPAddrPort(p)

@@ -202,7 +202,7 @@ func (b *B2BUA) hangup(c *call, reason string) {
 	}
 	var wg sync.WaitGroup
 	for _, d := range legs {
-		if d != nil && d.remoteTag != "" {
+		if d != nil && d.confirmed() {
 			wg.Add(1)
 			go func() { defer wg.Done(); b.bye(d) }()
 		}
@@ -352,7 +352,7 @@ func (b *B2BUA) onBye(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	b.reply(tx, req, nil, sip.StatusOK, "OK", nil)
-	if other := c.other(leg); other != nil && other.remoteTag != "" {
+	if other := c.other(leg); other != nil && other.confirmed() {
 		b.bye(other)
 	}
 	b.finish(c, "bye from "+b.sideOf(leg).name)
@@ -379,15 +379,17 @@ func (b *B2BUA) onStrayResponse(res *sip.Response) {
 	}
 	c.mu.Lock()
 	d := c.legs[leg]
+	c.mu.Unlock()
+	d.mu.Lock()
 	var ack *sip.Request
 	if d.lastAck != nil && d.lastAck.CSeq().SeqNo == cs.SeqNo {
-		ack = d.lastAck
+		ack = d.lastAck.Clone()
 	}
-	c.mu.Unlock()
+	d.mu.Unlock()
 	if ack == nil {
 		return
 	}
-	if err := d.side.client.WriteRequest(ack.Clone(), sipgo.ClientRequestBuild); err != nil {
+	if err := d.side.client.WriteRequest(ack, sipgo.ClientRequestBuild); err != nil {
 		c.log.Debug("re-ACK failed", zap.Error(err))
 	}
 }
@@ -457,7 +459,9 @@ func (b *B2BUA) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 			// A 2xx refreshes the remote target; the route set was fixed
 			// when the dialog was made (RFC 3261 §12.2.1.2).
 			if ct := res.Contact(); ct != nil {
+				out.mu.Lock()
 				out.target = ct.Address
+				out.mu.Unlock()
 			}
 			if req.Method == sip.INVITE {
 				b.ack(out, fwd, res)

@@ -31,21 +31,47 @@ type side struct {
 	contact func() netip.AddrPort
 }
 
-// dialog is our half of one SIP dialog on one side.
+// dialog is our half of one SIP dialog on one side. The INVITE handler,
+// BYE, re-INVITE and stray-2xx handlers of one call run on different
+// goroutines, so the fields that change after creation are behind mu.
 type dialog struct {
-	side      *side
-	callID    string
-	localTag  string
-	remoteTag string
-	local     sip.Uri // our From (UAC) / To (UAS) address
-	remote    sip.Uri
-	target    sip.Uri   // the peer's Contact
-	routes    []sip.Uri // route set, in the order to put into Route
-	dst       netip.AddrPort
-	cseq      uint32 // our last CSeq on this dialog
-	version   uint64 // o= version of the SDP we send on this side
-	invite    *sip.Request
-	lastAck   *sip.Request // resent when the peer retransmits its 2xx
+	side     *side
+	callID   string
+	localTag string
+	local    sip.Uri // our From (UAC) / To (UAS) address
+	remote   sip.Uri
+	dst      netip.AddrPort
+	uac      bool // we sent the initial INVITE on this leg
+
+	mu        sync.Mutex
+	remoteTag string       // guarded by mu
+	target    sip.Uri      // guarded by mu; the peer's Contact
+	routes    []sip.Uri    // guarded by mu; route set, in the order to put into Route
+	cseq      uint32       // guarded by mu; our last CSeq on this dialog
+	version   uint64       // guarded by mu; o= version of the SDP we send on this side
+	lastAck   *sip.Request // guarded by mu; resent when the peer retransmits its 2xx
+}
+
+// confirmed reports whether the peer answered (a To tag): only then can
+// we send it in-dialog requests.
+func (d *dialog) confirmed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.remoteTag != ""
+}
+
+func (d *dialog) setRemoteTag(tag string) {
+	d.mu.Lock()
+	d.remoteTag = tag
+	d.mu.Unlock()
+}
+
+// nextVersion is the o= version for the next SDP we send on this leg.
+func (d *dialog) nextVersion() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.version++
+	return d.version
 }
 
 // call is one bridged call: a dialog on each side and a media session.
@@ -101,6 +127,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	callID := req.CallID().Value()
 	log := b.log.With(zap.String("call_id", callID), zap.String("trunk", p.trunk), zap.String("direction", p.dir))
 	if b.draining() {
+		log.Info("call refused: shutting down")
 		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
 		return
 	}
@@ -141,7 +168,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		return
 	}
 	out := &dialog{side: p.to, callID: sip.GenerateTagN(24) + "@linkmanager", localTag: sip.GenerateTagN(12),
-		local: p.from, remote: p.at, target: p.ruri, dst: p.dst, cseq: 1}
+		local: p.from, remote: p.at, target: p.ruri, dst: p.dst, uac: true}
 	c.legs[p.to.leg] = out
 	b.track(c)
 
@@ -150,7 +177,6 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
 
 	invite := out.newRequest(sip.INVITE, outSDP)
-	out.invite = invite
 	ring := time.NewTimer(b.ringTimeout)
 	defer ring.Stop()
 	// Not tied to the handler: a CANCEL or a late 2xx must still be
@@ -190,14 +216,14 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			switch {
 			case code == 100:
 			case code < 200:
-				out.remoteTag = tagOf(res.To())
+				out.setRemoteTag(tagOf(res.To()))
 				body, err := b.answerSDP(c, in.leg, p.to.leg, res.Body())
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))
 				}
 				b.reply(tx, req, in_, code, res.Reason, body)
 			case code < 300:
-				out.remoteTag = tagOf(res.To())
+				out.setRemoteTag(tagOf(res.To()))
 				out.learnTarget(res, true)
 				b.ack(out, invite, res)
 				if cancelled == nil {
@@ -232,7 +258,6 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 					return
 				}
 				invite = next
-				out.invite = next
 				otx.Terminate()
 				if otx, err = b.send(octx, out, invite); err != nil {
 					b.finish(c, "invite send failed: "+err.Error())
@@ -291,12 +316,11 @@ func (b *B2BUA) rewrite(c *call, to *side, body []byte) ([]byte, error) {
 	}
 	c.mu.Lock()
 	d := c.legs[to.leg]
+	c.mu.Unlock()
 	var version uint64 = 1
 	if d != nil {
-		d.version++
-		version = d.version
+		version = d.nextVersion()
 	}
-	c.mu.Unlock()
 	return sdp.Rewrite(body, to.contact().Addr(), ports, version)
 }
 
@@ -343,9 +367,6 @@ func uasDialog(s *side, req *sip.Request) *dialog {
 	if src, err := netip.ParseAddrPort(req.Source()); err == nil {
 		d.dst = src
 	}
-	if cs := req.CSeq(); cs != nil {
-		d.cseq = 0
-	}
 	return d
 }
 
@@ -368,6 +389,8 @@ func tagOf(h interface{ Value() string }) string {
 // learnTarget records the peer's Contact and, for a UAC, the route set
 // (Record-Route reversed).
 func (d *dialog) learnTarget(res *sip.Response, uac bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if c := res.Contact(); c != nil {
 		d.target = c.Address
 	}
@@ -388,6 +411,8 @@ func (d *dialog) learnTarget(res *sip.Response, uac bool) {
 // newRequest builds a request on this dialog from scratch: nothing from
 // the other leg is copied, so no header of one side leaks to the other.
 func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	req := sip.NewRequest(method, d.target)
 	req.AppendHeader(newVia(d.side.contact()))
 	for _, r := range d.routes {
@@ -435,8 +460,10 @@ func (d *dialog) authorize(req *sip.Request, res *sip.Response, user, pass strin
 	next := req.Clone()
 	next.RemoveHeader("Via")
 	next.PrependHeader(newVia(d.side.contact()))
+	d.mu.Lock()
 	d.cseq++
 	next.CSeq().SeqNo = d.cseq
+	d.mu.Unlock()
 	next.RemoveHeader(hdr)
 	next.AppendHeader(sip.NewHeader(hdr, cred.String()))
 	next.SetDestination(d.dst.String())
@@ -453,7 +480,9 @@ func (b *B2BUA) send(ctx context.Context, d *dialog, req *sip.Request) (sip.Clie
 func (b *B2BUA) ack(d *dialog, invite *sip.Request, res *sip.Response) {
 	ack := d.newRequest(sip.ACK, nil)
 	ack.CSeq().SeqNo = invite.CSeq().SeqNo
+	d.mu.Lock()
 	d.lastAck = ack
+	d.mu.Unlock()
 	if err := d.side.client.WriteRequest(ack, sipgo.ClientRequestBuild); err != nil {
 		b.log.Warn("ack failed", zap.String("call_id", d.callID), zap.Error(err))
 	}
@@ -497,7 +526,7 @@ func (b *B2BUA) awaitCancelled(tx sip.ClientTransaction, d *dialog, invite *sip.
 			return
 		case res := <-tx.Responses():
 			if res.StatusCode >= 200 && res.StatusCode < 300 {
-				d.remoteTag = tagOf(res.To())
+				d.setRemoteTag(tagOf(res.To()))
 				d.learnTarget(res, true)
 				b.ack(d, invite, res)
 				b.bye(d)

@@ -21,6 +21,7 @@ const usage = `linkmanager - SIP trunk daemon for a PBX behind NAT
 Usage:
   linkmanager run --config FILE            run in the foreground, log to stderr
   linkmanager check-config --config FILE   validate FILE; one line per problem
+  linkmanager firewall --config FILE --format nftables|iptables|text   print the router's firewall rules
   linkmanager status [--admin ADDR] [--json]   show trunks, public address, calls; exit 0 when ready
   linkmanager version                      print the version
 
@@ -40,6 +41,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(args[1:], stdout, stderr)
+	case "firewall":
+		return cmdFirewall(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, versionString())
 		return 0

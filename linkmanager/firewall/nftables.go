@@ -28,7 +28,7 @@ func (rs *Ruleset) NFTables() string {
 		w("\n# Set the daemon host's LAN IP here and uncomment (sip.listen is %s):\n", rs.Listen)
 		w("# define %s = 192.168.1.10\n", Placeholder)
 	}
-	w("\n# Create, delete and define: loading the file replaces an older version.\n")
+	w("\n# Declare, delete, define: loading the file again replaces an older version.\n")
 	w("table %s\ndelete table %s\n\n", NFTTable, NFTTable)
 	w("table %s {\n", NFTTable)
 	w("\tchain forward {\n")

@@ -88,6 +88,7 @@ type DaemonConfig struct {
 	Expires     string // 300s
 	Keepalive   string // auto
 	Listen      string // 192.168.100.2:65002
+	RTP         string // the rtp: flow mapping; default {port_min: 55000, port_max: 56000}
 	Extra       string // appended verbatim (top-level YAML)
 }
 
@@ -120,12 +121,13 @@ trunks:
     keepalive: %s
     dids: ["%s", "+%s"]
 pbx: {listen: %s:5060, address: %s:5060, allow: ["%s/32"]}
-rtp: {port_min: 55000, port_max: 56000}
+rtp: %s
 admin: {listen: 127.0.0.1:9065}
 %s`, def(c.LogLevel, "debug"), def(c.Listen, fmt.Sprintf("%s:%d", DaemonIP, DaemonSIPPort)),
 		strings.Join(q, ", "), def(c.Interval, "10s"),
 		ProviderAddr, SIPDomain, TrunkUser, def(c.Password, TrunkPass), def(c.Expires, "300s"),
-		def(c.Keepalive, "auto"), DID, DID, DaemonIP, PBXIP, PBXIP, c.Extra)
+		def(c.Keepalive, "auto"), DID, DID, DaemonIP, PBXIP, PBXIP,
+		def(c.RTP, "{port_min: 55000, port_max: 56000}"), c.Extra)
 }
 
 // Daemon is a linkmanager process running in the "lm" namespace.

@@ -66,7 +66,9 @@ func (l *Lab) sippArgs(name, scenario string, extra ...string) (args []string, m
 	n := l.nextSeq()
 	base := fmt.Sprintf("sipp-%02d-%s", n, name)
 	msgFile = filepath.Join(l.Dir, base+".msg")
-	ports := l.allocPorts(4)
+	// sipp binds -cp on 0.0.0.0 and media on -mp and -mp+2: six ports, so
+	// two sipps running at once in one namespace never collide.
+	ports := l.allocPorts(6)
 	args = []string{"sipp", "-sf", filepath.Join(l.sippDir, scenario),
 		"-nostdin", "-trace_msg", "-message_file", msgFile,
 		"-trace_err", "-error_file", filepath.Join(l.Dir, base+".err"),

@@ -463,12 +463,14 @@ func (b *B2BUA) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 				out.target = ct.Address
 				out.mu.Unlock()
 			}
-			if req.Method == sip.INVITE {
-				b.ack(out, fwd, res)
-			}
+			// A new remote address gets its pinhole before our ACK, as on
+			// the initial answer.
 			answer, err := b.answerSDP(c, leg, out.side.leg, res.Body())
 			if err != nil {
 				c.log.Warn("bad SDP in re-INVITE answer", zap.Error(err))
+			}
+			if req.Method == sip.INVITE {
+				b.ack(out, fwd, res)
 			}
 			b.reply(tx, req, in, sip.StatusOK, "OK", answer)
 			return

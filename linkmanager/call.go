@@ -225,6 +225,12 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			case code < 300:
 				out.setRemoteTag(tagOf(res.To()))
 				out.learnTarget(res, true)
+				// Point the relay at the answerer, which sends the pinhole
+				// packet, before the ACK: the callee may start sending the
+				// instant our ACK reaches it, and if its RTP reaches the
+				// NAT first the router gives our port to that flow
+				// (nat-findings.md, finding 4).
+				body, sdpErr := b.answerSDP(c, in.leg, p.to.leg, res.Body())
 				b.ack(out, invite, res)
 				if cancelled == nil {
 					// The far side answered while our CANCEL was on its
@@ -233,9 +239,8 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 					b.finish(c, "answered after cancel")
 					return
 				}
-				body, err := b.answerSDP(c, in.leg, p.to.leg, res.Body())
-				if err != nil {
-					log.Warn("bad SDP in answer", zap.Error(err))
+				if sdpErr != nil {
+					log.Warn("bad SDP in answer", zap.Error(sdpErr))
 					b.bye(out)
 					b.finish(c, "bad answer SDP")
 					b.reply(tx, req, in_, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)

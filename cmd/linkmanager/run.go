@@ -186,6 +186,15 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 		})
 	}
 	g.Go(func() error {
+		if err := srv.WaitStarted(gctx); err != nil {
+			return nil
+		}
+		notifyReady()
+		notifyStatus("registered trunks: " + strings.Join(registeredNames(srv), ", "))
+		return nil
+	})
+	g.Go(func() error { return watchdog(gctx, srv.Alive) })
+	g.Go(func() error {
 		defer stopRun()
 		return handleSignals(gctx, srv, time.Duration(cfg.Shutdown.Grace), log, sigs, reload)
 	})
@@ -203,9 +212,12 @@ func handleSignals(ctx context.Context, srv *linkmanager.Server, grace time.Dura
 			return nil
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
+				notifyReloading()
 				reload()
+				notifyReady()
 				continue
 			}
+			notifyStopping()
 			log.Info("stopping: draining calls", zap.Stringer("signal", sig), zap.Duration("grace", grace))
 			graceCtx, cancel := context.WithTimeout(context.Background(), grace)
 			done := make(chan error, 1)
@@ -232,6 +244,19 @@ func handleSignals(ctx context.Context, srv *linkmanager.Server, grace time.Dura
 			return nil
 		}
 	}
+}
+
+func registeredNames(srv *linkmanager.Server) []string {
+	var out []string
+	for _, st := range srv.Status() {
+		if st.Registered {
+			out = append(out, st.Trunk)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{"none yet"}
+	}
+	return out
 }
 
 // reloadConfig reads path again and applies what can change live. A bad

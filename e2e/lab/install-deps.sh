@@ -4,7 +4,7 @@
 # runs its own instances inside its namespaces, and a packaged one in the
 # root namespace would hold ports and confuse captures.
 set -euo pipefail
-pkgs=(iproute2 procps kamailio coturn sip-tester conntrack iptables nftables tcpdump)
+pkgs=(iproute2 procps kamailio coturn sip-tester conntrack iptables nftables tcpdump buildah systemd make)
 if [[ $(id -u) -ne 0 ]]; then
 	echo "install-deps.sh: run as root (apt-get install)" >&2
 	exit 1

@@ -145,7 +145,8 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 			Addr: cfg.PBX.Addr, Allow: cfg.PBX.AllowPrefixes,
 			Username: cfg.PBX.Username, Password: cfg.PBX.Password,
 		},
-		Media: mediaConfig(cfg.RTP, pbxListen.Addr(), listen.Addr()),
+		Media:       mediaConfig(cfg.RTP, pbxListen.Addr(), listen.Addr()),
+		RingTimeout: time.Duration(cfg.PBX.RingTimeout),
 	})
 	if err != nil {
 		return err

@@ -57,6 +57,10 @@ const (
 	AdminOff           = "off"
 
 	DefaultShutdownGrace = 30 * time.Second
+
+	// A call rings this long before the caller gets 408: sipgo's Timer B
+	// stops at the first 1xx, so nothing else would end it.
+	DefaultRingTimeout = 120 * time.Second
 )
 
 // Values of trunks[].keepalive.
@@ -165,8 +169,11 @@ type PBX struct {
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 
-	ListenAddr    netip.AddrPort `yaml:"-"` // Listen parsed; set by Validate
-	Addr          netip.AddrPort `yaml:"-"` // Address parsed; set by Validate
+	ListenAddr netip.AddrPort `yaml:"-"` // Listen parsed; set by Validate
+	Addr       netip.AddrPort `yaml:"-"` // Address parsed; set by Validate
+	// How long an unanswered call may ring; default 120s, 5s..10m.
+	RingTimeout Duration `yaml:"ring_timeout"`
+
 	AllowPrefixes []netip.Prefix `yaml:"-"` // Allow parsed and masked; set by Validate
 }
 
@@ -230,6 +237,7 @@ func (c *Config) SetDefaults() {
 		c.Admin.Listen = &s
 	}
 	setDuration(&c.Shutdown.Grace, DefaultShutdownGrace)
+	setDuration(&c.PBX.RingTimeout, DefaultRingTimeout)
 }
 
 func (t *Trunk) setDefaults() {

@@ -126,6 +126,8 @@ func (c *Config) check() []*FieldError {
 		k.add("pbx.password", "only one of pbx.username and pbx.password is set", "set both to require digest auth from the PBX, or neither")
 	}
 
+	k.duration("pbx.ring_timeout", c.PBX.RingTimeout, 5*time.Second, 10*time.Minute, "e.g. 120s")
+
 	k.rtp(&c.RTP, c.SIP.ListenAddr, c.PBX.ListenAddr)
 
 	c.Admin.ListenAddr = netip.AddrPort{}

@@ -189,6 +189,8 @@ func TestValidateErrors(t *testing.T) {
 			[]string{`admin.listen: "localhost:9065" is a host name, not an IP address: use an IP such as 127.0.0.1:9065, or "off" to disable`}, 0},
 		{"shutdown grace negative", []string{rtp, "shutdown: {grace: -1s}\n" + rtp},
 			[]string{"shutdown.grace: -1s is below 1s"}, 0},
+		{"ring timeout too long", []string{"pbx:\n", "pbx:\n  ring_timeout: 1h\n"},
+			[]string{"pbx.ring_timeout: 1h0m0s is outside 5s..10m0s: use 5s to 10m0s; e.g. 120s"}, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -258,6 +260,7 @@ func TestDefaults(t *testing.T) {
 		{"admin.listen", *c.Admin.Listen, "127.0.0.1:9065"},
 		{"admin parsed", c.Admin.ListenAddr, netip.MustParseAddrPort("127.0.0.1:9065")},
 		{"shutdown.grace", c.Shutdown.Grace, Duration(30 * time.Second)},
+		{"pbx.ring_timeout", c.PBX.RingTimeout, Duration(120 * time.Second)},
 	}
 	for _, tt := range tests {
 		if !reflect.DeepEqual(tt.got, tt.want) {

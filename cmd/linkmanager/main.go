@@ -25,7 +25,18 @@ Usage:
   linkmanager status [--admin ADDR] [--json]   show trunks, public address, calls; exit 0 when ready
   linkmanager version                      print the version
 
-Run 'linkmanager COMMAND --help' for a command's flags.
+Run 'linkmanager COMMAND --help' for a command's manual.
+`
+
+const versionHelp = `NAME
+    linkmanager version - print the version
+
+SYNOPSIS
+    linkmanager version
+
+DESCRIPTION
+    Prints the version set at build time (-ldflags -X), or the module
+    version for a go install build, or "dev".
 `
 
 // run is main without the process exit, so tests can call it.
@@ -44,6 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "firewall":
 		return cmdFirewall(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
+		if len(args) > 1 && (args[1] == "--help" || args[1] == "-h") {
+			fmt.Fprint(stdout, versionHelp)
+			return 0
+		}
 		fmt.Fprintln(stdout, versionString())
 		return 0
 	case "help", "--help", "-h":

@@ -28,21 +28,35 @@ import (
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
-const runHelp = `Usage: linkmanager run --config FILE
+const runHelp = `NAME
+    linkmanager run - run the SIP trunk daemon in the foreground
 
-Runs the daemon in the foreground and logs to stderr (console or JSON, see
-log.format). It binds sip.listen (the Internet-facing SIP+STUN socket),
-registers every trunk, and keeps the NAT mapping alive.
+SYNOPSIS
+    linkmanager run [--config FILE]
 
-SIGTERM or SIGINT drains: /readyz fails at once, new calls get 503, active
-calls may go on for shutdown.grace; then the rest are hung up (BYE), every
-trunk is unregistered and it exits 0. A second SIGTERM or SIGINT skips the
-rest of the grace period.
+DESCRIPTION
+    Binds sip.listen (the Internet-facing SIP+STUN socket, 65002 by
+    default) and pbx.listen, registers every trunk, keeps the NAT open with
+    STUN and keepalives, bridges calls between the PBX and the providers
+    and relays their media. Logs go to stderr (log.format console or json).
+    With systemd (Type=notify) it reports READY once the sockets are served
+    and every trunk has tried to register, and pings the watchdog.
 
-Exit status: 0 after a clean stop, 1 on a start-up or runtime error,
-2 on a usage or configuration error.
+SIGNALS
+    SIGTERM, SIGINT  drain: /readyz fails at once, new calls get 503, calls
+                     may go on for shutdown.grace; then the rest get BYE,
+                     every trunk unregisters and it exits 0. A second
+                     signal skips the rest of the grace period.
+    SIGHUP           reload FILE: trunks, PBX allow-list and credentials,
+                     STUN servers and the log level change live; sockets
+                     and port ranges are reported and kept; a bad file is
+                     rejected and the running config stays.
 
-Flags:
+EXIT STATUS
+    0 after a clean stop, 1 on a start-up or runtime error (a port in use,
+    say), 2 on a usage or configuration error.
+
+OPTIONS
 `
 
 func cmdRun(args []string, stderr io.Writer) int {
@@ -51,6 +65,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 	path := fs.String("config", "/etc/linkmanager/linkmanager.yaml", "config file")
 	fs.Usage = func() { fmt.Fprint(stderr, runHelp); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	cfg, err := config.Load(*path)

@@ -183,6 +183,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descRTPDropped, float64(sums[0].Foreign+sums[1].Foreign), "foreign_source")
 	counter(descRTPDropped, float64(sums[0].Malformed+sums[1].Malformed), "malformed")
+	counter(descRTPDropped, float64(s.media.NoSessionDrops()), "no_session")
 	pc := s.media.Counts()
 	for _, p := range []struct {
 		name string

@@ -25,7 +25,8 @@ const (
 // Config configures a Bridge. Zero values mean the documented defaults.
 type Config struct {
 	// LAN allocates leg A (PBX side), WAN leg B (provider side). Both are
-	// required and are validated by New; they may be the same Pool.
+	// required and are validated by New; they may be the same Pool. The
+	// Bridge owns them: Bridge.Close closes them.
 	LAN, WAN *Pool
 	// MediaTimeout: no RTP in either direction for this long, once the call
 	// is established, calls OnTimeout.
@@ -123,7 +124,7 @@ func (b *Bridge) NewSession(callID string) (*Session, error) {
 	}
 	lan, err := b.cfg.LAN.Allocate()
 	if err != nil {
-		return nil, fmt.Errorf("LAN pool: %w", err)
+		return nil, b.poolErr("LAN", err)
 	}
 	wan, err := b.cfg.WAN.Allocate()
 	if err != nil {
@@ -131,7 +132,7 @@ func (b *Bridge) NewSession(callID string) (*Session, error) {
 		// quarantining it would drain the LAN pool while the WAN pool is
 		// exhausted.
 		_ = lan.close(false)
-		return nil, fmt.Errorf("WAN pool: %w", err)
+		return nil, b.poolErr("WAN", err)
 	}
 	s := newSession(b, callID, lan, wan)
 	b.mu.Lock()
@@ -144,6 +145,18 @@ func (b *Bridge) NewSession(callID string) (*Session, error) {
 	b.mu.Unlock()
 	s.start()
 	return s, nil
+}
+
+// poolErr wraps an Allocate error. A pool closed by a concurrent Close is
+// reported as ErrBridgeClosed, like a NewSession that starts after it.
+func (b *Bridge) poolErr(pool string, err error) error {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed && errors.Is(err, ErrPoolClosed) {
+		return ErrBridgeClosed
+	}
+	return fmt.Errorf("%s pool: %w", pool, err)
 }
 
 // Active is the number of open sessions.
@@ -161,7 +174,22 @@ func (b *Bridge) Counts() BridgeCounts {
 	return BridgeCounts{LAN: b.cfg.LAN.Counts(), WAN: b.cfg.WAN.Counts()}
 }
 
-// Close closes every session and makes NewSession fail with ErrBridgeClosed.
+// NoSessionDrops is the number of packets discarded because they arrived on a
+// quarantined port pair of either pool, i.e. for no session: mostly late
+// media of ended calls. It only grows, also after Close, and is the SIP
+// layer's linkmanager_rtp_dropped_total{reason="no_session"}. Drops of live
+// sessions are in their Stats instead.
+func (b *Bridge) NoSessionDrops() uint64 {
+	n := b.cfg.LAN.NoSessionDrops()
+	if b.cfg.WAN != b.cfg.LAN {
+		n += b.cfg.WAN.NoSessionDrops()
+	}
+	return n
+}
+
+// Close closes every session, then both pools, which ends the quarantines
+// and stops their drain readers, and makes NewSession fail with
+// ErrBridgeClosed. It waits for every goroutine of the bridge.
 func (b *Bridge) Close() error {
 	b.mu.Lock()
 	b.closed = true
@@ -174,6 +202,7 @@ func (b *Bridge) Close() error {
 	for _, s := range open {
 		errs = append(errs, s.Close())
 	}
+	errs = append(errs, b.cfg.LAN.Close(), b.cfg.WAN.Close())
 	return errors.Join(errs...)
 }
 

@@ -17,8 +17,11 @@
 //     changed from the one in its SDP) is learned from its first packet. After
 //     that, packets from other sources are dropped, which closes the "RTP
 //     bleed" hole of relays that follow any sender.
-//   - Quarantined ports. A port of a finished call is not reused for a while,
-//     so late packets of that call cannot reach the next one.
+//   - Quarantined ports. A port pair of a finished call is not reused until
+//     it has received nothing for a while (30 s, at most 10 minutes), so late
+//     packets of that call cannot reach the next one. Its sockets stay bound
+//     meanwhile and discard what arrives ([Pool.NoSessionDrops]), so the old
+//     peer gets no ICMP port unreachable.
 //
 // The per-packet path does no allocation and takes no lock that another
 // packet path contends for: each socket has one reader goroutine, shared

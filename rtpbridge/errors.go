@@ -12,6 +12,10 @@ var (
 	// address.
 	ErrInvalidPool = errors.New("rtpbridge: invalid pool configuration")
 
+	// ErrPoolClosed is returned by Allocate after Pool.Close (and so after
+	// Bridge.Close).
+	ErrPoolClosed = errors.New("rtpbridge: pool closed")
+
 	// ErrNotValidated is returned by a Pool that is used before Validate.
 	ErrNotValidated = errors.New("rtpbridge: pool not validated")
 

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -261,4 +262,29 @@ func (h *harness) connect() {
 	}
 	recv(h.t, h.sdp)
 	recv(h.t, h.sdpRTCP)
+}
+
+// closeAtEnd closes p when the test ends, so its drained pairs do not stay
+// bound into the next test (or the next -count run).
+func closeAtEnd(t testing.TB, p *Pool) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("Pool.Close: %v", err)
+		}
+	})
+}
+
+// bound reports whether a local UDP port on 127.0.0.1 is held by a socket.
+func bound(t testing.TB, port uint16) bool {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(loopback(port)))
+	if err == nil {
+		_ = c.Close()
+		return false
+	}
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("probe bind %d: %v", port, err)
+	}
+	return true
 }

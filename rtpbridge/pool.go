@@ -6,8 +6,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/ipv4"
@@ -18,8 +20,15 @@ import (
 const (
 	DefaultMaxRetries = 10
 	DefaultQuarantine = 30 * time.Second
-	DefaultDSCP       = 46 // EF, the class the site firewalls prioritise
+	// DefaultMaxQuarantine caps the quarantine of a pair whose old peer
+	// never stops sending.
+	DefaultMaxQuarantine = 10 * time.Minute
+	DefaultDSCP          = 46 // EF, the class the site firewalls prioritise
 )
+
+// drainBufSize is what a drain reader reads of each datagram: only its
+// arrival matters, and the kernel discards the rest.
+const drainBufSize = 64
 
 // Rand picks random numbers for a Pool; *math/rand/v2.Rand satisfies it.
 type Rand interface {
@@ -34,6 +43,14 @@ type Rand interface {
 //
 // Counts are in pairs: a range of 1,000 ports is 500 pairs, and a call uses one
 // pair from the LAN pool and one from the WAN pool.
+//
+// A released pair is quarantined and drained, as livekit/sip's draining
+// ports are: both of its sockets stay bound, and a reader on each discards
+// what arrives (counted by NoSessionDrops) until the pair has received
+// nothing for Quarantine, or MaxQuarantine has passed since the release.
+// Late media of a finished call is therefore absorbed rather than answered
+// with ICMP port unreachable, and cannot reach the next call on that pair.
+// Close ends every quarantine.
 type Pool struct {
 	// Address is the local IP to bind. Default: the unspecified address.
 	Address string
@@ -44,8 +61,14 @@ type Pool struct {
 	MinPort, MaxPort uint16
 	// MaxRetries is how many pairs Allocate tries to bind before giving up.
 	MaxRetries int
-	// Quarantine is how long a released pair stays unused. Negative disables.
+	// Quarantine is how long a released pair must receive nothing before it
+	// is closed and reused; every packet to it restarts the wait. Negative
+	// disables: a released pair is closed and reused at once.
 	Quarantine time.Duration
+	// MaxQuarantine caps a quarantine that late packets keep extending,
+	// counted from the release. Default DefaultMaxQuarantine, or Quarantine
+	// if that is longer; it must not be below Quarantine.
+	MaxQuarantine time.Duration
 	// DSCP is set on every socket. Default DefaultDSCP; negative leaves the
 	// kernel default.
 	DSCP int
@@ -57,12 +80,17 @@ type Pool struct {
 	// Clock times quarantine. Default: the system clock.
 	Clock Clock
 
+	noSession atomic.Uint64
+	wg        sync.WaitGroup // drain readers
+
 	mu          sync.Mutex
 	first       int         // the lowest even port; pair i is first+2i
+	epoch       time.Time   // drain times are ns since it
 	state       []pairState // nil until Validate
-	queue       []quarantined
+	drains      []*drain    // by pair; set while the pair is quarantined
 	inUse       int
 	quarantined int
+	closed      bool
 }
 
 type pairState uint8
@@ -73,11 +101,15 @@ const (
 	pairQuarantined
 )
 
-// quarantined is a queue entry. The queue is FIFO by release time, and the
-// quarantine is the same for every pair, so expiry only ever pops the front.
-type quarantined struct {
-	idx   int
-	until time.Time
+// drain keeps a quarantined pair's sockets bound and read.
+type drain struct {
+	idx      int
+	conns    [2]*net.UDPConn // RTP, RTCP
+	released int64           // ns since the pool's epoch
+	last     atomic.Int64    // last packet, or the release; ns since the epoch
+	timer    Timer           // guarded by the pool's mu
+	done     sync.WaitGroup  // the two readers
+	bufs     [2][drainBufSize]byte
 }
 
 // PoolCounts is a snapshot of a Pool, in pairs.
@@ -126,11 +158,21 @@ func (p *Pool) Validate() error {
 	case p.DSCP > 63:
 		return fmt.Errorf("%w: DSCP %d > 63", ErrInvalidPool, p.DSCP)
 	}
+	quarantine, maxQuarantine := p.Quarantine, p.MaxQuarantine
+	if quarantine == 0 {
+		quarantine = DefaultQuarantine
+	}
+	switch {
+	case maxQuarantine < 0:
+		return fmt.Errorf("%w: MaxQuarantine %v", ErrInvalidPool, maxQuarantine)
+	case maxQuarantine == 0:
+		maxQuarantine = max(DefaultMaxQuarantine, quarantine)
+	case maxQuarantine < quarantine:
+		return fmt.Errorf("%w: MaxQuarantine %v below Quarantine %v", ErrInvalidPool, maxQuarantine, quarantine)
+	}
+	p.Quarantine, p.MaxQuarantine = quarantine, maxQuarantine
 	if p.MaxRetries == 0 {
 		p.MaxRetries = DefaultMaxRetries
-	}
-	if p.Quarantine == 0 {
-		p.Quarantine = DefaultQuarantine
 	}
 	if p.DSCP == 0 {
 		p.DSCP = DefaultDSCP
@@ -145,7 +187,9 @@ func (p *Pool) Validate() error {
 		p.Clock = systemClock{}
 	}
 	p.first = first
+	p.epoch = p.Clock.Now()
 	p.state = make([]pairState, (int(p.MaxPort)-first+1)/2)
+	p.drains = make([]*drain, len(p.state))
 	return nil
 }
 
@@ -153,9 +197,6 @@ func (p *Pool) Validate() error {
 func (p *Pool) Counts() PoolCounts {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.state != nil {
-		p.expireLocked()
-	}
 	return PoolCounts{
 		InUse:       p.inUse,
 		Quarantined: p.quarantined,
@@ -163,16 +204,24 @@ func (p *Pool) Counts() PoolCounts {
 	}
 }
 
+// NoSessionDrops is the number of packets that arrived on quarantined pairs
+// and were discarded: late media of finished calls, or strays. The SIP layer
+// exports it as dropped packets with reason "no_session".
+func (p *Pool) NoSessionDrops() uint64 { return p.noSession.Load() }
+
 // Allocate binds a random free pair. It fails with ErrPoolExhausted when no
 // pair is free or MaxRetries binds failed (another process holds the ports);
-// in the latter case the last bind error is wrapped too.
+// in the latter case the last bind error is wrapped too. After Close it fails
+// with ErrPoolClosed.
 func (p *Pool) Allocate() (*PortPair, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.state == nil {
 		return nil, ErrNotValidated
 	}
-	p.expireLocked()
+	if p.closed {
+		return nil, ErrPoolClosed
+	}
 	var lastErr error
 	for range p.MaxRetries {
 		idx := p.pickLocked()
@@ -221,26 +270,128 @@ func (p *Pool) pickLocked() int {
 	return -1
 }
 
-func (p *Pool) expireLocked() {
-	now := p.Clock.Now()
-	for len(p.queue) > 0 && !now.Before(p.queue[0].until) {
-		p.state[p.queue[0].idx] = pairFree
+// Close ends every quarantine: it stops the drain readers, closes their
+// sockets and waits for the readers to return. Pairs still in use are closed
+// when released. Allocate fails with ErrPoolClosed afterwards. Close is
+// idempotent.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	var ending []*drain
+	for idx, d := range p.drains {
+		if d == nil {
+			continue
+		}
+		d.timer.Stop()
+		p.drains[idx] = nil
+		p.state[idx] = pairFree
 		p.quarantined--
-		p.queue = p.queue[1:]
+		ending = append(ending, d)
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, d := range ending {
+		errs = append(errs, d.close())
+	}
+	p.wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (p *Pool) nowNS() int64 { return int64(p.Clock.Now().Sub(p.epoch)) }
+
+// release quarantines a pair by handing its sockets to a drain, or, without
+// quarantine, closes them and frees the pair.
+func (p *Pool) release(pp *PortPair, quarantine bool) error {
+	p.mu.Lock()
+	if quarantine && p.Quarantine >= 0 && !p.closed {
+		defer p.mu.Unlock()
+		now := p.nowNS()
+		d := &drain{idx: pp.idx, conns: [2]*net.UDPConn{pp.rtp, pp.rtcp}, released: now}
+		d.last.Store(now)
+		p.inUse--
+		p.state[pp.idx] = pairQuarantined
+		p.quarantined++
+		p.drains[pp.idx] = d
+		for kind, c := range d.conns {
+			// The session's readers were ended by a read deadline; clear it.
+			_ = c.SetReadDeadline(time.Time{})
+			p.wg.Add(1)
+			d.done.Add(1)
+			go p.drainLoop(d, kind)
+		}
+		d.timer = p.Clock.AfterFunc(p.Quarantine, func() { p.expire(d) })
+		return nil
+	}
+	p.mu.Unlock()
+	err := errors.Join(ignoreClosed(pp.rtp.Close()), ignoreClosed(pp.rtcp.Close()))
+	p.mu.Lock()
+	p.inUse--
+	p.state[pp.idx] = pairFree
+	p.mu.Unlock()
+	return err
+}
+
+// drainLoop discards what arrives on one socket of a quarantined pair until
+// the socket is closed. It does not allocate per packet.
+func (p *Pool) drainLoop(d *drain, kind int) {
+	defer p.wg.Done()
+	defer d.done.Done()
+	c, buf := d.conns[kind], d.bufs[kind][:]
+	for {
+		if _, err := c.Read(buf); err != nil {
+			switch {
+			case errors.Is(err, net.ErrClosed):
+				return
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// Only if release could not clear the session's deadline;
+				// retrying it beats spinning on the error.
+				_ = c.SetReadDeadline(time.Time{})
+			}
+			// Otherwise transient, e.g. a queued ICMP error for the call's
+			// last sends.
+			continue
+		}
+		// Time first: a counted packet has its time recorded, which tests
+		// on a fake clock rely on.
+		d.last.Store(p.nowNS())
+		p.noSession.Add(1)
 	}
 }
 
-func (p *Pool) release(idx int, quarantine bool) {
+// expire ends d's quarantine once the pair has been quiet for Quarantine or
+// released for MaxQuarantine; otherwise it checks again at the earlier of the
+// two. Like Session.armLocked, it wakes once per quiet period, not per packet.
+func (p *Pool) expire(d *drain) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.inUse--
-	if !quarantine || p.Quarantine < 0 {
-		p.state[idx] = pairFree
+	if p.drains[d.idx] != d { // Close got there first
+		p.mu.Unlock()
 		return
 	}
-	p.state[idx] = pairQuarantined
-	p.quarantined++
-	p.queue = append(p.queue, quarantined{idx: idx, until: p.Clock.Now().Add(p.Quarantine)})
+	now := p.nowNS()
+	until := min(d.last.Load()+int64(p.Quarantine), d.released+int64(p.MaxQuarantine))
+	if now < until {
+		d.timer = p.Clock.AfterFunc(time.Duration(until-now), func() { p.expire(d) })
+		p.mu.Unlock()
+		return
+	}
+	p.drains[d.idx] = nil
+	// Pool.Close waits for this too. The readers are still counted, so the
+	// WaitGroup is not at zero.
+	p.wg.Add(1)
+	defer p.wg.Done()
+	p.mu.Unlock()
+	// Close returns once the descriptors are closed, so the ports are
+	// unbound before the pair is free again.
+	_ = d.close()
+	d.done.Wait()
+	p.mu.Lock()
+	p.state[d.idx] = pairFree
+	p.quarantined--
+	p.mu.Unlock()
+}
+
+func (d *drain) close() error {
+	return errors.Join(ignoreClosed(d.conns[0].Close()), ignoreClosed(d.conns[1].Close()))
 }
 
 // errSetup marks failures that another port would not fix.
@@ -299,17 +450,36 @@ func (pp *PortPair) RTP() *net.UDPConn { return pp.rtp }
 // RTCP is the socket on the odd port.
 func (pp *PortPair) RTCP() *net.UDPConn { return pp.rtcp }
 
-// Release closes both sockets and quarantines the pair. It is idempotent.
+// Release hands the pair back to the pool, which quarantines it: the sockets
+// stay bound and are drained until the quarantine ends, then closed (see
+// Pool). Without quarantine (Quarantine < 0, or after Pool.Close) they are
+// closed at once. The caller must have stopped reading the sockets: end
+// blocked reads with a read deadline, not by closing them. Release is
+// idempotent.
 func (pp *PortPair) Release() error { return pp.close(true) }
 
+// close releases the pair; quarantine false closes the sockets and frees the
+// pair at once, for a pair that never carried media.
 func (pp *PortPair) close(quarantine bool) error {
 	var err error
-	pp.once.Do(func() {
-		err = errors.Join(ignoreClosed(pp.rtp.Close()), ignoreClosed(pp.rtcp.Close()))
-		pp.pool.release(pp.idx, quarantine)
-	})
+	pp.once.Do(func() { err = pp.pool.release(pp, quarantine) })
 	return err
 }
+
+// interrupt ends blocked reads on both sockets without closing them, so the
+// pair can be drained after the readers have returned.
+func (pp *PortPair) interrupt() {
+	for _, c := range []*net.UDPConn{pp.rtp, pp.rtcp} {
+		if c.SetReadDeadline(aLongTimeAgo) != nil {
+			// Cannot happen on an open socket; closing is the fallback
+			// that still ends the read.
+			_ = c.Close()
+		}
+	}
+}
+
+// aLongTimeAgo is a read deadline that has passed, as in net/http.
+var aLongTimeAgo = time.Unix(1, 0)
 
 func ignoreClosed(err error) error {
 	if errors.Is(err, net.ErrClosed) {

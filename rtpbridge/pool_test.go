@@ -28,6 +28,11 @@ func TestPoolValidate(t *testing.T) {
 		{"v6 address on udp4", &Pool{MinPort: 40000, MaxPort: 40999, Address: "::1"}, false},
 		{"dscp too big", &Pool{MinPort: 40000, MaxPort: 40999, DSCP: 64}, false},
 		{"negative retries", &Pool{MinPort: 40000, MaxPort: 40999, MaxRetries: -1}, false},
+		{"negative max quarantine", &Pool{MinPort: 40000, MaxPort: 40999, MaxQuarantine: -1}, false},
+		{"max quarantine below default quarantine", &Pool{MinPort: 40000, MaxPort: 40999, MaxQuarantine: time.Second}, false},
+		{"max quarantine below quarantine", &Pool{MinPort: 40000, MaxPort: 40999, Quarantine: time.Hour, MaxQuarantine: time.Minute}, false},
+		{"max quarantine equal to quarantine", &Pool{MinPort: 40000, MaxPort: 40999, Quarantine: time.Minute, MaxQuarantine: time.Minute}, true},
+		{"quarantine disabled", &Pool{MinPort: 40000, MaxPort: 40999, Quarantine: -1}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.pool.Validate()
@@ -44,8 +49,13 @@ func TestPoolValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	if p.MaxRetries != DefaultMaxRetries || p.Quarantine != DefaultQuarantine || p.DSCP != DefaultDSCP ||
-		p.Network != "udp4" || p.Address != "0.0.0.0" {
+		p.MaxQuarantine != DefaultMaxQuarantine || p.Network != "udp4" || p.Address != "0.0.0.0" {
 		t.Fatalf("defaults not filled: %+v", &p)
+	}
+	// A Quarantine above the default cap raises the default cap with it.
+	long := Pool{MinPort: 40000, MaxPort: 40999, Quarantine: 20 * time.Minute}
+	if err := long.Validate(); err != nil || long.MaxQuarantine != 20*time.Minute {
+		t.Fatalf("Validate() = %v, MaxQuarantine %v, want 20m", err, long.MaxQuarantine)
 	}
 	// 40002..40009 in pairs, 40010 has no odd partner.
 	if c := p.Counts(); c != (PoolCounts{Free: 4}) {
@@ -59,6 +69,7 @@ func TestPoolAllocatesEvenPairsInRangeUntilExhausted(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	closeAtEnd(t, p)
 	seen := map[uint16]bool{}
 	var pairs []*PortPair
 	for range 10 {
@@ -112,6 +123,7 @@ func TestPoolQuarantine(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	closeAtEnd(t, p)
 	pp, err := p.Allocate()
 	if err != nil {
 		t.Fatal(err)
@@ -156,6 +168,7 @@ func TestPoolBindFailureTriesAnotherPair(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	closeAtEnd(t, p)
 	pp, err := p.Allocate()
 	if err != nil {
 		t.Fatal(err)
@@ -211,6 +224,7 @@ func TestPoolRejectsNonUDPConn(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	closeAtEnd(t, p)
 	if _, err := p.Allocate(); !errors.Is(err, ErrNotUDPConn) {
 		t.Fatalf("err %v, want ErrNotUDPConn", err)
 	}
@@ -226,6 +240,7 @@ func TestPoolSetsDSCP(t *testing.T) {
 			if err := p.Validate(); err != nil {
 				t.Fatal(err)
 			}
+			closeAtEnd(t, p)
 			pp, err := p.Allocate()
 			if err != nil {
 				t.Fatal(err)

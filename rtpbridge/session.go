@@ -202,9 +202,9 @@ func (s *Session) direction(l Leg) Direction {
 	return d
 }
 
-// Close stops relaying, releases both port pairs into quarantine and waits
-// for the reader goroutines. It is idempotent and safe to call from
-// OnTimeout.
+// Close stops relaying, waits for the reader goroutines and releases both
+// port pairs into quarantine, where their sockets stay bound and drain late
+// packets (see Pool). It is idempotent and safe to call from OnTimeout.
 func (s *Session) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
@@ -215,9 +215,14 @@ func (s *Session) Close() error {
 		}
 		s.mu.Unlock()
 		close(s.closed)
-		// Closing the sockets is what ends the readers' blocking reads.
-		err = errors.Join(s.pairs[LegA].Release(), s.pairs[LegB].Release())
+		// A past read deadline ends the readers' blocking reads; the sockets
+		// stay open for the pool to drain. Packets arriving in between wait
+		// in the socket buffer for the drain readers.
+		for _, pp := range s.pairs {
+			pp.interrupt()
+		}
 		s.wg.Wait()
+		err = errors.Join(s.pairs[LegA].Release(), s.pairs[LegB].Release())
 		s.br.remove(s)
 		s.log.Debug("session closed", zap.Object("media", s.Stats()))
 	})

@@ -1,0 +1,429 @@
+package rtpbridge
+
+import (
+	"errors"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// drainPool is a validated pool of one pair on a fake clock, closed when the
+// test ends.
+func drainPool(t *testing.T, port uint16, mod func(*Pool)) (*Pool, *fakeClock) {
+	t.Helper()
+	clk := newFakeClock()
+	p := &Pool{Address: "127.0.0.1", MinPort: port, MaxPort: port + 1, Clock: clk}
+	if mod != nil {
+		mod(p)
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	closeAtEnd(t, p)
+	return p, clk
+}
+
+// releasedPair allocates p's pair and releases it into quarantine.
+func releasedPair(t *testing.T, p *Pool) uint16 {
+	t.Helper()
+	pp, err := p.Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pp.Release(); err != nil {
+		t.Fatal(err)
+	}
+	return pp.Port()
+}
+
+// waitDrops awaits the count of no_session drops. The drain reader records
+// the packet's time before counting it, so once the count is seen the fake
+// clock may move on.
+func waitDrops(t *testing.T, drops func() uint64, want uint64) {
+	t.Helper()
+	waitFor(t, "no_session drops", func() bool { return drops() == want })
+	if got := drops(); got != want {
+		t.Fatalf("%d no_session drops, want %d", got, want)
+	}
+}
+
+func wantCounts(t *testing.T, p *Pool, want PoolCounts) {
+	t.Helper()
+	if c := p.Counts(); c != want {
+		t.Fatalf("counts %+v, want %+v", c, want)
+	}
+}
+
+func wantBound(t *testing.T, ports []uint16, want bool) {
+	t.Helper()
+	for _, port := range ports {
+		if got := bound(t, port); got != want {
+			t.Fatalf("port %d bound %v, want %v", port, got, want)
+		}
+	}
+}
+
+func dial(t *testing.T, port uint16) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(loopback(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// A connected UDP socket learns of an ICMP port unreachable for one datagram
+// as ECONNREFUSED from its next send.
+func refused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+func TestQuarantineKeepsPortsBoundAndAbsorbsLatePackets(t *testing.T) {
+	checkRoutines(t)
+	p, _ := drainPool(t, 44700, nil)
+	port := releasedPair(t, p)
+	wantBound(t, []uint16{port, port + 1}, true)
+	wantCounts(t, p, PoolCounts{Quarantined: 1})
+
+	var drops uint64
+	for _, to := range []uint16{port, port + 1} {
+		c := dial(t, to)
+		for i := range 3 {
+			if _, err := c.Write(rtpPkt(uint16(i), 0, 1, 'l')); err != nil {
+				t.Fatalf("late packet %d to %d: %v", i, to, err)
+			}
+			drops++
+			waitDrops(t, p.NoSessionDrops, drops)
+		}
+		// Each packet was read, so none drew an ICMP error: this send
+		// would fail otherwise.
+		if _, err := c.Write(rtpPkt(9, 0, 1, 'l')); err != nil {
+			t.Fatalf("send to drained port %d: %v", to, err)
+		}
+		drops++
+		waitDrops(t, p.NoSessionDrops, drops)
+	}
+	wantCounts(t, p, PoolCounts{Quarantined: 1})
+
+	// Control: once Close unbinds the ports, the same check sees the
+	// refusal, so the one above is meaningful.
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantBound(t, []uint16{port, port + 1}, false)
+	wantCounts(t, p, PoolCounts{Free: 1})
+	c := dial(t, port)
+	waitFor(t, "ICMP port unreachable", func() bool {
+		_, err := c.Write(rtpPkt(1, 0, 1, 'x'))
+		return refused(err)
+	})
+	if got := p.NoSessionDrops(); got != drops {
+		t.Fatalf("%d drops after Close, want %d", got, drops)
+	}
+}
+
+func TestQuarantineEndsAfterSilence(t *testing.T) {
+	checkRoutines(t)
+	p, clk := drainPool(t, 44702, nil)
+	port := releasedPair(t, p)
+	if _, err := p.Allocate(); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("Allocate while draining: %v, want ErrPoolExhausted", err)
+	}
+	clk.Advance(DefaultQuarantine - time.Millisecond)
+	if _, err := p.Allocate(); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("Allocate while draining: %v, want ErrPoolExhausted", err)
+	}
+	wantCounts(t, p, PoolCounts{Quarantined: 1})
+	wantBound(t, []uint16{port, port + 1}, true)
+
+	clk.Advance(time.Millisecond)
+	wantCounts(t, p, PoolCounts{Free: 1})
+	wantBound(t, []uint16{port, port + 1}, false)
+	pp, err := p.Allocate()
+	if err != nil {
+		t.Fatalf("Allocate after quarantine: %v", err)
+	}
+	if pp.Port() != port {
+		t.Fatalf("port %d, want %d", pp.Port(), port)
+	}
+	if err := pp.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if p.NoSessionDrops() != 0 {
+		t.Fatalf("%d drops with no packet sent", p.NoSessionDrops())
+	}
+}
+
+func TestQuarantineLatePacketRestartsIdleWait(t *testing.T) {
+	checkRoutines(t)
+	p, clk := drainPool(t, 44704, nil)
+	port := releasedPair(t, p)
+	rtcp := udp(t)
+
+	clk.Advance(20 * time.Second)
+	send(t, rtcp, []byte{0x80, 201, 0, 1, 0, 0, 0, 1}, loopback(port+1)) // late RTCP counts too
+	waitDrops(t, p.NoSessionDrops, 1)
+	clk.Advance(10 * time.Second) // 30 s after the release, 10 s after the packet
+	wantCounts(t, p, PoolCounts{Quarantined: 1})
+	clk.Advance(20*time.Second - time.Millisecond)
+	wantCounts(t, p, PoolCounts{Quarantined: 1})
+	wantBound(t, []uint16{port, port + 1}, true)
+	clk.Advance(time.Millisecond) // 30 s after the packet
+	wantCounts(t, p, PoolCounts{Free: 1})
+	wantBound(t, []uint16{port, port + 1}, false)
+}
+
+func TestQuarantineCappedByMaxQuarantine(t *testing.T) {
+	checkRoutines(t)
+	p, clk := drainPool(t, 44706, nil)
+	if p.MaxQuarantine != DefaultMaxQuarantine {
+		t.Fatalf("MaxQuarantine %v", p.MaxQuarantine)
+	}
+	port := releasedPair(t, p)
+	peer := udp(t)
+
+	// A packet every 20 s, on RTP and RTCP in turn, keeps the pair
+	// quarantined...
+	const every = 20 * time.Second
+	var sent uint64
+	for at := every; at < DefaultMaxQuarantine; at += every {
+		clk.Advance(every)
+		wantCounts(t, p, PoolCounts{Quarantined: 1})
+		send(t, peer, rtpPkt(uint16(sent), 0, 1, 't'), loopback(port+uint16(sent%2)))
+		sent++
+		waitDrops(t, p.NoSessionDrops, sent)
+	}
+	// ...but not past MaxQuarantine, although the last packet was only
+	// 20 s ago.
+	clk.Advance(every - time.Millisecond)
+	wantCounts(t, p, PoolCounts{Quarantined: 1})
+	clk.Advance(time.Millisecond)
+	wantCounts(t, p, PoolCounts{Free: 1})
+	wantBound(t, []uint16{port, port + 1}, false)
+	if sent != uint64(DefaultMaxQuarantine/every)-1 {
+		t.Fatalf("sent %d", sent)
+	}
+}
+
+func TestQuarantineDisabledClosesAtOnce(t *testing.T) {
+	checkRoutines(t)
+	p, _ := drainPool(t, 44708, func(p *Pool) { p.Quarantine = -1 })
+	port := releasedPair(t, p)
+	wantCounts(t, p, PoolCounts{Free: 1})
+	wantBound(t, []uint16{port, port + 1}, false)
+}
+
+func TestPoolCloseStopsDrainers(t *testing.T) {
+	checkRoutines(t)
+	clk := newFakeClock()
+	p := &Pool{Address: "127.0.0.1", MinPort: 44710, MaxPort: 44719, Clock: clk}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var ports []uint16
+	var pairs []*PortPair
+	for range 4 {
+		pp, err := p.Allocate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pairs = append(pairs, pp)
+		ports = append(ports, pp.Port(), pp.Port()+1)
+	}
+	for _, pp := range pairs[:3] {
+		if err := pp.Release(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantCounts(t, p, PoolCounts{InUse: 1, Quarantined: 3, Free: 1})
+	wantBound(t, ports, true)
+
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantCounts(t, p, PoolCounts{InUse: 1, Free: 4})
+	wantBound(t, ports[:6], false)
+	wantBound(t, ports[6:], true) // still in use
+	if _, err := p.Allocate(); !errors.Is(err, ErrPoolClosed) {
+		t.Fatalf("Allocate after Close: %v, want ErrPoolClosed", err)
+	}
+	// A pair released after Close is closed at once, not drained.
+	if err := pairs[3].Release(); err != nil {
+		t.Fatal(err)
+	}
+	wantCounts(t, p, PoolCounts{Free: 5})
+	wantBound(t, ports, false)
+	if err := p.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	clk.Advance(DefaultMaxQuarantine) // the stopped timers do nothing
+	wantCounts(t, p, PoolCounts{Free: 5})
+	// checkRoutines verifies the drain readers are gone.
+}
+
+func TestSessionCloseDrainsLateMedia(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	send(t, h.pbx, rtpPkt(1, 160, 1, 'a'), h.aRTP)
+	recv(t, h.sdp)
+	send(t, h.nat, rtpPkt(1, 160, 2, 'b'), h.bRTP)
+	recv(t, h.pbx)
+	if err := h.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if c := h.br.Counts(); c.LAN.Quarantined != 1 || c.WAN.Quarantined != 1 || c.LAN.InUse+c.WAN.InUse != 0 {
+		t.Fatalf("counts %+v", c)
+	}
+	ports := []uint16{h.aRTP.Port(), h.aRTCP.Port(), h.bRTP.Port(), h.bRTCP.Port()}
+	wantBound(t, ports, true)
+
+	rr := []byte{0x80, 201, 0, 1, 0, 0, 0, 1}
+	send(t, h.pbx, rtpPkt(2, 320, 1, 'l'), h.aRTP)
+	send(t, h.pbxRTCP, rr, h.aRTCP)
+	send(t, h.nat, rtpPkt(2, 320, 2, 'l'), h.bRTP)
+	send(t, h.natRTCP, rr, h.bRTCP)
+	waitDrops(t, h.br.NoSessionDrops, 4)
+	if n := h.br.cfg.LAN.NoSessionDrops(); n != 2 {
+		t.Fatalf("LAN pool counted %d drops, want 2", n)
+	}
+	noPacket(t, h.sdp)
+	noPacket(t, h.pbx)
+	noPacket(t, h.nat)
+	if st := h.s.Stats(); st.AtoB.Packets != 1 || st.BtoA.Packets != 1 || st.AtoB.RTCPPackets+st.BtoA.RTCPPackets != 0 {
+		t.Fatalf("late packets reached the closed session's stats: %+v", st)
+	}
+
+	// Bridge.Close ends the quarantines; the counter survives it.
+	if err := h.br.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if c := h.br.Counts(); c.LAN.Quarantined+c.WAN.Quarantined != 0 {
+		t.Fatalf("counts after Bridge.Close %+v", c)
+	}
+	wantBound(t, ports, false)
+	if n := h.br.NoSessionDrops(); n != 4 {
+		t.Fatalf("%d drops after Close, want 4", n)
+	}
+}
+
+func TestBridgeRecoveryWaitsForLateMedia(t *testing.T) {
+	checkRoutines(t)
+	clk := newFakeClock()
+	lan := testPool(lanRange, clk)
+	wan := &Pool{Address: "127.0.0.1", MinPort: 44720, MaxPort: 44721, Clock: clk}
+	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	s, err := br.NewSession("first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wanPort := s.LocalPort(LegB)
+	_ = s.Close()
+
+	// A refused call's LAN pair goes straight back, unbound.
+	if _, err := br.NewSession("refused"); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("err %v, want ErrPoolExhausted", err)
+	}
+	if c := lan.Counts(); c != (PoolCounts{Quarantined: 1, Free: 499}) {
+		t.Fatalf("LAN pool %+v", c)
+	}
+
+	// The provider's media trickles in late: the WAN pair stays out of use
+	// until it has been quiet for the whole quarantine.
+	clk.Advance(25 * time.Second)
+	send(t, udp(t), rtpPkt(1, 0, 1, 'l'), loopback(wanPort))
+	waitDrops(t, br.NoSessionDrops, 1)
+	clk.Advance(5 * time.Second)
+	if _, err := br.NewSession("still draining"); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("err %v, want ErrPoolExhausted", err)
+	}
+	if c := lan.Counts(); c != (PoolCounts{Free: 500}) { // the LAN pair had no late media
+		t.Fatalf("LAN pool %+v", c)
+	}
+	clk.Advance(25 * time.Second)
+	s, err = br.NewSession("recovered")
+	if err != nil {
+		t.Fatalf("after the quarantine: %v", err)
+	}
+	if s.LocalPort(LegB) != wanPort {
+		t.Fatalf("WAN port %d, want %d", s.LocalPort(LegB), wanPort)
+	}
+	_ = s.Close()
+}
+
+func TestDrainZeroAllocsPerPacket(t *testing.T) {
+	checkRoutines(t)
+	p, _ := drainPool(t, 44722, nil)
+	port := releasedPair(t, p)
+	c := udp(t)
+	dst := loopback(port)
+	b := rtpPkt(1, 160, 7, 'x')
+	var n uint64
+	failed := false
+	drain := func() {
+		n++
+		if _, err := c.WriteToUDPAddrPort(b, dst); err != nil {
+			failed = true
+			return
+		}
+		deadline := time.Now().Add(waitTimeout)
+		for p.NoSessionDrops() != n {
+			if time.Now().After(deadline) {
+				failed = true
+				return
+			}
+			// Not runtime.Gosched: AllocsPerRun runs on one P, and a
+			// goroutine that stays runnable keeps the scheduler from
+			// polling the network, so the reader would only wake on
+			// sysmon's 10 ms poll. A short sleep idles the P.
+			time.Sleep(20 * time.Microsecond)
+		}
+	}
+	drain() // warm up
+	allocs := testing.AllocsPerRun(200, drain)
+	if failed {
+		t.Fatalf("packet %d not drained", n)
+	}
+	if allocs != 0 {
+		t.Fatalf("%.2f allocs per drained packet", allocs)
+	}
+}
+
+// TestPoolCloseRacesExpiry closes pools on the system clock while their
+// 1 ms quarantines are ending, for the race detector and the counts.
+func TestPoolCloseRacesExpiry(t *testing.T) {
+	checkRoutines(t)
+	for i := range 30 {
+		p := &Pool{Address: "127.0.0.1", MinPort: 44740, MaxPort: 44759,
+			Quarantine: time.Millisecond, MaxQuarantine: time.Millisecond}
+		if err := p.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		var pairs []*PortPair
+		for range 10 {
+			pp, err := p.Allocate()
+			if err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+			pairs = append(pairs, pp)
+		}
+		for _, pp := range pairs {
+			if err := pp.Release(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i%2 == 1 {
+			waitFor(t, "some quarantine to end", func() bool { return p.Counts().Free > 0 })
+		}
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wantCounts(t, p, PoolCounts{Free: 10})
+		for _, pp := range pairs {
+			wantBound(t, []uint16{pp.Port(), pp.Port() + 1}, false)
+		}
+	}
+}

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/linkmanager/linkmanager/linkmanager"
+)
+
+func adminStub(t *testing.T, st linkmanager.Status) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/status" {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode(st)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func TestStatusCommand(t *testing.T) {
+	ready := linkmanager.Status{Ready: true, Public: "198.51.100.1:65002", PublicSrc: "stun", NAT: "endpoint-independent",
+		Trunks: []linkmanager.TrunkStatus{{Name: "provider", Register: true, Registered: true, Since: time.Now().Add(-time.Minute),
+			Contact: "198.51.100.1:65002", Keepalive: "stun"}},
+		Calls: []linkmanager.CallStatus{{Direction: "inbound", From: "0301234567", To: "4930123456", Trunk: "provider",
+			Answered: true, Duration: 12, Codec: "PCMA", OneWay: true}}}
+	var out, errOut bytes.Buffer
+	if code := cmdStatus([]string{"--admin", adminStub(t, ready)}, &out, &errOut); code != 0 {
+		t.Fatalf("ready daemon: exit %d (%s)", code, errOut.String())
+	}
+	for _, want := range []string{"linkmanager: ready", "198.51.100.1:65002 (from stun)", "endpoint-independent",
+		"provider", "yes, 1m0s", "ONE-WAY AUDIO", "PCMA"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	notReady := ready
+	notReady.Ready, notReady.Reason = false, "not registered: provider"
+	out.Reset()
+	if code := cmdStatus([]string{"--admin", adminStub(t, notReady), "--json"}, &out, &errOut); code != 1 {
+		t.Errorf("not ready: exit %d, want 1", code)
+	}
+	var back linkmanager.Status
+	if err := json.Unmarshal(out.Bytes(), &back); err != nil || back.Reason != "not registered: provider" {
+		t.Errorf("--json output %q: %v", out.String(), err)
+	}
+
+	errOut.Reset()
+	if code := cmdStatus([]string{"--admin", "127.0.0.1:1"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "cannot reach") {
+		t.Errorf("unreachable daemon: exit %d, %q; want 2", code, errOut.String())
+	}
+}

@@ -102,6 +102,8 @@ type registration struct {
 	contact netip.AddrPort // registered Contact, invalid when not registered
 	seen    netip.AddrPort // last received/rport from the registrar
 	dst     netip.AddrPort
+	okAt    time.Time     // last successful REGISTER
+	granted time.Duration // what it granted
 
 	mu     sync.Mutex
 	status RegStatus // guarded by mu
@@ -292,7 +294,7 @@ func (r *registration) register(ctx context.Context, want netip.AddrPort) (netip
 		r.keeper.Observe(stunkeeper.Mapping{Addr: seen, Via: dst, Source: stunkeeper.SourceRegistrar, At: r.now()})
 	}
 	wasRegistered := r.contact == contact
-	r.contact = contact
+	r.contact, r.okAt, r.granted = contact, r.now(), granted
 	r.setStatus(func(s *RegStatus) {
 		if !s.Registered || !wasRegistered {
 			s.Since = r.now()
@@ -309,14 +311,17 @@ func (r *registration) register(ctx context.Context, want netip.AddrPort) (netip
 }
 
 func (r *registration) fail(err error) {
+	// A rejected registration is gone now; one that could not be
+	// refreshed is gone once its last grant runs out.
+	gone := errors.Is(err, ErrRejected) || errors.Is(err, ErrAuth) ||
+		(r.contact.IsValid() && r.now().After(r.okAt.Add(r.granted)))
+	if gone {
+		r.contact = netip.AddrPort{}
+	}
 	r.setStatus(func(s *RegStatus) {
 		s.LastError = err.Error()
-		// A registration that could not be refreshed is gone at the
-		// registrar once it expires; a rejected one is gone now.
-		if errors.Is(err, ErrRejected) || errors.Is(err, ErrAuth) ||
-			(s.Registered && r.now().After(s.Since.Add(s.Expires)) && s.Expires > 0) {
+		if gone {
 			s.Registered = false
-			r.contact = netip.AddrPort{}
 		}
 	})
 }

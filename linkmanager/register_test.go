@@ -438,3 +438,32 @@ func TestRegisterIntervalTooBrief(t *testing.T) {
 		h.stop(t)
 	})
 }
+
+// A registration that has lived for hours is still valid at the registrar
+// when one refresh fails: it only counts as gone once the last grant has
+// run out.
+func TestRegisterStaysValidUntilGrantExpires(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f, k := newFakeRegistrar(t), &fakeKeeper{}
+		k.public = &stunkeeper.Mapping{Addr: natAddr}
+		f.extra = []sip.Header{sip.NewHeader("Expires", "120")}
+		h := startReg(t, trunkConf{}, k, f)
+		time.Sleep(3 * time.Hour) // many refreshes: Since is long ago
+		synctest.Wait()
+		f.set(func(f *fakeRegistrar) { f.silent = true })
+		// The next refresh is due within 90 s and times out after 10 s;
+		// the grant of 120 s from the last success still holds.
+		time.Sleep(100 * time.Second)
+		synctest.Wait()
+		if st := h.reg.Status(); !st.Registered || st.LastError == "" {
+			t.Errorf("after one failed refresh: %+v; want still registered, with the error shown", st)
+		}
+		time.Sleep(2 * time.Minute) // now past the last grant
+		synctest.Wait()
+		if st := h.reg.Status(); st.Registered {
+			t.Errorf("still reported registered after the grant expired: %+v", st)
+		}
+		f.set(func(f *fakeRegistrar) { f.silent = false })
+		h.stop(t)
+	})
+}

@@ -2,7 +2,6 @@ package linkmanager
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -240,13 +239,12 @@ func (t *trunk) keepaliveLoop(ctx context.Context) error {
 
 // optionsPing sends OPTIONS; its response's Via tells us what the
 // registrar sees.
-func (t *trunk) optionsPing(ctx context.Context, dst netip.AddrPort) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+func (t *trunk) optionsPing(parent context.Context, dst netip.AddrPort) {
+	ctx, cancel := context.WithTimeout(parent, 5*time.Second)
 	defer cancel()
-	req := t.buildOptions(dst)
-	res, err := t.do(ctx, req, dst)
+	res, err := t.do(ctx, t.buildOptions(dst), dst)
 	if err != nil {
-		if ctx.Err() == nil || !errors.Is(ctx.Err(), context.Canceled) {
+		if parent.Err() == nil { // not just stopping
 			t.log.Warn("keepalive OPTIONS unanswered", zap.Error(err))
 		}
 		return

@@ -41,7 +41,6 @@ type dialog struct {
 	local    sip.Uri // our From (UAC) / To (UAS) address
 	remote   sip.Uri
 	dst      netip.AddrPort
-	uac      bool // we sent the initial INVITE on this leg
 
 	mu        sync.Mutex
 	remoteTag string       // guarded by mu
@@ -168,7 +167,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		return
 	}
 	out := &dialog{side: p.to, callID: sip.GenerateTagN(24) + "@linkmanager", localTag: sip.GenerateTagN(12),
-		local: p.from, remote: p.at, target: p.ruri, dst: p.dst, uac: true}
+		local: p.from, remote: p.at, target: p.ruri, dst: p.dst}
 	c.legs[p.to.leg] = out
 	b.track(c)
 

@@ -413,6 +413,14 @@ func (b *B2BUA) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 	in := c.legs[leg]
 	c.mu.Unlock()
 	out := c.other(leg)
+	if req.Method == sip.INVITE && len(req.Body()) == 0 {
+		// An offerless re-INVITE, typically an RFC 4028 session refresh:
+		// our 200 must carry an offer and the answer comes in the ACK.
+		// Offering exactly what this leg already has (same o= version)
+		// changes nothing, so the other leg need not be asked.
+		b.reply(tx, req, in, sip.StatusOK, "OK", in.sdp())
+		return
+	}
 	var body []byte
 	if len(req.Body()) > 0 {
 		offer, err := sdp.Parse(req.Body())
@@ -433,7 +441,7 @@ func (b *B2BUA) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	ctx, stop := context.WithTimeout(context.Background(), 32*time.Second)
 	defer stop()
-	fwd := out.newRequest(req.Method, body)
+	fwd := out.newRequest(req.Method, out.sent(body))
 	otx, err := b.send(ctx, out, fwd)
 	if err != nil {
 		b.reply(tx, req, in, sip.StatusServiceUnavailable, "Service Unavailable", nil)
@@ -472,7 +480,7 @@ func (b *B2BUA) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 			if req.Method == sip.INVITE {
 				b.ack(out, fwd, res)
 			}
-			b.reply(tx, req, in, sip.StatusOK, "OK", answer)
+			b.reply(tx, req, in, sip.StatusOK, "OK", in.sent(answer))
 			return
 		}
 	}

@@ -353,3 +353,51 @@ func placeCall(t *testing.T, prov *fakeProvider, pbx *net.UDPConn, lan netip.Add
 		t.Errorf("BYE answered %q", firstLine(res))
 	}
 }
+
+// An RFC 4028 refresh as an offerless re-INVITE from the provider is
+// answered with the SDP the provider leg already has, unchanged, and the
+// PBX is not bothered.
+func TestB2BUAOfferlessReinviteAnsweredLocally(t *testing.T) {
+	prov := startFakeProvider(t)
+	srv, lan := startB2BUA(t, prov)
+	pbx := listenOn(t, pbxIP)
+	pAddr := pbx.LocalAddr().(*net.UDPAddr).AddrPort()
+	if _, err := pbx.WriteToUDPAddrPort([]byte(pbxInvite(pAddr, "0301234567", "refresh")), lan); err != nil {
+		t.Fatal(err)
+	}
+	if final, _ := readFinal(t, pbx); !strings.HasPrefix(final, "SIP/2.0 200") {
+		t.Fatalf("call setup: %q", firstLine(final))
+	}
+	inv := prov.received("INVITE")[1]
+	callID, from := headerOf(inv, "Call-ID"), headerOf(inv, "From")
+	offered := inv[strings.Index(inv, "\r\n\r\n")+4:]
+	wan := srv.conn.LocalAddrPort()
+	reinvite := fmt.Sprintf("INVITE sip:4930123456@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bKrefresh1;rport\r\n"+
+		"From: <sip:0301234567@sip.provider.test>;tag=prov\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: 7 INVITE\r\n"+
+		"Session-Expires: 1800;refresher=uas\r\nSupported: timer\r\nMax-Forwards: 70\r\nContact: <sip:callee@%s:%d>\r\nContent-Length: 0\r\n\r\n",
+		wan, wanIP, prov.port(), from, callID, wanIP, prov.port())
+	before := len(prov.got)
+	if _, err := prov.conn.WriteToUDPAddrPort([]byte(reinvite), wan); err != nil {
+		t.Fatal(err)
+	}
+	var answer string
+	await(t, "the 200 to the refresh", func() bool {
+		prov.mu.Lock()
+		defer prov.mu.Unlock()
+		for _, m := range prov.got[before:] {
+			if strings.HasPrefix(m, "SIP/2.0 200") && strings.Contains(m, "CSeq: 7 INVITE") {
+				answer = m
+				return true
+			}
+		}
+		return false
+	})
+	body := answer[strings.Index(answer, "\r\n\r\n")+4:]
+	if body != offered {
+		t.Errorf("refresh answered with different SDP (a change the far end would act on):\n%s\nwant what we offered:\n%s", body, offered)
+	}
+	pbx.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, _, err := pbx.ReadFromUDPAddrPort(make([]byte, 4096)); err == nil {
+		t.Errorf("the PBX got a %d-byte message for a refresh it need not see", n)
+	}
+}

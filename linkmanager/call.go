@@ -20,6 +20,8 @@ import (
 // stops at the first 1xx, so nothing else would.
 const DefaultRingTimeout = 120 * time.Second
 
+const byeTimeout = 4 * time.Second
+
 // side is one network the B2BUA talks to: the LAN (PBX) or the Internet
 // (providers). Each has its own socket, sipgo client and addresses.
 type side struct {
@@ -49,6 +51,24 @@ type dialog struct {
 	cseq      uint32       // guarded by mu; our last CSeq on this dialog
 	version   uint64       // guarded by mu; o= version of the SDP we send on this side
 	lastAck   *sip.Request // guarded by mu; resent when the peer retransmits its 2xx
+	lastSDP   []byte       // guarded by mu; the SDP we last sent on this leg
+}
+
+// sent records the SDP we sent on this leg and returns it.
+func (d *dialog) sent(body []byte) []byte {
+	if body != nil {
+		d.mu.Lock()
+		d.lastSDP = body
+		d.mu.Unlock()
+	}
+	return body
+}
+
+// sdp is the SDP we last sent on this leg.
+func (d *dialog) sdp() []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lastSDP
 }
 
 // confirmed reports whether the peer answered (a To tag): only then can
@@ -175,7 +195,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	var once sync.Once
 	tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
 
-	invite := out.newRequest(sip.INVITE, outSDP)
+	invite := out.newRequest(sip.INVITE, out.sent(outSDP))
 	ring := time.NewTimer(b.ringTimeout)
 	defer ring.Stop()
 	// Not tied to the handler: a CANCEL or a late 2xx must still be
@@ -220,7 +240,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))
 				}
-				b.reply(tx, req, in_, code, res.Reason, body)
+				b.reply(tx, req, in_, code, res.Reason, in_.sent(body))
 			case code < 300:
 				out.setRemoteTag(tagOf(res.To()))
 				out.learnTarget(res, true)
@@ -249,7 +269,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				c.answer = time.Now()
 				c.mu.Unlock()
 				media.Established()
-				ok := b.reply(tx, req, in_, sip.StatusOK, "OK", body)
+				ok := b.reply(tx, req, in_, sip.StatusOK, "OK", in_.sent(body))
 				log.Info("call answered", zap.Duration("setup", time.Since(c.start)))
 				b.goCall(func() { b.retransmitUntilAck(c, tx, ok) })
 				return
@@ -543,10 +563,13 @@ func (b *B2BUA) awaitCancelled(tx sip.ClientTransaction, d *dialog, invite *sip.
 	}
 }
 
-// bye hangs up one dialog; it does not wait longer than a transaction.
+// bye hangs up one dialog. It waits at most byeTimeout (four
+// retransmissions) for the answer: on shutdown the stop budget is the
+// grace period plus this plus the unregister, inside systemd's
+// TimeoutStopSec.
 func (b *B2BUA) bye(d *dialog) {
 	req := d.newRequest(sip.BYE, nil)
-	ctx, stop := context.WithTimeout(context.Background(), 8*time.Second)
+	ctx, stop := context.WithTimeout(context.Background(), byeTimeout)
 	defer stop()
 	if _, err := d.side.client.Do(ctx, req, sipgo.ClientRequestBuild); err != nil {
 		b.log.Debug("bye unanswered", zap.String("call_id", d.callID), zap.Error(err))

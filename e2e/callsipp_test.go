@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -73,6 +74,9 @@ type SippSpec struct {
 	Rate     int           // -r (calls per second); default 10
 	Hold     time.Duration // -d: how long <pause/> waits
 	Timeout  time.Duration // sipp's own -timeout (fails the run); default 60 s
+	// Args are more sipp arguments (e.g. -key NAME VALUE), placed before
+	// the remote host of a UAC.
+	Args []string
 }
 
 func (s SippSpec) uac() bool { return s.Target != "" }
@@ -109,13 +113,16 @@ func (l *Lab) StartSipp(spec SippSpec) *Sipp {
 		if spec.Auth {
 			args = append(args, "-au", TrunkUser, "-ap", TrunkPass)
 		}
+	}
+	args = append(args, spec.Args...)
+	if spec.uac() {
 		args = append(args, spec.Target)
 	}
 	role := "uas"
 	if spec.uac() {
 		role = "uac"
 	}
-	name := fmt.Sprintf("%s-%s-%s", spec.Name, role, strings.TrimSuffix(spec.Scenario, ".xml"))
+	name := fmt.Sprintf("%s-%s-%s", spec.Name, role, strings.TrimSuffix(filepath.Base(spec.Scenario), ".xml"))
 	argv, msgFile := l.sippArgs(name, spec.Scenario, args...)
 	p := l.Start(spec.NS, strings.TrimSuffix(msgFile, ".msg")+".out", argv...)
 	s := &Sipp{Proc: p, Spec: spec, MsgFile: msgFile}

@@ -89,6 +89,7 @@ type DaemonConfig struct {
 	Keepalive   string // auto
 	Listen      string // 192.168.100.2:65002
 	RTP         string // the rtp: flow mapping; default {port_min: 55000, port_max: 56000}
+	PBX         string // more keys inside the pbx: flow mapping, e.g. "ring_timeout: 5s"
 	Extra       string // appended verbatim (top-level YAML)
 }
 
@@ -103,6 +104,10 @@ func (c DaemonConfig) YAML() string {
 	servers := c.STUNServers
 	if servers == nil && !c.NoSTUN {
 		servers = []string{STUN1Addr, STUN2Addr}
+	}
+	pbxExtra := ""
+	if c.PBX != "" {
+		pbxExtra = ", " + c.PBX
 	}
 	q := make([]string, len(servers))
 	for i, s := range servers {
@@ -120,13 +125,13 @@ trunks:
     expires: %s
     keepalive: %s
     dids: ["%s", "+%s"]
-pbx: {listen: %s:5060, address: %s:5060, allow: ["%s/32"]}
+pbx: {listen: %s:5060, address: %s:5060, allow: ["%s/32"]%s}
 rtp: %s
 admin: {listen: 127.0.0.1:9065}
 %s`, def(c.LogLevel, "debug"), def(c.Listen, fmt.Sprintf("%s:%d", DaemonIP, DaemonSIPPort)),
 		strings.Join(q, ", "), def(c.Interval, "10s"),
 		ProviderAddr, SIPDomain, TrunkUser, def(c.Password, TrunkPass), def(c.Expires, "300s"),
-		def(c.Keepalive, "auto"), DID, DID, DaemonIP, PBXIP, PBXIP,
+		def(c.Keepalive, "auto"), DID, DID, DaemonIP, PBXIP, PBXIP, pbxExtra,
 		def(c.RTP, "{port_min: 55000, port_max: 56000}"), c.Extra)
 }
 

@@ -845,6 +845,12 @@ func (l *Lab) cleanup() {
 				n = 60
 			}
 			l.t.Logf("---- tail of %s (%s, exit %d):\n%s", p.Name, p.LogPath, p.ExitCode(), tail(p.Log(), n))
+			// The daemon is built with -race: show the whole report, which
+			// the tail usually misses.
+			if log := p.Log(); strings.Contains(log, "WARNING: DATA RACE") {
+				at := strings.Index(log, "==================\nWARNING: DATA RACE")
+				l.t.Logf("---- data race in %s:\n%s", p.Name, log[max(at, 0):])
+			}
 		}
 		for _, ip := range []string{STUN1IP, STUN2IP} {
 			if b, err := os.ReadFile(filepath.Join(l.Dir, "coturn-"+ip+".log")); err == nil {

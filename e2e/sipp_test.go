@@ -69,7 +69,14 @@ func (l *Lab) sippArgs(name, scenario string, extra ...string) (args []string, m
 	// sipp binds -cp on 0.0.0.0 and media on -mp and -mp+2: six ports, so
 	// two sipps running at once in one namespace never collide.
 	ports := l.allocPorts(6)
-	args = []string{"sipp", "-sf", filepath.Join(l.sippDir, scenario),
+	// A scenario is a file of lab/sipp, or an absolute path (say a copy
+	// next to a generated pcap: sipp looks for pcap files next to the
+	// scenario first).
+	sf := scenario
+	if !filepath.IsAbs(sf) {
+		sf = filepath.Join(l.sippDir, scenario)
+	}
+	args = []string{"sipp", "-sf", sf,
 		"-nostdin", "-trace_msg", "-message_file", msgFile,
 		"-trace_err", "-error_file", filepath.Join(l.Dir, base+".err"),
 		"-cp", strconv.Itoa(ports), "-mp", strconv.Itoa(ports + 2)}

@@ -431,7 +431,10 @@ func (b *B2BUA) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		if c.index < len(offer.Media) {
 			setRemote(c.media, leg, offer.Media[c.index])
-			c.media.SetHold(offer.Media[c.index].Hold)
+			c.mu.Lock()
+			c.offerHeld = held(offer.Media[c.index])
+			c.mu.Unlock()
+			c.media.SetHold(held(offer.Media[c.index]))
 		}
 		if body, err = b.rewrite(c, out.side, req.Body()); err != nil {
 			code, reason := statusFor(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,17 +96,21 @@ func (d *dialog) nextVersion() uint64 {
 
 // call is one bridged call: a dialog on each side and a media session.
 type call struct {
-	id     string // the first leg's Call-ID, used in logs
-	dir    string // "outbound" (PBX to provider) or "inbound"
-	trunk  string
-	from   string // caller's number, as received
-	to     string // callee's number, as sent on
-	codec  string // of the answer's first format
-	log    *zap.Logger
-	media  *rtpbridge.Session
-	index  int // relayed m-line
-	start  time.Time
-	answer time.Time
+	id    string // the first leg's Call-ID, used in logs
+	dir   string // "outbound" (PBX to provider) or "inbound"
+	trunk string
+	from  string // caller's number, as received
+	to    string // callee's number, as sent on
+	codec string // of the answer's first format; guarded by mu
+	// offerHeld: the last offer put the call on hold; guarded by mu. An
+	// answer cannot take a hold back (a recvonly answer to a sendonly
+	// offer is still a hold).
+	offerHeld bool
+	log       *zap.Logger
+	media     *rtpbridge.Session
+	index     int // relayed m-line
+	start     time.Time
+	answer    time.Time
 
 	done      chan struct{} // closed by finish
 	acked     chan struct{} // closed when the caller ACKs our 2xx
@@ -172,6 +177,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now(),
 		from: req.From().Address.User, to: p.at.User,
 		acked: make(chan struct{}), done: make(chan struct{})}
+	c.offerHeld = held(offer.Media[idx])
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
 	if err := setRemote(media, in.leg, offer.Media[idx]); err != nil {
@@ -251,6 +257,10 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				// (nat-findings.md, finding 4).
 				body, sdpErr := b.answerSDP(c, in.leg, p.to.leg, res.Body())
 				b.ack(out, invite, res)
+				// sipgo keeps the transaction for 32 s and swallows 2xx
+				// retransmissions; ended, they reach onStrayResponse,
+				// which sends our ACK again.
+				otx.Terminate()
 				if cancelled == nil {
 					// The far side answered while our CANCEL was on its
 					// way: the caller is gone, so hang up at once.
@@ -313,7 +323,15 @@ func relayable(s *sdp.Session) (int, bool) {
 	return 0, false
 }
 
+// held reports whether a stream is on hold in either direction: then
+// silence is normal and the longer hold timeout applies.
+func held(m sdp.Media) bool {
+	return m.Hold || m.Direction == "recvonly" || m.Direction == "inactive"
+}
+
 func setRemote(s *rtpbridge.Session, leg rtpbridge.Leg, m sdp.Media) error {
+	// T.38 (m=image ... udptl) is relayed like audio but is not RTP.
+	s.SetRaw(strings.EqualFold(m.Proto, "udptl"))
 	if m.Hold && m.Addr.IsUnspecified() || m.Port == 0 {
 		return s.SetRemote(leg, netip.AddrPort{}, netip.AddrPort{})
 	}
@@ -370,7 +388,10 @@ func (b *B2BUA) answerSDP(c *call, to, from rtpbridge.Leg, body []byte) ([]byte,
 		if err := setRemote(c.media, from, s.Media[c.index]); err != nil {
 			return nil, err
 		}
-		c.media.SetHold(s.Media[c.index].Hold)
+		c.mu.Lock()
+		hold := c.offerHeld || held(s.Media[c.index])
+		c.mu.Unlock()
+		c.media.SetHold(hold)
 	}
 	return b.rewrite(c, b.sideOf(to), body)
 }
@@ -456,10 +477,13 @@ func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request 
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: d.cseq, MethodName: method})
 	mf := sip.MaxForwardsHeader(70)
 	req.AppendHeader(&mf)
-	if method == sip.INVITE {
+	if method == sip.INVITE || method == sip.UPDATE {
+		// RFC 3311 §7: UPDATE is a target refresh and carries Contact.
 		req.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: d.local.User,
 			Host: d.side.contact().Addr().String(), Port: int(d.side.contact().Port())}})
-		req.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE"))
+	}
+	if method == sip.INVITE {
+		req.AppendHeader(sip.NewHeader("Allow", allowed))
 	}
 	if body != nil {
 		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))

@@ -24,6 +24,9 @@ import (
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
+// allowed is what we accept, for Allow headers.
+const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE"
+
 // Version is set by the build (-ldflags "-X ...linkmanager.Version=...").
 var Version = "dev"
 
@@ -490,7 +493,7 @@ func (s *Server) trunkFor(ip netip.Addr) *trunk {
 
 func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {
 	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", nil)
-	res.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS"))
+	res.AppendHeader(sip.NewHeader("Allow", allowed))
 	if err := tx.Respond(res); err != nil {
 		s.log.Debug("options response failed", zap.Error(err))
 	}

@@ -120,9 +120,13 @@ func (k *sock) run() {
 // forward it. It is the whole per-packet logic apart from the two syscalls.
 func (k *sock) handle(b []byte, src netip.AddrPort, now int64) bool {
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-	rtpPacket := false
+	rtpPacket, raw := false, k.kind == kindRTP && k.s.raw.Load()
 	var ssrc uint32
 	switch {
+	case raw:
+		if len(b) == 0 || len(b) >= bufSize {
+			return k.dropMalformed()
+		}
 	case len(b) < 8 || len(b) >= bufSize || b[0]>>6 != 2:
 		// Length is checked before Unmarshal, whose errors allocate.
 		return k.dropMalformed()
@@ -155,6 +159,13 @@ func (k *sock) handle(b []byte, src netip.AddrPort, now int64) bool {
 	k.lastPeerRx = now
 
 	k.mu.Lock()
+	if raw {
+		k.st.packets++
+		k.st.bytes += uint64(len(b))
+		k.mu.Unlock()
+		k.lastRx.Store(now)
+		return true
+	}
 	if !rtpPacket {
 		k.st.rtcpPackets++
 		k.st.rtcpBytes += uint64(len(b))

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -64,6 +65,10 @@ type Session struct {
 	wg        sync.WaitGroup
 	closed    chan struct{}
 	closeOnce sync.Once
+
+	// raw: the stream is not RTP (T.38 over UDPTL), so any datagram is
+	// relayed and counts as activity. Read per packet, hence atomic.
+	raw atomic.Bool
 
 	mu          sync.Mutex // guards the fields below and every latch change
 	isClosed    bool
@@ -188,6 +193,12 @@ func (s *Session) SetHold(held bool) {
 	s.mark = s.nowNS()
 	s.armLocked(s.mark)
 }
+
+// SetRaw switches the session between RTP (validated, parsed, counted
+// with loss and jitter) and raw datagrams: T.38 fax over UDPTL (RFC 3362)
+// is relayed like audio, but its packets are not RTP and would otherwise
+// be dropped as malformed. Latching works the same.
+func (s *Session) SetRaw(raw bool) { s.raw.Store(raw) }
 
 // Stats returns a snapshot of the session's counters. It is valid after
 // Close too.

@@ -552,3 +552,27 @@ func TestStatsLogLine(t *testing.T) {
 		t.Fatalf("a_to_b %+v", ab)
 	}
 }
+
+// T.38 over UDPTL is not RTP: in raw mode any datagram is relayed (both
+// ways) and counts as activity, where RTP mode drops it as malformed.
+func TestRawModeRelaysUDPTL(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	udptl := []byte{0x00, 0x00, 0x06, 0x40, 0x01, 0x80} // seq 0, an IFP: first byte 0, no RTP version
+	send(t, h.pbx, udptl, h.aRTP)
+	waitFor(t, "UDPTL counted as malformed in RTP mode", func() bool { return h.s.Stats().AtoB.Malformed == 1 })
+	noPacket(t, h.sdp)
+
+	h.s.SetRaw(true)
+	send(t, h.pbx, udptl, h.aRTP)
+	if got, _ := recv(t, h.sdp); string(got) != string(udptl) {
+		t.Fatalf("relayed %x, want the UDPTL datagram unchanged", got)
+	}
+	send(t, h.nat, []byte{0x00, 0x01, 0x02}, h.bRTP)
+	if got, _ := recv(t, h.pbx); len(got) != 3 {
+		t.Fatalf("reverse direction relayed %x", got)
+	}
+	if st := h.s.Stats(); st.AtoB.Packets != 1 || st.BtoA.Packets != 1 || st.AtoB.Malformed != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}

@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -170,5 +171,67 @@ func TestLifecycleReloadWithCallUp(t *testing.T) {
 	}
 	if code := d.Stop(); code != 0 {
 		t.Errorf("exit %d", code)
+	}
+}
+
+// The systemd protocol as the daemon speaks it: READY=1 only after the
+// trunk has tried to register, WATCHDOG=1 pings, STOPPING=1 on SIGTERM.
+func TestLifecycleSystemdNotify(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	sockPath := filepath.Join(l.Dir, "notify.sock")
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	msgs := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, _, err := sock.ReadFromUnix(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	cfg := filepath.Join(l.Dir, "notify.yaml")
+	if err := os.WriteFile(cfg, []byte(DaemonConfig{}.YAML()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := l.Start(NSLM, "linkmanager-notify.log", "env", "NOTIFY_SOCKET="+sockPath, "WATCHDOG_USEC=2000000",
+		daemonBinary(t), "run", "--config", cfg)
+	d := &Daemon{Proc: p, ConfigPath: cfg}
+
+	seen := map[string]bool{}
+	// await reads messages until want arrives, within one overall
+	// deadline: watchdog pings must not keep a missing READY waiting.
+	await := func(want string, onSeen func()) {
+		t.Helper()
+		deadline := time.After(15 * time.Second)
+		for !seen[want] {
+			select {
+			case m := <-msgs:
+				seen[m] = true
+				if m == want && onSeen != nil {
+					onSeen()
+				}
+			case <-deadline:
+				t.Fatalf("no %s from the daemon within 15 s; got %v", want, seen)
+			}
+		}
+	}
+	await("READY=1", func() {
+		if _, err := d.AwaitLog(time.Second, Msg("registered", "trunk", "provider")); err != nil {
+			t.Errorf("READY=1 came before the trunk tried to register: %v", err)
+		}
+	})
+	await("WATCHDOG=1", nil)
+	d.Signal(syscall.SIGTERM)
+	await("STOPPING=1", nil)
+	if code, err := d.Wait(20 * time.Second); err != nil || code != 0 {
+		t.Errorf("exit %d (%v)", code, err)
 	}
 }

@@ -102,26 +102,11 @@ func New(opts Options) (*Server, error) {
 	slogger := slog.New(zapslog.NewHandler(log.Named("sipgo").Core()))
 	local := opts.Conn.LocalAddrPort()
 	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip"), metrics: newMetrics()}
-	ua, err := sipgo.NewUA(
-		sipgo.WithUserAgent("linkmanager/"+Version),
-		sipgo.WithUserAgentHostname(local.Addr().String()),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slogger)),
-		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger),
-			sip.WithTransactionLayerUnhandledResponseHandler(s.strayResponse)),
-	)
+	// rport on the Internet side: the provider answers to our NAT
+	// mapping and tells us what it is.
+	ua, srv, client, err := s.sipStack("sip", local, slogger, sipgo.WithClientNAT())
 	if err != nil {
-		return nil, fmt.Errorf("linkmanager: sip user agent: %w", err)
-	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slogger))
-	if err != nil {
-		return nil, fmt.Errorf("linkmanager: sip server: %w", err)
-	}
-	// The exact IP:port: sipgo then finds our listening socket in its
-	// pool for every request instead of binding an ephemeral one.
-	client, err := sipgo.NewClient(ua, sipgo.WithClientConnectionAddr(local.String()),
-		sipgo.WithClientNAT(), sipgo.WithClientLogger(slogger))
-	if err != nil {
-		return nil, fmt.Errorf("linkmanager: sip client: %w", err)
+		return nil, err
 	}
 	s.ua, s.srv, s.client = ua, srv, client
 	s.lookup = net.DefaultResolver
@@ -185,27 +170,41 @@ func (s *Server) stopTrunk(t *trunk, keepBinding bool) {
 	<-t.done
 }
 
-// newB2BUA sets up the LAN side: its own user agent on the PBX socket, so
-// LAN and Internet transactions never share a socket by accident.
-func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) error {
-	lanAddr := opts.PBXConn.LocalAddrPort()
+// sipStack builds a sipgo user agent, server and client for one socket.
+// The client is pinned to the exact IP:port: sipgo then finds our
+// listening socket in its pool for every request instead of binding an
+// ephemeral one.
+func (s *Server) sipStack(name string, local netip.AddrPort, slogger *slog.Logger, extra ...sipgo.ClientOption) (
+	*sipgo.UserAgent, *sipgo.Server, *sipgo.Client, error) {
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("linkmanager/"+Version),
-		sipgo.WithUserAgentHostname(lanAddr.Addr().String()),
+		sipgo.WithUserAgentHostname(local.Addr().String()),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slogger)),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(slogger),
 			sip.WithTransactionLayerUnhandledResponseHandler(s.strayResponse)),
 	)
 	if err != nil {
-		return fmt.Errorf("linkmanager: pbx user agent: %w", err)
+		return nil, nil, nil, fmt.Errorf("linkmanager: %s user agent: %w", name, err)
 	}
 	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slogger))
 	if err != nil {
-		return fmt.Errorf("linkmanager: pbx server: %w", err)
+		return nil, nil, nil, fmt.Errorf("linkmanager: %s server: %w", name, err)
 	}
-	client, err := sipgo.NewClient(ua, sipgo.WithClientConnectionAddr(lanAddr.String()), sipgo.WithClientLogger(slogger))
+	opts := append([]sipgo.ClientOption{sipgo.WithClientConnectionAddr(local.String()), sipgo.WithClientLogger(slogger)}, extra...)
+	client, err := sipgo.NewClient(ua, opts...)
 	if err != nil {
-		return fmt.Errorf("linkmanager: pbx client: %w", err)
+		return nil, nil, nil, fmt.Errorf("linkmanager: %s client: %w", name, err)
+	}
+	return ua, srv, client, nil
+}
+
+// newB2BUA sets up the LAN side: its own user agent on the PBX socket, so
+// LAN and Internet transactions never share a socket by accident.
+func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) error {
+	lanAddr := opts.PBXConn.LocalAddrPort()
+	ua, srv, client, err := s.sipStack("pbx", lanAddr, slogger)
+	if err != nil {
+		return err
 	}
 	b := &B2BUA{
 		log:         log.Named("call"),

@@ -1096,154 +1096,134 @@ func checkT38SDP(t *testing.T, at Endpoint, what string, s SDPImage) {
 // failure says nothing about the daemon.
 func TestDialogLabScenarios(t *testing.T) {
 	t.Parallel()
-	groups := []struct {
-		name           string
-		caller, callee Endpoint
-		trunkUA        bool
-	}{
-		{"trunk-to-phone", labTrunkCaller, PhoneCallee, false},
-		{"phone-to-trunk", PhoneCaller, labTrunkCallee, true},
-	}
-	for _, g := range groups {
-		t.Run(g.name, func(t *testing.T) {
-			t.Parallel()
-			l := newLab(t)
-			if g.trunkUA {
-				if _, err := l.StartRegisteringUA(UASpec{NS: NSSTUN, IP: STUN2IP, Port: 5060, OneShot: true}); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := l.WaitKamailioContact(TrunkUser, 5*time.Second, func(c ULContact) bool { return c.Received == STUN2IP+":5060" }); err != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(500 * time.Millisecond) // the one-shot UA lets go of 5060
+	forEachLabGroup(t, func(t *testing.T, l *Lab, caller, callee Endpoint) {
+		g := struct{ caller, callee Endpoint }{caller, callee}
+		direct := func(at, from Endpoint, plays int, pt uint8) AudioCheck {
+			return AudioCheck{At: at, SrcIP: from.IP, PerCall: plays * G711Packets, PT: pt}
+		}
+		completed := func(t *testing.T, r *CallRun) {
+			t.Helper()
+			if r.Caller.ExitCode() != 0 || r.Callee.ExitCode() != 0 {
+				t.Errorf("sipp exit codes: caller %d, callee %d\n%s", r.Caller.ExitCode(), r.Callee.ExitCode(), r.Traces())
 			}
-			direct := func(at, from Endpoint, plays int, pt uint8) AudioCheck {
-				return AudioCheck{At: at, SrcIP: from.IP, PerCall: plays * G711Packets, PT: pt}
-			}
-			completed := func(t *testing.T, r *CallRun) {
-				t.Helper()
-				if r.Caller.ExitCode() != 0 || r.Callee.ExitCode() != 0 {
-					t.Errorf("sipp exit codes: caller %d, callee %d\n%s", r.Caller.ExitCode(), r.Callee.ExitCode(), r.Traces())
+		}
+		run := func(t *testing.T, a, b side) *CallRun {
+			r := dialogCall(t, l, g.caller, g.callee, a, b)
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("flows at the caller:\n%s\nflows at the callee:\n%s", r.Flows(g.caller.NS), r.Flows(g.callee.NS))
 				}
+			})
+			return r
+		}
+		t.Run("update-hold-by-caller", func(t *testing.T) {
+			r := run(t, side{Scenario: "uac-update-hold.xml", Hold: 2 * time.Second}, side{Scenario: "uas-update-held.xml"})
+			completed(t, r)
+			r.CheckAudio(t, direct(g.callee, g.caller, 2, PTPCMA))
+			r.CheckAudio(t, direct(g.caller, g.callee, 2, PTPCMA))
+		})
+		t.Run("update-hold-by-callee", func(t *testing.T) {
+			r := run(t, side{Scenario: "uac-update-held.xml"}, side{Scenario: "uas-update-hold.xml", Hold: 2 * time.Second})
+			completed(t, r)
+			withoutHeldSDP(r, g.caller).CheckAudio(t, direct(g.caller, g.callee, 2, PTPCMA))
+			r.CheckAudio(t, direct(g.callee, g.caller, 2, PTPCMA))
+		})
+		t.Run("codec-change", func(t *testing.T) {
+			sc := scenarioCopies(t, l, "uac-codec.xml", "uas-codec.xml")
+			r := run(t, side{Scenario: sc["uac-codec.xml"]}, side{Scenario: sc["uas-codec.xml"]})
+			completed(t, r)
+			r.CheckAudio(t, direct(g.callee, g.caller, 1, PTPCMA))
+			r.CheckAudio(t, direct(g.caller, g.callee, 1, PTPCMA))
+			checkPCMU(t, r, g.callee, g.caller.IP, false)
+			checkPCMU(t, r, g.caller, g.callee.IP, false)
+		})
+		t.Run("options", func(t *testing.T) {
+			// -aa: without the daemon each side's OPTIONS reaches the other.
+			r := run(t, side{Scenario: "uac-options.xml", Args: []string{"-aa"}}, side{Scenario: "uas-options.xml", Args: []string{"-aa"}})
+			completed(t, r)
+			if r.Caller.ReceivedResponse(200, "OPTIONS") == 0 || r.Callee.ReceivedResponse(200, "OPTIONS") == 0 {
+				t.Errorf("OPTIONS unanswered:\n%s", r.Traces())
 			}
-			run := func(t *testing.T, a, b side) *CallRun {
-				r := dialogCall(t, l, g.caller, g.callee, a, b)
-				t.Cleanup(func() {
-					if t.Failed() {
-						t.Logf("flows at the caller:\n%s\nflows at the callee:\n%s", r.Flows(g.caller.NS), r.Flows(g.callee.NS))
+		})
+		for _, c := range []struct{ scenario, status string }{
+			{"uas-busy.xml", "486 User Busy"}, {"uas-notfound.xml", "404 No Such Extension"}, {"uas-decline.xml", "603 Declined"},
+		} {
+			t.Run("reject-"+c.status[:3], func(t *testing.T) {
+				r := run(t, side{Scenario: "uac-pcap.xml", Hold: time.Second}, side{Scenario: c.scenario})
+				completed(t, r)
+				got := ""
+				for _, m := range r.Caller.Messages() {
+					if !m.Sent && m.Code >= 300 && m.Code != 401 && m.Code != 407 && strings.HasSuffix(m.CSeq, "INVITE") {
+						got = m.First
+						break
 					}
-				})
-				return r
-			}
-			t.Run("update-hold-by-caller", func(t *testing.T) {
-				r := run(t, side{Scenario: "uac-update-hold.xml", Hold: 2 * time.Second}, side{Scenario: "uas-update-held.xml"})
+				}
+				if got != "SIP/2.0 "+c.status {
+					t.Errorf("the caller got %q, want %q", got, "SIP/2.0 "+c.status)
+				}
+			})
+		}
+		for _, c := range []struct{ name, caller, callee string }{
+			{"refresh-by-caller", "uac-refresh.xml", "uas-refreshed.xml"},
+			{"refresh-by-callee", "uac-refreshed.xml", "uas-refresh.xml"},
+			{"refresh-offerless-by-caller", "uac-refresh-offerless.xml", "uas-refreshed.xml"},
+			{"refresh-offerless-by-callee", "uac-refreshed.xml", "uas-refresh-offerless.xml"},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				r := run(t, side{Scenario: c.caller}, side{Scenario: c.callee})
 				completed(t, r)
 				r.CheckAudio(t, direct(g.callee, g.caller, 2, PTPCMA))
 				r.CheckAudio(t, direct(g.caller, g.callee, 2, PTPCMA))
 			})
-			t.Run("update-hold-by-callee", func(t *testing.T) {
-				r := run(t, side{Scenario: "uac-update-held.xml"}, side{Scenario: "uas-update-hold.xml", Hold: 2 * time.Second})
-				completed(t, r)
-				withoutHeldSDP(r, g.caller).CheckAudio(t, direct(g.caller, g.callee, 2, PTPCMA))
-				r.CheckAudio(t, direct(g.callee, g.caller, 2, PTPCMA))
-			})
-			t.Run("codec-change", func(t *testing.T) {
-				sc := scenarioCopies(t, l, "uac-codec.xml", "uas-codec.xml")
-				r := run(t, side{Scenario: sc["uac-codec.xml"]}, side{Scenario: sc["uas-codec.xml"]})
-				completed(t, r)
-				r.CheckAudio(t, direct(g.callee, g.caller, 1, PTPCMA))
-				r.CheckAudio(t, direct(g.caller, g.callee, 1, PTPCMA))
-				checkPCMU(t, r, g.callee, g.caller.IP, false)
-				checkPCMU(t, r, g.caller, g.callee.IP, false)
-			})
-			t.Run("options", func(t *testing.T) {
-				// -aa: without the daemon each side's OPTIONS reaches the other.
-				r := run(t, side{Scenario: "uac-options.xml", Args: []string{"-aa"}}, side{Scenario: "uas-options.xml", Args: []string{"-aa"}})
-				completed(t, r)
-				if r.Caller.ReceivedResponse(200, "OPTIONS") == 0 || r.Callee.ReceivedResponse(200, "OPTIONS") == 0 {
-					t.Errorf("OPTIONS unanswered:\n%s", r.Traces())
-				}
-			})
-			for _, c := range []struct{ scenario, status string }{
-				{"uas-busy.xml", "486 User Busy"}, {"uas-notfound.xml", "404 No Such Extension"}, {"uas-decline.xml", "603 Declined"},
-			} {
-				t.Run("reject-"+c.status[:3], func(t *testing.T) {
-					r := run(t, side{Scenario: "uac-pcap.xml", Hold: time.Second}, side{Scenario: c.scenario})
-					completed(t, r)
-					got := ""
-					for _, m := range r.Caller.Messages() {
-						if !m.Sent && m.Code >= 300 && m.Code != 401 && m.Code != 407 && strings.HasSuffix(m.CSeq, "INVITE") {
-							got = m.First
-							break
-						}
-					}
-					if got != "SIP/2.0 "+c.status {
-						t.Errorf("the caller got %q, want %q", got, "SIP/2.0 "+c.status)
-					}
-				})
+		}
+		t.Run("re-ack", func(t *testing.T) {
+			drop := dropFirstACK(t, l, g.callee.NS, ProviderIP, g.callee.Port)
+			defer drop.Remove()
+			r := run(t, side{Scenario: "uac-pcap.xml", Hold: 8500 * time.Millisecond}, side{Scenario: "uas-pcap.xml"})
+			completed(t, r)
+			if n := drop.Dropped(t); n != 1 {
+				t.Errorf("dropped %d ACKs, want 1", n)
 			}
-			for _, c := range []struct{ name, caller, callee string }{
-				{"refresh-by-caller", "uac-refresh.xml", "uas-refreshed.xml"},
-				{"refresh-by-callee", "uac-refreshed.xml", "uas-refresh.xml"},
-				{"refresh-offerless-by-caller", "uac-refresh-offerless.xml", "uas-refreshed.xml"},
-				{"refresh-offerless-by-callee", "uac-refreshed.xml", "uas-refresh-offerless.xml"},
-			} {
-				t.Run(c.name, func(t *testing.T) {
-					r := run(t, side{Scenario: c.caller}, side{Scenario: c.callee})
-					completed(t, r)
-					r.CheckAudio(t, direct(g.callee, g.caller, 2, PTPCMA))
-					r.CheckAudio(t, direct(g.caller, g.callee, 2, PTPCMA))
-				})
+			if r.Callee.Received("ACK") == 0 {
+				t.Errorf("the callee never got an ACK: sipp as caller does not re-ACK a retransmitted 200\n%s", r.Traces())
 			}
-			t.Run("re-ack", func(t *testing.T) {
-				drop := dropFirstACK(t, l, g.callee.NS, ProviderIP, g.callee.Port)
-				defer drop.Remove()
-				r := run(t, side{Scenario: "uac-pcap.xml", Hold: 8500 * time.Millisecond}, side{Scenario: "uas-pcap.xml"})
-				completed(t, r)
-				if n := drop.Dropped(t); n != 1 {
-					t.Errorf("dropped %d ACKs, want 1", n)
-				}
-				if r.Callee.Received("ACK") == 0 {
-					t.Errorf("the callee never got an ACK: sipp as caller does not re-ACK a retransmitted 200\n%s", r.Traces())
-				}
-			})
-			t.Run("t38", func(t *testing.T) {
-				caller, callee := newUDPTLPeer(t, l, g.caller), newUDPTLPeer(t, l, g.callee)
-				r := l.StartCall(CallSetup{
-					Caller: SippSpec{Endpoint: g.caller, Scenario: "uac-t38.xml", Hold: 8 * time.Second, Timeout: 45 * time.Second,
-						Args: []string{"-key", "t38port", strconv.Itoa(caller.port)}},
-					Callee: SippSpec{Endpoint: g.callee, Scenario: "uas-t38.xml", Timeout: 45 * time.Second,
-						Args: []string{"-key", "t38port", strconv.Itoa(callee.port)}},
-					Capture: []string{g.caller.NS, g.callee.NS},
-				})
-				deadline := time.Now().Add(20 * time.Second)
-				for r.Caller.Received("ACK") == 0 {
-					if r.Caller.Exited() || r.Callee.Exited() || time.Now().After(deadline) {
-						r.Finish(t)
-						t.Fatalf("the switch to T.38 did not complete\n%s", r.Traces())
-					}
-					time.Sleep(50 * time.Millisecond)
-				}
-				offer, answer, ok := t38SDPs(r)
-				if !ok {
-					r.Finish(t)
-					t.Fatalf("no T.38 SDPs\n%s", r.Traces())
-				}
-				want := func(e Endpoint, p *udptlPeer) netip.AddrPort {
-					return netip.AddrPortFrom(netip.MustParseAddr(e.IP), uint16(p.port))
-				}
-				if offer.Addr != want(g.callee, callee) || answer.Addr != want(g.caller, caller) || !slices.Equal(offer.Attrs, t38Attrs) {
-					t.Errorf("T.38 SDPs: offer %v %v, answer %v", offer.Addr, offer.Attrs, answer.Addr)
-				}
-				t38Exchange(t, caller, callee, offer.Addr, answer.Addr, 100)
-				r.Finish(t)
-				completed(t, r)
-				for _, p := range []*udptlPeer{caller, callee} {
-					if got, from, _ := p.counts(); got < 99 {
-						t.Errorf("the %s got %d of 100 UDPTL datagrams (from %v)", p.at.Name, got, from)
-					}
-				}
-			})
 		})
-	}
+		t.Run("t38", func(t *testing.T) {
+			caller, callee := newUDPTLPeer(t, l, g.caller), newUDPTLPeer(t, l, g.callee)
+			r := l.StartCall(CallSetup{
+				Caller: SippSpec{Endpoint: g.caller, Scenario: "uac-t38.xml", Hold: 8 * time.Second, Timeout: 45 * time.Second,
+					Args: []string{"-key", "t38port", strconv.Itoa(caller.port)}},
+				Callee: SippSpec{Endpoint: g.callee, Scenario: "uas-t38.xml", Timeout: 45 * time.Second,
+					Args: []string{"-key", "t38port", strconv.Itoa(callee.port)}},
+				Capture: []string{g.caller.NS, g.callee.NS},
+			})
+			deadline := time.Now().Add(20 * time.Second)
+			for r.Caller.Received("ACK") == 0 {
+				if r.Caller.Exited() || r.Callee.Exited() || time.Now().After(deadline) {
+					r.Finish(t)
+					t.Fatalf("the switch to T.38 did not complete\n%s", r.Traces())
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			offer, answer, ok := t38SDPs(r)
+			if !ok {
+				r.Finish(t)
+				t.Fatalf("no T.38 SDPs\n%s", r.Traces())
+			}
+			want := func(e Endpoint, p *udptlPeer) netip.AddrPort {
+				return netip.AddrPortFrom(netip.MustParseAddr(e.IP), uint16(p.port))
+			}
+			if offer.Addr != want(g.callee, callee) || answer.Addr != want(g.caller, caller) || !slices.Equal(offer.Attrs, t38Attrs) {
+				t.Errorf("T.38 SDPs: offer %v %v, answer %v", offer.Addr, offer.Attrs, answer.Addr)
+			}
+			t38Exchange(t, caller, callee, offer.Addr, answer.Addr, 100)
+			r.Finish(t)
+			completed(t, r)
+			for _, p := range []*udptlPeer{caller, callee} {
+				if got, from, _ := p.counts(); got < 99 {
+					t.Errorf("the %s got %d of 100 UDPTL datagrams (from %v)", p.at.Name, got, from)
+				}
+			}
+		})
+	})
 }

@@ -308,14 +308,7 @@ func TestSessionCloseDrainsLateMedia(t *testing.T) {
 
 func TestBridgeRecoveryWaitsForLateMedia(t *testing.T) {
 	checkRoutines(t)
-	clk := newFakeClock()
-	lan := testPool(lanRange, clk)
-	wan := &Pool{Address: "127.0.0.1", MinPort: 44720, MaxPort: 44721, Clock: clk}
-	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer br.Close()
+	br, lan, clk := oneWANPairBridge(t, 44720)
 	s, err := br.NewSession("first")
 	if err != nil {
 		t.Fatal(err)

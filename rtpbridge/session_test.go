@@ -478,14 +478,7 @@ func TestPortsFreedAfterSessionsClose(t *testing.T) {
 
 func TestBridgePoolExhaustionAndRecovery(t *testing.T) {
 	checkRoutines(t)
-	clk := newFakeClock()
-	lan := testPool(lanRange, clk)
-	wan := &Pool{Address: "127.0.0.1", MinPort: 44600, MaxPort: 44601, Clock: clk}
-	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer br.Close()
+	br, lan, clk := oneWANPairBridge(t, 44600)
 	s, err := br.NewSession("first")
 	if err != nil {
 		t.Fatal(err)
@@ -575,4 +568,20 @@ func TestRawModeRelaysUDPTL(t *testing.T) {
 	if st := h.s.Stats(); st.AtoB.Packets != 1 || st.BtoA.Packets != 1 || st.AtoB.Malformed != 1 {
 		t.Errorf("stats %+v", st)
 	}
+}
+
+// oneWANPairBridge is a bridge whose Internet pool holds exactly one
+// RTP/RTCP pair (port, port+1) on a fake clock, so the second call
+// exhausts it; Close is registered on t.
+func oneWANPairBridge(t *testing.T, port uint16) (*Bridge, *Pool, *fakeClock) {
+	t.Helper()
+	clk := newFakeClock()
+	lan := testPool(lanRange, clk)
+	wan := &Pool{Address: "127.0.0.1", MinPort: port, MaxPort: port + 1, Clock: clk}
+	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { br.Close() })
+	return br, lan, clk
 }

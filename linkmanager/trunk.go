@@ -255,9 +255,15 @@ func (t *trunk) optionsPing(parent context.Context, dst netip.AddrPort) {
 }
 
 func (t *trunk) buildOptions(dst netip.AddrPort) *sip.Request {
-	from := t.reg.contactFor(netip.AddrPort{})
+	// The keepalive goroutine must not read the registration's own
+	// fields; its status snapshot is locked.
+	from := t.reg.local
 	if s := t.reg.Status(); s.Contact.IsValid() {
 		from = s.Contact
+	} else if s.Public.IsValid() {
+		from = s.Public
+	} else if m, ok := t.reg.keeper.Public(); ok {
+		from = m.Addr
 	}
 	aor := sip.Uri{Scheme: "sip", User: t.conf.Username, Host: t.conf.Domain}
 	req := sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: t.conf.Domain})

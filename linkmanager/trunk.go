@@ -169,11 +169,16 @@ func allDigits(s string) bool {
 	return true
 }
 
+// setKeepalive publishes the method in use. It stores a pointer to its
+// own copy: the loop keeps assigning its local variable, so a pointer to
+// that would be read and written at once.
+func (t *trunk) setKeepalive(m string) { t.keepalive.Store(&m) }
+
 // keepaliveLoop sends a keepalive to the registrar whenever the socket has
 // sent it nothing for one interval.
 func (t *trunk) keepaliveLoop(ctx context.Context) error {
 	method := t.conf.Keepalive
-	t.keepalive.Store(&method)
+	t.setKeepalive(method)
 	if method == config.KeepaliveOff {
 		return nil
 	}
@@ -205,7 +210,7 @@ func (t *trunk) keepaliveLoop(ctx context.Context) error {
 				stunFailures = 0
 				if method == config.KeepaliveAuto {
 					method = config.KeepaliveSTUN
-					t.keepalive.Store(&method)
+					t.setKeepalive(method)
 					t.log.Info("keepalive method chosen",
 						zap.String("keepalive", method), zap.String("why", "registrar answers STUN on its SIP port"))
 				}
@@ -220,7 +225,7 @@ func (t *trunk) keepaliveLoop(ctx context.Context) error {
 			// gets OPTIONS instead: unless the admin insisted on STUN.
 			if t.conf.Keepalive == config.KeepaliveAuto && (method == config.KeepaliveAuto || stunFailures >= 3) {
 				method = config.KeepaliveOptions
-				t.keepalive.Store(&method)
+				t.setKeepalive(method)
 				t.log.Info("keepalive method chosen",
 					zap.String("keepalive", method), zap.String("why", "registrar does not answer STUN"))
 				t.optionsPing(ctx, *dst)

@@ -149,3 +149,26 @@ func TestKeepaliveOnlyWhenIdle(t *testing.T) {
 		<-done
 	})
 }
+
+// /status reads the keepalive method while the loop switches it; under
+// -race this catches publishing a pointer to the loop's own variable.
+func TestKeepaliveMethodReadWhileSwitching(t *testing.T) {
+	rig := &keepaliveRig{} // STUN unanswered: auto falls back to OPTIONS
+	tr := rig.trunk(config.KeepaliveAuto)
+	tr.now = time.Now
+	tr.interval = time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { tr.keepaliveLoop(ctx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for rig.sentOptions() < 3 && time.Now().Before(deadline) {
+		if m := tr.keepalive.Load(); m != nil {
+			_ = len(*m)
+		}
+	}
+	cancel()
+	<-done
+	if got := *tr.keepalive.Load(); got != config.KeepaliveOptions {
+		t.Errorf("keepalive = %s, want options", got)
+	}
+}

@@ -548,12 +548,16 @@ func TestCallConcurrent50(t *testing.T) {
 	if maxUp != calls {
 		t.Errorf("at most %d calls were up at once, want %d", maxUp, calls)
 	}
-	c := relayAudio(PhoneCallee)
-	c.Streams = calls
-	r.CheckAudio(t, c)
-	c = relayAudio(PBXCaller)
-	c.Streams = calls
-	r.CheckAudio(t, c)
+	// The capture is the witness; if a busy machine made tcpdump drop
+	// packets, the relay's per-call counters tell its loss from ours.
+	for _, at := range []Endpoint{PhoneCallee, PBXCaller} {
+		c := relayAudio(at)
+		c.Streams = calls
+		if r.Dropped[at.NS] > 0 {
+			c.Relayed = relayedTo(t, d, at, calls)
+		}
+		r.CheckAudio(t, c)
+	}
 	stopDaemon(t, d)
 }
 

@@ -406,6 +406,13 @@ func TestDeployDockerfileBuilds(t *testing.T) {
 		return strings.TrimSpace(deployRun(t, time.Minute, root, nil, "go", "env", key))
 	}
 	goroot, modcache := goEnv("GOROOT"), goEnv("GOMODCACHE")
+	// The builder stage runs "go mod download" with GOPROXY=off, which wants
+	// every module of the graph (go.mod files included), not only what a
+	// host "go build" fetched: on a fresh machine's empty cache the two
+	// differ (golang.org/x/sys@v0.6.0, required by gobwas/ws, is never
+	// built). Fill the host cache the same way first, through the host's
+	// own GOPROXY.
+	deployRun(t, 5*time.Minute, root, nil, "go", "mod", "download")
 
 	// The stand-in: /usr/local/go, the module cache's downloads (GOPROXY=off
 	// then serves go mod download from them), and a shell with its libraries.

@@ -405,6 +405,33 @@ func callEnded(d *Daemon) []map[string]any {
 	return res
 }
 
+// relayedTo waits (bounded) until the daemon has logged calls "call ended"
+// lines and returns, per call, the RTP packets it forwarded towards at: the
+// relay's own count, to cross-check a capture that dropped packets. Leg A is
+// the PBX's, so what reaches the PBX is b_to_a.
+func relayedTo(t testing.TB, d *Daemon, at Endpoint, calls int) []int {
+	t.Helper()
+	dir := "a_to_b"
+	if at.NS == NSPBX {
+		dir = "b_to_a"
+	}
+	var ended []map[string]any
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if ended = callEnded(d); len(ended) >= calls || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(ended) < calls {
+		t.Errorf("the daemon logged %d \"call ended\" lines, want %d", len(ended), calls)
+	}
+	var res []int
+	for _, e := range ended {
+		// forwarded counts RTP and RTCP; rtcp_packets is the RTCP that came in.
+		res = append(res, int(mediaField(e, dir, "forwarded")-mediaField(e, dir, "rtcp_packets")))
+	}
+	return res
+}
+
 // mediaField reads media.<dir>.<key> of a "call ended" entry (0 if absent).
 func mediaField(e map[string]any, dir, key string) float64 {
 	m, _ := e["media"].(map[string]any)

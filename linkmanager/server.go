@@ -17,7 +17,6 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
-	"go.uber.org/zap/exp/zapslog"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/linkmanager/linkmanager/rtpbridge"
@@ -99,7 +98,7 @@ func New(opts Options) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	slogger := slog.New(zapslog.NewHandler(log.Named("sipgo").Core()))
+	slogger := SIPGoLogger(log)
 	local := opts.Conn.LocalAddrPort()
 	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip"), metrics: newMetrics()}
 	// rport on the Internet side: the provider answers to our NAT
@@ -356,13 +355,19 @@ func (s *Server) WaitStarted(ctx context.Context) error {
 	return nil
 }
 
+// readerStall is how long sipgo's reader may spend on one message before
+// the watchdog calls it wedged. sipgo parses in the read loop and hands
+// each message to a goroutine, so a healthy reader is back in well under
+// a second even under load; systemd's WatchdogSec (30 s) must exceed it.
+const readerStall = 10 * time.Second
+
 // Alive is the watchdog's check: the SIP stack is still reading both
 // sockets. sipgo never restarts a listener that stopped.
 func (s *Server) Alive() bool {
 	if s.draining.Load() {
 		return true // stopping on purpose; the stop timeout covers us
 	}
-	return s.conn.Listening() && (s.lan == nil || s.lan.Listening())
+	return s.conn.Listening(readerStall) && (s.lan == nil || s.lan.Listening(readerStall))
 }
 
 // ReloadOptions is what a configuration reload may change while calls

@@ -43,7 +43,8 @@ type SharedConn struct {
 
 	readyOnce sync.Once
 	ready     chan struct{}
-	reading   atomic.Bool // inside ReadFrom: the SIP stack is listening
+	reading   atomic.Bool  // inside ReadFrom: the SIP stack is listening
+	returned  atomic.Int64 // c.now() in Unix ns when ReadFrom last returned a message
 
 	stats sharedConnCounters
 }
@@ -102,8 +103,9 @@ func (c *SharedConn) SetSTUNHandler(h func(b []byte, from netip.AddrPort) bool) 
 	c.stunHandler.Store(&h)
 }
 
-// SetRequestFilter sets which sources may send SIP requests. Responses are
-// not filtered: sipgo only matches them to transactions we started.
+// SetRequestFilter sets which sources may send SIP, requests and
+// responses alike: a response from anyone else cannot belong to a
+// transaction this socket started with a provider.
 func (c *SharedConn) SetRequestFilter(allow func(from netip.AddrPort) bool) {
 	c.allowRequest.Store(&allow)
 }
@@ -119,9 +121,19 @@ func (c *SharedConn) SetOnSend(f func(to netip.AddrPort)) {
 // earlier would make sipgo bind a new socket on the same port and fail.
 func (c *SharedConn) Ready() <-chan struct{} { return c.ready }
 
-// Listening reports whether the SIP stack is waiting for packets now. A
-// listener that died never comes back to ReadFrom; the watchdog uses this.
-func (c *SharedConn) Listening() bool { return c.reading.Load() }
+// Listening reports whether the SIP stack is reading: waiting in ReadFrom
+// now, or back in it within stall of the last message it was handed. A
+// listener that died or wedged never comes back; the watchdog uses this.
+// A single sample of "inside ReadFrom" is not enough: on a busy socket the
+// reader is between two reads at any instant with fair odds, and two such
+// samples in a row would have systemd kill a healthy daemon with calls up.
+func (c *SharedConn) Listening(stall time.Duration) bool {
+	if c.reading.Load() {
+		return true
+	}
+	last := c.returned.Load()
+	return last != 0 && c.now().Sub(time.Unix(0, last)) < stall
+}
 
 // Stats returns a snapshot of the counters.
 func (c *SharedConn) Stats() SharedConnStats {
@@ -180,18 +192,22 @@ func (c *SharedConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		case kindKeepalive:
 			c.stats.keepaliveIn.Add(1)
 			continue
-		case kindRequest:
+		case kindRequest, kindResponse:
+			// Responses too: sipgo keeps state per remote address it
+			// hears from (240k forged sources once left 37 MiB behind)
+			// and logs every unparsable "SIP/2.0 ..." datagram whole.
+			// Only the providers answer what this socket sends.
 			if f := c.allowRequest.Load(); f != nil && !(*f)(from) {
 				// Silence, not 403: answering tells scanners someone is here.
 				c.stats.droppedSource.Add(1)
 				continue
 			}
-		case kindResponse:
 		default:
 			c.stats.droppedMalformed.Add(1)
 			continue
 		}
 		c.stats.sipIn.Add(1)
+		c.returned.Store(c.now().UnixNano())
 		return n, net.UDPAddrFromAddrPort(from), nil
 	}
 }

@@ -64,18 +64,19 @@ func TestSharedConnDemux(t *testing.T) {
 	send(provider, []byte("\x16\x03\x01 garbage"))
 	send(provider, []byte("GET / HTTP/1.1\r\n"))
 	send(provider, invite)
-	send(stranger, []byte("SIP/2.0 200 OK\r\n\r\n")) // responses pass; sipgo matches them
+	send(stranger, []byte("SIP/2.0 200 OK\r\nforged\r\n\r\n")) // a stranger's response: dropped too
+	send(provider, []byte("SIP/2.0 200 OK\r\n\r\n"))           // the provider's passes; sipgo matches it
 
 	got, from, err := readOne(t, c)
 	if err != nil || got != string(invite) || from.String() != providerAddr.String() {
 		t.Fatalf("first read = %q from %v (%v), want the provider's INVITE", got, from, err)
 	}
 	if got, _, err := readOne(t, c); err != nil || got != "SIP/2.0 200 OK\r\n\r\n" {
-		t.Fatalf("second read = %q (%v), want the response", got, err)
+		t.Fatalf("second read = %q (%v), want the provider's response (not the stranger's)", got, err)
 	}
 	s := c.Stats()
 	if stunSeen.Load() != 1 || stunFrom != providerAddr || s.STUNIn != 1 || s.KeepalivesIn != 1 ||
-		s.DroppedSource != 1 || s.DroppedMalformed != 2 {
+		s.DroppedSource != 2 || s.DroppedMalformed != 2 {
 		t.Errorf("stats = %+v, stun handler calls = %d", s, stunSeen.Load())
 	}
 	if s.SIPIn != 2 {
@@ -184,4 +185,50 @@ func FuzzClassify(f *testing.F) {
 			t.Errorf("%q classified as a request", b)
 		}
 	})
+}
+
+// The watchdog's liveness check must hold between two reads: right after
+// ReadFrom hands sipgo a message the reader is outside ReadFrom, and on a
+// busy socket two samples in a row can land there. Only a reader that has
+// not come back for the stall time is dead.
+func TestSharedConnListeningBetweenReads(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC).UnixNano())
+	sock := listenLoopback(t)
+	c := NewSharedConn(sock, nil, func() time.Time { return time.Unix(0, now.Load()) })
+	const stall = 10 * time.Second
+	if c.Listening(stall) {
+		t.Fatal("listening before the first read")
+	}
+	peer := listenLoopback(t)
+	if _, err := peer.WriteTo([]byte("SIP/2.0 200 OK\r\n\r\n"), sock.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := readOne(t, c); err != nil {
+		t.Fatal(err)
+	}
+	// The SIP stack is handling the message, not in ReadFrom.
+	if !c.Listening(stall) {
+		t.Error("not listening right after handing over a message: the watchdog would kill a healthy daemon")
+	}
+	now.Add(int64(stall - time.Second))
+	if !c.Listening(stall) {
+		t.Error("not listening within the stall time")
+	}
+	now.Add(int64(2 * time.Second))
+	if c.Listening(stall) {
+		t.Error("still listening after the reader stayed away for longer than the stall time: a wedged reader would never be restarted")
+	}
+	// Back in ReadFrom: alive again however long ago the last message was.
+	done := make(chan struct{})
+	go func() { defer close(done); _, _, _ = readOne(t, c) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !c.Listening(stall) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if !c.Listening(stall) {
+		t.Error("not listening while inside ReadFrom")
+	}
+	c.Close()
+	<-done
 }

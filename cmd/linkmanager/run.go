@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
-	"go.uber.org/zap/exp/zapslog"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
@@ -123,7 +121,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	}
 	// Most of sipgo takes our logger through options; the rest logs via
 	// its package default, so point that at zap too.
-	sip.SetDefaultLogger(slog.New(zapslog.NewHandler(log.Named("sipgo").Core())))
+	sip.SetDefaultLogger(linkmanager.SIPGoLogger(log))
 
 	conn := linkmanager.NewSharedConn(udp, log, nil)
 	defer conn.Close()

@@ -36,6 +36,7 @@ type SharedConn struct {
 	stunHandler  atomic.Pointer[func([]byte, netip.AddrPort) bool]
 	allowRequest atomic.Pointer[func(netip.AddrPort) bool]
 	onSend       atomic.Pointer[func(netip.AddrPort)]
+	reject       atomic.Pointer[rejecter]
 
 	mu       sync.Mutex
 	lastSent map[netip.AddrPort]time.Time // guarded by mu; per-flow idle time for keepalives
@@ -64,6 +65,7 @@ type udpConn interface {
 type sharedConnCounters struct {
 	sipIn, stunIn, stunUnmatched, keepaliveIn atomic.Uint64
 	droppedSource, droppedMalformed           atomic.Uint64
+	rejected                                  atomic.Uint64
 	readErrors, writeErrors                   atomic.Uint64
 }
 
@@ -74,6 +76,7 @@ type SharedConnStats struct {
 	STUNUnmatched    uint64 // STUN-looking packets nobody was waiting for
 	KeepalivesIn     uint64 // CRLF keepalives received
 	DroppedSource    uint64 // SIP requests from sources that may not send to us
+	Rejected         uint64 // of those, answered with a stateless rejection
 	DroppedMalformed uint64 // datagrams that are neither SIP nor STUN
 	ReadErrors       uint64 // transient read errors absorbed
 	WriteErrors      uint64
@@ -140,7 +143,7 @@ func (c *SharedConn) Stats() SharedConnStats {
 	s := &c.stats
 	return SharedConnStats{
 		SIPIn: s.sipIn.Load(), STUNIn: s.stunIn.Load(), STUNUnmatched: s.stunUnmatched.Load(),
-		KeepalivesIn: s.keepaliveIn.Load(), DroppedSource: s.droppedSource.Load(),
+		KeepalivesIn: s.keepaliveIn.Load(), DroppedSource: s.droppedSource.Load(), Rejected: s.rejected.Load(),
 		DroppedMalformed: s.droppedMalformed.Load(), ReadErrors: s.readErrors.Load(),
 		WriteErrors: s.writeErrors.Load(),
 	}
@@ -181,7 +184,7 @@ func (c *SharedConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		}
 		backoff = 0
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		switch classify(p[:n]) {
+		switch kind := classify(p[:n]); kind {
 		case kindSTUN:
 			if h := c.stunHandler.Load(); h != nil && (*h)(p[:n], from) {
 				c.stats.stunIn.Add(1)
@@ -198,8 +201,12 @@ func (c *SharedConn) ReadFrom(p []byte) (int, net.Addr, error) {
 			// and logs every unparsable "SIP/2.0 ..." datagram whole.
 			// Only the providers answer what this socket sends.
 			if f := c.allowRequest.Load(); f != nil && !(*f)(from) {
-				// Silence, not 403: answering tells scanners someone is here.
+				// Silence by default: answering tells scanners someone
+				// is here. See SetReject for the PBX side.
 				c.stats.droppedSource.Add(1)
+				if r := c.reject.Load(); r != nil && kind == kindRequest {
+					c.rejectStateless(r, p[:n], from)
+				}
 				continue
 			}
 		default:

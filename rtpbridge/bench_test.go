@@ -125,3 +125,31 @@ func BenchmarkHandle(b *testing.B) {
 		k.handle(pkt, src, int64(i)*int64(20*time.Millisecond))
 	}
 }
+
+// BenchmarkSessionTurnover sets up and closes one call per op on two
+// 500-pair pools with the default 30 s quarantine, so after the first 500
+// ops every call takes over a quarantined pair: what a burst of short
+// calls costs the relay, and proof that it does not exhaust the pools.
+func BenchmarkSessionTurnover(b *testing.B) {
+	clk := systemClock{}
+	br, err := New(Config{LAN: testPool(lanRange, clk), WAN: testPool(wanRange, clk)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer br.Close()
+	peer := udp(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		s, err := br.NewSession("bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = s.SetRemote(LegA, addrOf(peer), netip.AddrPort{})
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	c := br.Counts()
+	b.ReportMetric(float64(c.WAN.Quarantined), "quarantined")
+}

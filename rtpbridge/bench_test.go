@@ -28,16 +28,24 @@ func reportCPU(b *testing.B, start int64) {
 	b.ReportMetric(float64(cpuNS(b)-start)/1e3/float64(b.N), "cpu-µs/pkt")
 }
 
-// BenchmarkRelay sends a 172-byte G.711 packet from a "PBX" socket to leg A,
-// and reads it at a "provider" socket after the relay forwarded it out of
-// leg B; both directions alternate so all four reader paths are exercised.
-func BenchmarkRelay(b *testing.B) {
+// systemBridge is a bridge on the test pools and the system clock, closed
+// when the benchmark ends.
+func systemBridge(b *testing.B) *Bridge {
+	b.Helper()
 	clk := systemClock{}
 	br, err := New(Config{LAN: testPool(lanRange, clk), WAN: testPool(wanRange, clk)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer br.Close()
+	b.Cleanup(func() { _ = br.Close() })
+	return br
+}
+
+// BenchmarkRelay sends a 172-byte G.711 packet from a "PBX" socket to leg A,
+// and reads it at a "provider" socket after the relay forwarded it out of
+// leg B; both directions alternate so all four reader paths are exercised.
+func BenchmarkRelay(b *testing.B) {
+	br := systemBridge(b)
 	s, err := br.NewSession("bench")
 	if err != nil {
 		b.Fatal(err)
@@ -131,12 +139,7 @@ func BenchmarkHandle(b *testing.B) {
 // ops every call takes over a quarantined pair: what a burst of short
 // calls costs the relay, and proof that it does not exhaust the pools.
 func BenchmarkSessionTurnover(b *testing.B) {
-	clk := systemClock{}
-	br, err := New(Config{LAN: testPool(lanRange, clk), WAN: testPool(wanRange, clk)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer br.Close()
+	br := systemBridge(b)
 	peer := udp(b)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -142,7 +142,9 @@ func (s *Session) Done() <-chan struct{} { return s.closed }
 // unless the SDP has an a=rtcp attribute). An address that is invalid,
 // unspecified (a 0.0.0.0 hold) or has port 0 means "send nothing there"; the
 // latch is kept, so resuming to the same address needs no relearning. A new
-// address drops the latch, and the next packet from the peer latches again.
+// address drops the latch, and the next packet that the leg's Latching rule
+// accepts for the new address latches again. Until the first SetRemote, the
+// leg accepts no packet at all.
 //
 // On leg B a new address gets a pinhole packet at once, before the provider
 // has a chance to send first.

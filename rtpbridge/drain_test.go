@@ -370,6 +370,38 @@ func TestReusedPairRefusesOldRemote(t *testing.T) {
 	_ = s2.Close()
 }
 
+// TestReuseTakesQuietestPair: of two quarantined pairs, the one whose old
+// peer still sends is reused last.
+func TestReuseTakesQuietestPair(t *testing.T) {
+	checkRoutines(t)
+	clk := newFakeClock()
+	p := &Pool{Address: "127.0.0.1", MinPort: 44730, MaxPort: 44733, Clock: clk}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	closeAtEnd(t, p)
+	a, err := p.Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Release()
+	_ = b.Release()
+	clk.Advance(time.Second)
+	send(t, udp(t), rtpPkt(1, 0, 1, 'l'), loopback(a.Port()))
+	waitDrops(t, p.NoSessionDrops, 1)
+	for _, want := range []uint16{b.Port(), a.Port()} {
+		pp, err := p.Allocate()
+		if err != nil || pp.Port() != want {
+			t.Fatalf("Allocate: %v, %v; want port %d", pp, err, want)
+		}
+		defer pp.Release()
+	}
+}
+
 // TestPoolTurnover sets calls up and down much faster than the quarantine
 // ends (the fake clock never moves) through two 500-pair pools, with 100
 // calls up at a time: the pools never run out.

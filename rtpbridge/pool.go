@@ -71,8 +71,9 @@ type Pool struct {
 	// MaxRetries is how many pairs Allocate tries to bind before giving up.
 	MaxRetries int
 	// Quarantine is how long a released pair must receive nothing before it
-	// is closed and reused; every packet to it restarts the wait. Negative
-	// disables: a released pair is closed and reused at once.
+	// is closed and free again; every packet to it restarts the wait.
+	// Allocate takes a quarantined pair over earlier when no pair is free.
+	// Negative disables: a released pair is closed and free at once.
 	Quarantine time.Duration
 	// MaxQuarantine caps a quarantine that late packets keep extending,
 	// counted from the release. Default DefaultMaxQuarantine, or Quarantine

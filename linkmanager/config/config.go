@@ -51,6 +51,12 @@ const (
 	DefaultMediaTimeout = 60 * time.Second
 	DefaultHoldTimeout  = time.Hour
 	DefaultDSCP         = 46 // EF, what voice gear expects
+	// A latched media source must be silent this long before another may
+	// replace it: live audio sends every 20-60 ms, so 1s never mistakes a
+	// live stream for a dead one, and a real move loses about 1s of audio.
+	DefaultRelatchAfter = 1 * time.Second
+	MinRelatchAfter     = 100 * time.Millisecond
+	MaxRelatchAfter     = 10 * time.Second
 
 	DefaultAdminListen = "127.0.0.1:9065"
 	DefaultAdminPort   = 9065
@@ -215,6 +221,9 @@ type RTP struct {
 	Latching string `yaml:"latching"`
 	// The same for the LAN side (the PBX): default strict.
 	LANLatching string `yaml:"lan_latching"`
+	// How long a latched source must be silent before another accepted
+	// source replaces it; default 1s, 100ms..10s.
+	RelatchAfter Duration `yaml:"relatch_after"`
 }
 
 // Admin is the local HTTP endpoint for health and metrics.
@@ -261,6 +270,7 @@ func (c *Config) SetDefaults() {
 	setInt(&c.RTP.LANPortMax, DefaultLANPortMax)
 	setDuration(&c.RTP.MediaTimeout, DefaultMediaTimeout)
 	setDuration(&c.RTP.HoldTimeout, DefaultHoldTimeout)
+	setDuration(&c.RTP.RelatchAfter, DefaultRelatchAfter)
 	if c.RTP.DSCP == nil {
 		d := DefaultDSCP
 		c.RTP.DSCP = &d

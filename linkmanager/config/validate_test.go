@@ -191,6 +191,8 @@ func TestValidateErrors(t *testing.T) {
 		// A bad global value is not repeated for the trunks inheriting it.
 		{"rtp latching once", []string{rtp, "rtp: {latching: none}\n" + rtp},
 			[]string{`rtp.latching: "none" is not allowed`}, 1},
+		{"rtp relatch too short", []string{rtp, "rtp: {relatch_after: 20ms}\n" + rtp},
+			[]string{"line 11: rtp.relatch_after: 20ms is outside 100ms..10s: use 100ms to 10s; shorter lets an injector take over"}, 0},
 		{"rtp negative timeout", []string{rtp, "rtp: {media_timeout: -5s, hold_timeout: 500ms}\n" + rtp},
 			[]string{"rtp.media_timeout: -5s is below 1s", "rtp.hold_timeout: 500ms is below 1s"}, 2},
 
@@ -268,6 +270,7 @@ func TestDefaults(t *testing.T) {
 		{"rtp.dscp", *c.RTP.DSCP, 46},
 		{"rtp.latching", c.RTP.Latching, "ip"},
 		{"rtp.lan_latching", c.RTP.LANLatching, "strict"},
+		{"rtp.relatch_after", c.RTP.RelatchAfter, Duration(time.Second)},
 		{"trunks[0].rtp_latching", tr.RTPLatching, "ip"},
 		{"admin.listen", *c.Admin.Listen, "127.0.0.1:9065"},
 		{"admin parsed", c.Admin.ListenAddr, netip.MustParseAddrPort("127.0.0.1:9065")},
@@ -381,6 +384,7 @@ rtp:
   dscp: 0
   latching: strict
   lan_latching: ip
+  relatch_after: 2s
 admin: {listen: "off"}
 shutdown: {grace: 1m30s}
 `

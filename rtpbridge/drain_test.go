@@ -9,8 +9,8 @@ import (
 	"time"
 )
 
-// drainPool is a validated pool of one pair on a fake clock, closed when the
-// test ends.
+// drainPool is a validated pool of one pair (unless mod widens it) on a
+// fake clock, closed when the test ends.
 func drainPool(t *testing.T, port uint16, mod func(*Pool)) (*Pool, *fakeClock) {
 	t.Helper()
 	clk := newFakeClock()
@@ -374,12 +374,7 @@ func TestReusedPairRefusesOldRemote(t *testing.T) {
 // peer still sends is reused last.
 func TestReuseTakesQuietestPair(t *testing.T) {
 	checkRoutines(t)
-	clk := newFakeClock()
-	p := &Pool{Address: "127.0.0.1", MinPort: 44730, MaxPort: 44733, Clock: clk}
-	if err := p.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	closeAtEnd(t, p)
+	p, clk := drainPool(t, 44730, func(p *Pool) { p.MaxPort = 44733 })
 	a, err := p.Allocate()
 	if err != nil {
 		t.Fatal(err)

@@ -122,12 +122,7 @@ func TestPoolAllocatesEvenPairsInRangeUntilExhausted(t *testing.T) {
 // which never unbind; only pairs in use exhaust the pool.
 func TestPoolReusesQuarantinedPairOnlyWhenNoneFree(t *testing.T) {
 	checkRoutines(t)
-	clk := newFakeClock()
-	p := &Pool{Address: "127.0.0.1", MinPort: 44100, MaxPort: 44103, Clock: clk, Rand: &seqRand{vals: []int{0, 0, 0}}}
-	if err := p.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	closeAtEnd(t, p)
+	p, clk := drainPool(t, 44100, func(p *Pool) { p.MaxPort, p.Rand = 44103, &seqRand{vals: []int{0, 0, 0}} })
 	first, err := p.Allocate()
 	if err != nil {
 		t.Fatal(err)

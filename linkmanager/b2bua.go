@@ -295,6 +295,7 @@ func (b *B2BUA) onPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		user:  t.reg.authUser(),
 		pass:  t.conf.Password,
 		trunk: t.conf.Name,
+		latch: t.opts.Latching,
 		dir:   "outbound",
 	})
 }
@@ -314,6 +315,7 @@ func (b *B2BUA) onProviderInvite(t *trunk, did string, req *sip.Request, tx sip.
 		at:    sip.Uri{Scheme: "sip", User: did, Host: pbx.Addr.Addr().String()},
 		dst:   pbx.Addr,
 		trunk: t.conf.Name,
+		latch: t.opts.Latching,
 		dir:   "inbound",
 	})
 }

@@ -141,6 +141,7 @@ type bridgeParams struct {
 	pass     string
 	trunk    string
 	dir      string
+	latch    rtpbridge.Latching // the trunk's rtp_latching, for the Internet leg
 }
 
 // bridge handles an initial INVITE that arrived on in: it builds the
@@ -167,7 +168,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		b.reply(tx, req, nil, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
 		return
 	}
-	media, err := b.bridgeMedia.NewSession(callID)
+	media, err := b.bridgeMedia.NewSessionWith(callID, rtpbridge.SessionOptions{Latching: [2]rtpbridge.Latching{rtpbridge.LegB: p.latch}})
 	if err != nil {
 		log.Warn("call refused: no relay ports", zap.Error(err))
 		code, reason := statusFor(err)

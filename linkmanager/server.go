@@ -62,6 +62,7 @@ type TrunkOptions struct {
 	Prefixes      []string // outbound_prefixes; none: every number
 	NumberFormat  string   // e164, national or as-is
 	CountryCode   string
+	Latching      rtpbridge.Latching // rtp_latching: the relay's source rule for the trunk's media
 }
 
 // Server is the SIP side of the daemon on the shared Internet socket:
@@ -452,7 +453,7 @@ func sameTrunk(a, b TrunkOptions) bool {
 		a.Domain == b.Domain && a.Username == b.Username && a.AuthUsername == b.AuthUsername &&
 		a.Password == b.Password && a.Expires == b.Expires && a.Register == b.Register &&
 		a.Keepalive == b.Keepalive && slices.Equal(a.DIDs, b.DIDs) && slices.Equal(a.Prefixes, b.Prefixes) &&
-		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode
+		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode && a.Latching == b.Latching
 }
 
 // Shutdown starts the drain: readiness fails at once, new calls get 503,

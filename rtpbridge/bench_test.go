@@ -28,16 +28,24 @@ func reportCPU(b *testing.B, start int64) {
 	b.ReportMetric(float64(cpuNS(b)-start)/1e3/float64(b.N), "cpu-µs/pkt")
 }
 
-// BenchmarkRelay sends a 172-byte G.711 packet from a "PBX" socket to leg A,
-// and reads it at a "provider" socket after the relay forwarded it out of
-// leg B; both directions alternate so all four reader paths are exercised.
-func BenchmarkRelay(b *testing.B) {
+// systemBridge is a bridge on the test pools and the system clock, closed
+// when the benchmark ends.
+func systemBridge(b *testing.B) *Bridge {
+	b.Helper()
 	clk := systemClock{}
 	br, err := New(Config{LAN: testPool(lanRange, clk), WAN: testPool(wanRange, clk)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer br.Close()
+	b.Cleanup(func() { _ = br.Close() })
+	return br
+}
+
+// BenchmarkRelay sends a 172-byte G.711 packet from a "PBX" socket to leg A,
+// and reads it at a "provider" socket after the relay forwarded it out of
+// leg B; both directions alternate so all four reader paths are exercised.
+func BenchmarkRelay(b *testing.B) {
+	br := systemBridge(b)
 	s, err := br.NewSession("bench")
 	if err != nil {
 		b.Fatal(err)
@@ -124,4 +132,27 @@ func BenchmarkHandle(b *testing.B) {
 		pkt[4], pkt[5], pkt[6], pkt[7] = byte(ts>>24), byte(ts>>16), byte(ts>>8), byte(ts)
 		k.handle(pkt, src, int64(i)*int64(20*time.Millisecond))
 	}
+}
+
+// BenchmarkSessionTurnover sets up and closes one call per op on two
+// 500-pair pools with the default 30 s quarantine, so after the first 500
+// ops every call takes over a quarantined pair: what a burst of short
+// calls costs the relay, and proof that it does not exhaust the pools.
+func BenchmarkSessionTurnover(b *testing.B) {
+	br := systemBridge(b)
+	peer := udp(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		s, err := br.NewSession("bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = s.SetRemote(LegA, addrOf(peer), netip.AddrPort{})
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	c := br.Counts()
+	b.ReportMetric(float64(c.WAN.Quarantined), "quarantined")
 }

@@ -18,7 +18,6 @@ const (
 	// DefaultKeepaliveInterval stays under the 20 s UDP conntrack timeout
 	// measured in the NAT lab (RFC 6263 suggests 15 s too).
 	DefaultKeepaliveInterval = 15 * time.Second
-	DefaultRelatchWindow     = 2 * time.Second
 	DefaultClockRate         = 8000
 )
 
@@ -36,10 +35,15 @@ type Config struct {
 	// KeepaliveInterval: when nothing has been sent on the WAN RTP socket for
 	// this long, a keepalive is sent there. Negative disables.
 	KeepaliveInterval time.Duration
-	// RelatchWindow is how long a new source sending a new SSRC has to prove
-	// itself (three packets, with the latched source silent meanwhile)
-	// before it replaces the latched one.
-	RelatchWindow time.Duration
+	// Latching is the source rule of each leg, indexed by Leg, unless a
+	// session overrides it. Zero: DefaultLANLatching for leg A,
+	// DefaultWANLatching for leg B.
+	Latching [2]Latching
+	// RelatchAfter is how long a latched source must have been silent
+	// before another source the rule accepts replaces it. Default
+	// DefaultRelatchAfter; RTCP waits at least 12 s, a report interval and
+	// a half.
+	RelatchAfter time.Duration
 	// ClockRates maps RTP payload types to their clock rate for jitter; types
 	// not listed use DefaultClockRate. Wideband codecs with dynamic payload
 	// types (Opus 48000, G.722 8000 by RFC 3551's quirk) go here.
@@ -76,7 +80,7 @@ func New(cfg Config) (*Bridge, error) {
 	if err := cfg.WAN.Validate(); err != nil {
 		return nil, fmt.Errorf("WAN pool: %w", err)
 	}
-	if cfg.MediaTimeout < 0 || cfg.HoldTimeout < 0 || cfg.RelatchWindow < 0 {
+	if cfg.MediaTimeout < 0 || cfg.HoldTimeout < 0 || cfg.RelatchAfter < 0 {
 		return nil, fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
 	}
 	if cfg.MediaTimeout == 0 {
@@ -88,8 +92,16 @@ func New(cfg Config) (*Bridge, error) {
 	if cfg.KeepaliveInterval == 0 {
 		cfg.KeepaliveInterval = DefaultKeepaliveInterval
 	}
-	if cfg.RelatchWindow == 0 {
-		cfg.RelatchWindow = DefaultRelatchWindow
+	if cfg.RelatchAfter == 0 {
+		cfg.RelatchAfter = DefaultRelatchAfter
+	}
+	for leg, def := range [2]Latching{DefaultLANLatching, DefaultWANLatching} {
+		if !cfg.Latching[leg].valid() {
+			return nil, fmt.Errorf("%w: latching %d", ErrInvalidConfig, cfg.Latching[leg])
+		}
+		if cfg.Latching[leg] == LatchDefault {
+			cfg.Latching[leg] = def
+		}
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
@@ -113,9 +125,24 @@ func New(cfg Config) (*Bridge, error) {
 }
 
 // NewSession allocates a LAN and a WAN port pair and starts relaying between
-// them. callID is only used in logs. The error wraps ErrPoolExhausted when
-// either pool is out of ports.
+// them, with the Config's latching rules. callID is only used in logs. The
+// error wraps ErrPoolExhausted when either pool is out of ports.
 func (b *Bridge) NewSession(callID string) (*Session, error) {
+	return b.NewSessionWith(callID, SessionOptions{})
+}
+
+// NewSessionWith is NewSession with per-call options, such as the latching
+// rule of the trunk the call uses.
+func (b *Bridge) NewSessionWith(callID string, opts SessionOptions) (*Session, error) {
+	latching := b.cfg.Latching
+	for leg, l := range opts.Latching {
+		if !l.valid() {
+			return nil, fmt.Errorf("%w: latching %d", ErrInvalidConfig, l)
+		}
+		if l != LatchDefault {
+			latching[leg] = l
+		}
+	}
 	b.mu.Lock()
 	closed := b.closed
 	b.mu.Unlock()
@@ -134,7 +161,7 @@ func (b *Bridge) NewSession(callID string) (*Session, error) {
 		_ = lan.close(false)
 		return nil, b.poolErr("WAN", err)
 	}
-	s := newSession(b, callID, lan, wan)
+	s := newSession(b, callID, lan, wan, latching)
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()

@@ -12,16 +12,24 @@
 //     audio for its whole length. [Session.SetRemote] therefore sends one
 //     harmless packet on the WAN leg as soon as the provider's SDP address is
 //     known, and keepalives hold the mapping open while nobody talks.
-//   - Symmetric RTP with latching. Each direction is sent from the socket the
-//     peer sends to, and the peer's real source address (which NAT may have
-//     changed from the one in its SDP) is learned from its first packet. After
-//     that, packets from other sources are dropped, which closes the "RTP
-//     bleed" hole of relays that follow any sender.
-//   - Quarantined ports. A port pair of a finished call is not reused until
-//     it has received nothing for a while (30 s, at most 10 minutes), so late
-//     packets of that call cannot reach the next one. Its sockets stay bound
-//     meanwhile and discard what arrives ([Pool.NoSessionDrops]), so the old
-//     peer gets no ICMP port unreachable.
+//   - Symmetric RTP with latching that cannot be stolen. Each direction is
+//     sent from the socket the peer sends to, and to where the peer really
+//     sends from. Which sources may latch is a per-leg [Latching] rule:
+//     nothing before the SIP layer has set the SDP address, then only that
+//     exact address (strict, the LAN default), its IP from any port (ip,
+//     the Internet default: NAT may rewrite ports) or anyone (any). A
+//     latched source is replaced only after it has been silent for
+//     [Config.RelatchAfter]; a burst or a new SSRC alone never moves it.
+//     That closes the "RTP bleed" hole of relays that follow any sender;
+//     refused packets and takeovers are counted in [Stats] and logged
+//     rate-limited per session.
+//   - Quarantined ports that do not run out. A port pair of a finished call
+//     stays bound and discards what arrives ([Pool.NoSessionDrops]) until
+//     it has been quiet for a while (30 s, at most 10 minutes), so the old
+//     peer gets no ICMP port unreachable. When no pair is free, a new call
+//     takes over the quietest quarantined pair at once: the latching rule,
+//     and a taint of the old call's sources, keep the old call's late
+//     packets out of the new one.
 //
 // The per-packet path does no allocation and takes no lock that another
 // packet path contends for: each socket has one reader goroutine, shared

@@ -3,13 +3,14 @@ package rtpbridge
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// drainPool is a validated pool of one pair on a fake clock, closed when the
-// test ends.
+// drainPool is a validated pool of one pair (unless mod widens it) on a
+// fake clock, closed when the test ends.
 func drainPool(t *testing.T, port uint16, mod func(*Pool)) (*Pool, *fakeClock) {
 	t.Helper()
 	clk := newFakeClock()
@@ -126,13 +127,9 @@ func TestQuarantineEndsAfterSilence(t *testing.T) {
 	checkRoutines(t)
 	p, clk := drainPool(t, 44702, nil)
 	port := releasedPair(t, p)
-	if _, err := p.Allocate(); !errors.Is(err, ErrPoolExhausted) {
-		t.Fatalf("Allocate while draining: %v, want ErrPoolExhausted", err)
-	}
+	// (Allocate would take the pair over here; see
+	// TestPoolReusesQuarantinedPairOnlyWhenNoneFree.)
 	clk.Advance(DefaultQuarantine - time.Millisecond)
-	if _, err := p.Allocate(); !errors.Is(err, ErrPoolExhausted) {
-		t.Fatalf("Allocate while draining: %v, want ErrPoolExhausted", err)
-	}
 	wantCounts(t, p, PoolCounts{Quarantined: 1})
 	wantBound(t, []uint16{port, port + 1}, true)
 
@@ -306,45 +303,128 @@ func TestSessionCloseDrainsLateMedia(t *testing.T) {
 	}
 }
 
-func TestBridgeRecoveryWaitsForLateMedia(t *testing.T) {
+// TestReusedPairRefusesOldRemote is issue 10 item 2's safety check: the
+// pool's only Internet pair is reused at once while the old call's remote
+// keeps sending into it, and none of its packets reaches the new call. The
+// old remote has the new one's IP (one provider media server, another
+// port), so the ip rule alone would accept it: the pair's taint refuses it.
+func TestReusedPairRefusesOldRemote(t *testing.T) {
 	checkRoutines(t)
-	br, lan, clk := oneWANPairBridge(t, 44720)
-	s, err := br.NewSession("first")
+	br, _, _ := oneWANPairBridge(t, 44720)
+	pbx1, old, oldRTCP := udp(t), udp(t), udp(t)
+	s1, err := br.NewSession("old")
 	if err != nil {
 		t.Fatal(err)
 	}
-	wanPort := s.LocalPort(LegB)
-	_ = s.Close()
+	wanRTP, wanRTCP := loopback(s1.LocalPort(LegB)), loopback(s1.LocalPort(LegB)+1)
+	_ = s1.SetRemote(LegA, addrOf(pbx1), netip.AddrPort{})
+	_ = s1.SetRemote(LegB, addrOf(old), addrOf(oldRTCP))
+	recv(t, old)
+	recv(t, oldRTCP)
+	send(t, old, rtpPkt(1, 160, 0x01d, 'o'), wanRTP)
+	recv(t, pbx1)
+	send(t, oldRTCP, []byte{0x80, 201, 0, 1, 0, 0, 0x01, 0x1d}, wanRTCP)
+	waitFor(t, "RTCP latched", func() bool { return s1.Stats().BtoA.RTCPPackets == 1 })
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	late := func(i int) {
+		send(t, old, rtpPkt(uint16(2+i), 0, 0x01d, 'X'), wanRTP)
+		send(t, oldRTCP, []byte{0x80, 201, 0, 1, 0, 0, 0x01, 0x1d}, wanRTCP)
+	}
+	late(0)
+	waitDrops(t, br.NoSessionDrops, 2)
 
-	// A refused call's LAN pair goes straight back, unbound.
-	if _, err := br.NewSession("refused"); !errors.Is(err, ErrPoolExhausted) {
-		t.Fatalf("err %v, want ErrPoolExhausted", err)
-	}
-	if c := lan.Counts(); c != (PoolCounts{Quarantined: 1, Free: 499}) {
-		t.Fatalf("LAN pool %+v", c)
-	}
-
-	// The provider's media trickles in late: the WAN pair stays out of use
-	// until it has been quiet for the whole quarantine.
-	clk.Advance(25 * time.Second)
-	send(t, udp(t), rtpPkt(1, 0, 1, 'l'), loopback(wanPort))
-	waitDrops(t, br.NoSessionDrops, 1)
-	clk.Advance(5 * time.Second)
-	if _, err := br.NewSession("still draining"); !errors.Is(err, ErrPoolExhausted) {
-		t.Fatalf("err %v, want ErrPoolExhausted", err)
-	}
-	if c := lan.Counts(); c != (PoolCounts{Free: 500}) { // the LAN pair had no late media
-		t.Fatalf("LAN pool %+v", c)
-	}
-	clk.Advance(25 * time.Second)
-	s, err = br.NewSession("recovered")
+	// No time passes: the quarantined pair is taken over.
+	s2, err := br.NewSession("new")
 	if err != nil {
-		t.Fatalf("after the quarantine: %v", err)
+		t.Fatalf("NewSession with the only pair quarantined: %v", err)
 	}
-	if s.LocalPort(LegB) != wanPort {
-		t.Fatalf("WAN port %d, want %d", s.LocalPort(LegB), wanPort)
+	if s2.LocalPort(LegB) != wanRTP.Port() {
+		t.Fatalf("WAN port %d, want the reused %d", s2.LocalPort(LegB), wanRTP.Port())
 	}
-	_ = s.Close()
+	late(1) // before the new call's SDP is known
+	refused := func(want uint64) {
+		t.Helper()
+		waitFor(t, "late packets refused", func() bool { return s2.Stats().BtoA.Refused == want })
+	}
+	refused(2)
+	pbx2, prov, provRTCP := udp(t), udp(t), udp(t)
+	_ = s2.SetRemote(LegA, addrOf(pbx2), netip.AddrPort{})
+	_ = s2.SetRemote(LegB, addrOf(prov), addrOf(provRTCP))
+	recv(t, prov)
+	recv(t, provRTCP)
+	const rounds = 20
+	for i := range rounds {
+		late(2 + i)
+		send(t, prov, rtpPkt(uint16(i), 0, 0x2e3, 'g'), wanRTP)
+		recvGenuine(t, &genuine{conn: pbx2})
+	}
+	refused(2 + 2*rounds)
+	for _, c := range []*net.UDPConn{pbx1, pbx2, old, oldRTCP} {
+		noPacket(t, c)
+	}
+	if st := s2.Stats().BtoA; st.Packets != rounds || st.Source != addrOf(prov) || st.Relatched != 0 {
+		t.Fatalf("new call %+v", st)
+	}
+	_ = s2.Close()
+}
+
+// TestReuseTakesQuietestPair: of two quarantined pairs, the one whose old
+// peer still sends is reused last.
+func TestReuseTakesQuietestPair(t *testing.T) {
+	checkRoutines(t)
+	p, clk := drainPool(t, 44730, func(p *Pool) { p.MaxPort = 44733 })
+	a, err := p.Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Release()
+	_ = b.Release()
+	clk.Advance(time.Second)
+	send(t, udp(t), rtpPkt(1, 0, 1, 'l'), loopback(a.Port()))
+	waitDrops(t, p.NoSessionDrops, 1)
+	for _, want := range []uint16{b.Port(), a.Port()} {
+		pp, err := p.Allocate()
+		if err != nil || pp.Port() != want {
+			t.Fatalf("Allocate: %v, %v; want port %d", pp, err, want)
+		}
+		defer pp.Release()
+	}
+}
+
+// TestPoolTurnover sets calls up and down much faster than the quarantine
+// ends (the fake clock never moves) through two 500-pair pools, with 100
+// calls up at a time: the pools never run out.
+func TestPoolTurnover(t *testing.T) {
+	checkRoutines(t)
+	clk := newFakeClock()
+	br, err := New(Config{LAN: testPool(lanRange, clk), WAN: testPool(wanRange, clk), Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	const calls, up = 2000, 100
+	var open []*Session
+	for i := range calls {
+		s, err := br.NewSession("c")
+		if err != nil {
+			t.Fatalf("call %d: %v (counts %+v)", i, err, br.Counts())
+		}
+		open = append(open, s)
+		if len(open) > up {
+			_ = open[0].Close()
+			open = open[1:]
+		}
+	}
+	want := PoolCounts{InUse: up, Quarantined: 500 - up}
+	if c := br.Counts(); c.LAN != want || c.WAN != want {
+		t.Fatalf("counts %+v, want %+v on both", c, want)
+	}
 }
 
 func TestDrainZeroAllocsPerPacket(t *testing.T) {

@@ -49,8 +49,17 @@ type Rand interface {
 // what arrives (counted by NoSessionDrops) until the pair has received
 // nothing for Quarantine, or MaxQuarantine has passed since the release.
 // Late media of a finished call is therefore absorbed rather than answered
-// with ICMP port unreachable, and cannot reach the next call on that pair.
-// Close ends every quarantine.
+// with ICMP port unreachable. Close ends every quarantine.
+//
+// Quarantine does not limit the call setup rate: when no pair is free,
+// Allocate takes over the quarantined pair that has been quiet longest,
+// sockets and all (so no ICMP window opens either). That is safe because a
+// Session refuses every source its latching rule does not allow, which an
+// old call's remote normally is not, and the pair carries the old call's
+// last sources (its latched peers and what the drain last heard) as a taint
+// that the new Session refuses even where the rule would allow them (the
+// same provider media server on another port under LatchIP, say), unless
+// the new SDP names that exact address.
 type Pool struct {
 	// Address is the local IP to bind. Default: the unspecified address.
 	Address string
@@ -62,8 +71,9 @@ type Pool struct {
 	// MaxRetries is how many pairs Allocate tries to bind before giving up.
 	MaxRetries int
 	// Quarantine is how long a released pair must receive nothing before it
-	// is closed and reused; every packet to it restarts the wait. Negative
-	// disables: a released pair is closed and reused at once.
+	// is closed and free again; every packet to it restarts the wait.
+	// Allocate takes a quarantined pair over earlier when no pair is free.
+	// Negative disables: a released pair is closed and free at once.
 	Quarantine time.Duration
 	// MaxQuarantine caps a quarantine that late packets keep extending,
 	// counted from the release. Default DefaultMaxQuarantine, or Quarantine
@@ -109,7 +119,12 @@ type drain struct {
 	last     atomic.Int64    // last packet, or the release; ns since the epoch
 	timer    Timer           // guarded by the pool's mu
 	done     sync.WaitGroup  // the two readers
-	bufs     [2][drainBufSize]byte
+	taken    atomic.Bool     // Allocate reuses the pair: the readers return
+	// peers are the old call's latched sources; heard the last source each
+	// reader saw, written by the reader and read after done.Wait.
+	peers [2]netip.AddrPort
+	heard [2]netip.AddrPort
+	bufs  [2][drainBufSize]byte
 }
 
 // PoolCounts is a snapshot of a Pool, in pairs.
@@ -209,19 +224,76 @@ func (p *Pool) Counts() PoolCounts {
 // exports it as dropped packets with reason "no_session".
 func (p *Pool) NoSessionDrops() uint64 { return p.noSession.Load() }
 
-// Allocate binds a random free pair. It fails with ErrPoolExhausted when no
-// pair is free or MaxRetries binds failed (another process holds the ports);
-// in the latter case the last bind error is wrapped too. After Close it fails
-// with ErrPoolClosed.
+// Allocate binds a random free pair; when none is free, it reuses the
+// quarantined pair that has been quiet longest (see Pool). It fails with
+// ErrPoolExhausted when every pair is in use or MaxRetries binds failed
+// (another process holds the ports); in the latter case the last bind error
+// is wrapped too. After Close it fails with ErrPoolClosed.
 func (p *Pool) Allocate() (*PortPair, error) {
+	pp, d, err := p.allocate()
+	if d != nil {
+		pp = p.takeOver(d)
+	}
+	return pp, err
+}
+
+func (p *Pool) allocate() (*PortPair, *drain, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.state == nil {
-		return nil, ErrNotValidated
+		return nil, nil, ErrNotValidated
 	}
 	if p.closed {
-		return nil, ErrPoolClosed
+		return nil, nil, ErrPoolClosed
 	}
+	pp, err := p.bindLocked()
+	if !errors.Is(err, ErrPoolExhausted) {
+		return pp, nil, err
+	}
+	if d := p.quietestLocked(); d != nil {
+		d.timer.Stop()
+		p.drains[d.idx] = nil
+		p.state[d.idx] = pairInUse
+		p.quarantined--
+		p.inUse++
+		return nil, d, nil
+	}
+	return nil, nil, err
+}
+
+// quietestLocked is the quarantined pair whose last packet (or release) is
+// oldest, nil if none.
+func (p *Pool) quietestLocked() *drain {
+	var best *drain
+	for _, d := range p.drains {
+		if d != nil && (best == nil || d.last.Load() < best.last.Load()) {
+			best = d
+		}
+	}
+	return best
+}
+
+// takeOver stops d's readers and hands its sockets, still bound, to a new
+// PortPair tainted with the old call's sources. The pair is already in use,
+// so nothing else touches d.
+func (p *Pool) takeOver(d *drain) *PortPair {
+	d.taken.Store(true)
+	for _, c := range d.conns {
+		if c.SetReadDeadline(aLongTimeAgo) != nil {
+			_ = c.Close() // cannot happen on an open socket; ends the read all the same
+		}
+	}
+	d.done.Wait()
+	pp := &PortPair{pool: p, idx: d.idx, port: uint16(p.first + 2*d.idx), rtp: d.conns[0], rtcp: d.conns[1]}
+	for kind, c := range d.conns {
+		_ = c.SetReadDeadline(time.Time{})
+		pp.taint[kind] = [2]netip.AddrPort{d.peers[kind], d.heard[kind]}
+	}
+	return pp
+}
+
+// bindLocked binds a random free pair.
+func (p *Pool) bindLocked() (*PortPair, error) {
 	var lastErr error
 	for range p.MaxRetries {
 		idx := p.pickLocked()
@@ -306,7 +378,7 @@ func (p *Pool) release(pp *PortPair, quarantine bool) error {
 	if quarantine && p.Quarantine >= 0 && !p.closed {
 		defer p.mu.Unlock()
 		now := p.nowNS()
-		d := &drain{idx: pp.idx, conns: [2]*net.UDPConn{pp.rtp, pp.rtcp}, released: now}
+		d := &drain{idx: pp.idx, conns: [2]*net.UDPConn{pp.rtp, pp.rtcp}, released: now, peers: pp.peers}
 		d.last.Store(now)
 		p.inUse--
 		p.state[pp.idx] = pairQuarantined
@@ -338,11 +410,15 @@ func (p *Pool) drainLoop(d *drain, kind int) {
 	defer d.done.Done()
 	c, buf := d.conns[kind], d.bufs[kind][:]
 	for {
-		if _, err := c.Read(buf); err != nil {
+		_, src, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
 			switch {
 			case errors.Is(err, net.ErrClosed):
 				return
 			case errors.Is(err, os.ErrDeadlineExceeded):
+				if d.taken.Load() {
+					return
+				}
 				// Only if release could not clear the session's deadline;
 				// retrying it beats spinning on the error.
 				_ = c.SetReadDeadline(time.Time{})
@@ -354,6 +430,7 @@ func (p *Pool) drainLoop(d *drain, kind int) {
 		// Time first: a counted packet has its time recorded, which tests
 		// on a fake clock rely on.
 		d.last.Store(p.nowNS())
+		d.heard[kind] = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		p.noSession.Add(1)
 	}
 }
@@ -439,6 +516,11 @@ type PortPair struct {
 	port      uint16
 	rtp, rtcp *net.UDPConn
 	once      sync.Once
+	// peers are the latched sources (RTP, RTCP) the session leaves for the
+	// pool at release; taint is what the previous call on a reused pair
+	// left (see Pool), per socket.
+	peers [2]netip.AddrPort
+	taint [2][2]netip.AddrPort
 }
 
 // Port is the RTP port; RTCP is on Port()+1.

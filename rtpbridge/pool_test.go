@@ -117,36 +117,45 @@ func TestPoolAllocatesEvenPairsInRangeUntilExhausted(t *testing.T) {
 	}
 }
 
-func TestPoolQuarantine(t *testing.T) {
-	clk := newFakeClock()
-	p := &Pool{Address: "127.0.0.1", MinPort: 44100, MaxPort: 44101, Clock: clk}
-	if err := p.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	closeAtEnd(t, p)
-	pp, err := p.Allocate()
+// TestPoolReusesQuarantinedPairOnlyWhenNoneFree: a free pair is preferred;
+// with none free, the quarantined pair is taken over with its sockets,
+// which never unbind; only pairs in use exhaust the pool.
+func TestPoolReusesQuarantinedPairOnlyWhenNoneFree(t *testing.T) {
+	checkRoutines(t)
+	p, clk := drainPool(t, 44100, func(p *Pool) { p.MaxPort, p.Rand = 44103, &seqRand{vals: []int{0, 0, 0}} })
+	first, err := p.Allocate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pp.Release(); err != nil {
+	rtp := first.RTP()
+	if err := first.Release(); err != nil {
 		t.Fatal(err)
 	}
-	clk.Advance(DefaultQuarantine - time.Millisecond)
+	second, err := p.Allocate()
+	if err != nil || second.Port() == first.Port() {
+		t.Fatalf("Allocate took %v (%v), want the free pair", second, err)
+	}
+	reused, err := p.Allocate()
+	if err != nil {
+		t.Fatalf("Allocate with a pair quarantined: %v", err)
+	}
+	if reused.Port() != first.Port() || reused.RTP() != rtp {
+		t.Fatalf("reused port %d, want %d with its socket", reused.Port(), first.Port())
+	}
+	wantCounts(t, p, PoolCounts{InUse: 2})
 	if _, err := p.Allocate(); !errors.Is(err, ErrPoolExhausted) {
-		t.Fatalf("Allocate during quarantine: %v, want ErrPoolExhausted", err)
+		t.Fatalf("Allocate with every pair in use: %v, want ErrPoolExhausted", err)
 	}
-	if c := p.Counts(); c != (PoolCounts{Quarantined: 1}) {
-		t.Fatalf("counts %+v", c)
+	// The reused pair quarantines again on release, and the quarantine
+	// ends as before.
+	if err := reused.Release(); err != nil {
+		t.Fatal(err)
 	}
-	clk.Advance(time.Millisecond)
-	pp, err = p.Allocate()
-	if err != nil {
-		t.Fatalf("Allocate after quarantine: %v", err)
-	}
-	if pp.Port() != 44100 {
-		t.Fatalf("port %d", pp.Port())
-	}
-	_ = pp.Release()
+	wantCounts(t, p, PoolCounts{InUse: 1, Quarantined: 1})
+	clk.Advance(DefaultQuarantine)
+	wantCounts(t, p, PoolCounts{InUse: 1, Free: 1})
+	wantBound(t, []uint16{first.Port(), first.Port() + 1}, false)
+	_ = second.Release()
 }
 
 func TestPoolBindFailureTriesAnotherPair(t *testing.T) {

@@ -14,14 +14,13 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// relatchProbation is how many packets a new source must send, with a new
-// SSRC and the latched source silent, before it takes over. One would let a
-// single spoofed packet steal the stream.
-const relatchProbation = 3
-
-// logEvery throttles latch and drop logs per socket, so a flood of foreign
-// packets cannot flood the log.
+// logEvery throttles refusal and error logs per socket, so a flood of
+// foreign packets cannot flood the log.
 const logEvery = 10 * time.Second
+
+// takeoverLogEvery throttles takeover logs per socket. Takeovers are rare
+// by construction (one per RelatchAfter at most), so nearly each is logged.
+const takeoverLogEvery = time.Second
 
 // bufSize is larger than any RTP packet the path MTU allows; a datagram that
 // fills it was probably truncated and is dropped as malformed.
@@ -37,10 +36,18 @@ type sock struct {
 
 	// dst is where packets for this socket's peer are sent: the latched
 	// source, else the SDP address; nil means send nothing. peer is the
-	// latched source, nil while learning. Both are written under s.mu and
-	// read lock-free by the packet paths.
-	dst  atomic.Pointer[netip.AddrPort]
-	peer atomic.Pointer[netip.AddrPort]
+	// latched source, nil while learning. expect is the SDP address the
+	// latching rule is checked against, nil until the SIP layer set one;
+	// a 0.0.0.0 hold keeps it. All three are written under s.mu and read
+	// lock-free by the packet paths.
+	dst    atomic.Pointer[netip.AddrPort]
+	peer   atomic.Pointer[netip.AddrPort]
+	expect atomic.Pointer[netip.AddrPort]
+	// mode is the latching rule; taint holds the last sources of the
+	// previous call on a reused port pair, refused unless one is exactly
+	// the new SDP address. Both are fixed before the reader starts.
+	mode  Latching
+	taint [2]netip.AddrPort
 	// lastTx and lastRx are when this socket last sent and last accepted
 	// RTP, in ns since the session epoch. Per socket, so the readers of the
 	// two legs never write the same cache line.
@@ -51,13 +58,12 @@ type sock struct {
 	kaDst netip.AddrPort // keepalive target, survives a 0.0.0.0 hold; guarded by s.mu
 
 	// Owned by the reader goroutine.
-	buf         []byte
-	hdr         rtp.Header
-	latchedSSRC uint32
-	lastPeerRx  int64
-	cand        candidate
-	lastLog     int64
-	quiet       int // logs suppressed since lastLog
+	buf        []byte
+	hdr        rtp.Header
+	lastPeerRx int64 // last packet accepted from the latched source
+	refuseLog  limiter
+	takeLog    limiter
+	errLog     limiter
 
 	forwarded  atomic.Uint64
 	unsent     atomic.Uint64
@@ -71,18 +77,11 @@ type sockStats struct {
 	packets, bytes         uint64 // RTP
 	rtcpPackets, rtcpBytes uint64 // RTCP, including rtcp-mux on the RTP port
 	malformed, foreign     uint64
+	refused                uint64 // of foreign: outside the latching rule
 	relatched              uint64
 	ssrc                   uint32
 	seq                    seqState
 	jitter                 jitterState
-}
-
-// candidate is a source that may replace the latched one.
-type candidate struct {
-	src   netip.AddrPort
-	ssrc  uint32
-	start int64
-	n     int
 }
 
 func newSock(s *Session, leg Leg, kind int, c *net.UDPConn) *sock {
@@ -104,8 +103,8 @@ func (k *sock) run() {
 			}
 			// Transient errors (e.g. a queued ICMP error) must not end the
 			// relay; the throttle keeps a persistent one from flooding.
-			if k.shouldLog(k.s.nowNS()) {
-				k.log(zap.WarnLevel, "read failed", zap.Error(err))
+			if k.errLog.allow(k.s.nowNS(), logEvery) {
+				k.log(zap.WarnLevel, &k.errLog, "read failed", zap.Error(err))
 			}
 			continue
 		}
@@ -142,19 +141,10 @@ func (k *sock) handle(b []byte, src netip.AddrPort, now int64) bool {
 		ssrc = k.hdr.SSRC
 	}
 
-	peer := k.peer.Load()
-	switch {
-	case peer == nil:
-		k.latch(src, ssrc, now, false)
-	case *peer == src:
-	case !k.relatch(src, ssrc, now):
-		k.mu.Lock()
-		k.st.foreign++
-		k.mu.Unlock()
-		if k.shouldLog(now) {
-			k.log(zap.InfoLevel, "dropped packet from foreign source", zap.Stringer("src", src), zap.Stringer("latched", *peer))
+	if peer := k.peer.Load(); peer == nil || *peer != src {
+		if !k.admit(src, peer, now) {
+			return false
 		}
-		return false
 	}
 	k.lastPeerRx = now
 
@@ -175,7 +165,6 @@ func (k *sock) handle(b []byte, src netip.AddrPort, now int64) bool {
 	if ssrc != k.st.ssrc || k.st.packets == 0 {
 		// A new SSRC is a new sequence and timestamp space.
 		k.st.ssrc = ssrc
-		k.latchedSSRC = ssrc
 		k.st.seq.restart(k.hdr.SequenceNumber)
 		k.st.jitter.reset()
 	}
@@ -217,77 +206,101 @@ func (k *sock) forward(b []byte, now int64) {
 	}
 }
 
-// latch makes src the peer. It is rare (first packet, after SetRemote, after
-// a relatch), so it takes the session lock to order itself with SetRemote.
-func (k *sock) latch(src netip.AddrPort, ssrc uint32, now int64, relatch bool) {
+// admit decides on a packet from a source other than the latched one (or
+// from any source while nothing is latched). It is off the steady-state
+// path: a live call only gets here for foreign packets.
+func (k *sock) admit(src netip.AddrPort, peer *netip.AddrPort, now int64) bool {
+	sdp := k.expect.Load()
+	if sdp == nil || !k.mode.allows(src, *sdp) || k.tainted(src, *sdp) {
+		k.mu.Lock()
+		k.st.foreign++
+		k.st.refused++
+		k.mu.Unlock()
+		if k.refuseLog.allow(now, logEvery) {
+			fields := []zap.Field{zap.Stringer("src", src), zap.Stringer("latching", k.mode)}
+			if sdp != nil {
+				fields = append(fields, zap.Stringer("sdp", *sdp))
+			}
+			k.log(zap.InfoLevel, &k.refuseLog, "refused media source", fields...)
+		}
+		return false
+	}
+	if peer != nil && now-k.lastPeerRx < k.relatchAfter() {
+		// An acceptable source, but the latched one is alive: a burst or
+		// an SSRC change alone must not move the latch.
+		k.mu.Lock()
+		k.st.foreign++
+		k.mu.Unlock()
+		if k.refuseLog.allow(now, logEvery) {
+			k.log(zap.InfoLevel, &k.refuseLog, "dropped packet from foreign source", zap.Stringer("src", src),
+				zap.Stringer("latched", *peer))
+		}
+		return false
+	}
+	return k.latch(src, sdp, peer, now)
+}
+
+// tainted reports whether src was a source of the pair's previous call. Its
+// late packets must not latch the new call; only the new SDP address itself
+// overrides that, since then the far end really is there again.
+func (k *sock) tainted(src, sdp netip.AddrPort) bool {
+	return src != sdp && (src == k.taint[0] || src == k.taint[1])
+}
+
+// relatchAfter is how long the latched source must be silent before it can
+// be replaced.
+func (k *sock) relatchAfter() int64 {
+	d := k.s.br.cfg.RelatchAfter
+	if k.kind == kindRTCP {
+		d = max(d, rtcpRelatchAfter)
+	}
+	return int64(d)
+}
+
+// latch makes src the peer in place of old (nil: the first latch). It is
+// rare, so it takes the session lock to order itself with SetRemote; if
+// SetRemote changed the SDP address or the latch since the packet was
+// judged, the packet is dropped and the next one is judged afresh.
+func (k *sock) latch(src netip.AddrPort, sdp, old *netip.AddrPort, now int64) bool {
 	s := k.s
 	s.mu.Lock()
-	old := k.peer.Load()
-	if (old == nil) == !relatch {
-		p := src
-		k.peer.Store(&p)
-		// Symmetric RTP: answer where the peer sends from. Unless the SDP
-		// says not to send at all.
-		if k.dst.Load() != nil {
-			k.dst.Store(&p)
-		}
-		k.kaDst = p
-	}
-	s.mu.Unlock()
-	k.latchedSSRC = ssrc
-	k.cand = candidate{}
-	if relatch {
+	if k.expect.Load() != sdp || k.peer.Load() != old {
+		s.mu.Unlock()
 		k.mu.Lock()
-		k.st.relatched++
+		k.st.foreign++
 		k.mu.Unlock()
+		return false
 	}
-	// The first latch of every call is routine; a relatch is worth seeing.
-	if lvl := zap.DebugLevel; relatch || k.s.log.Core().Enabled(lvl) {
-		if relatch {
-			lvl = zap.InfoLevel
+	p := src
+	k.peer.Store(&p)
+	// Symmetric RTP: answer where the peer sends from. Unless the SDP says
+	// not to send at all.
+	if k.dst.Load() != nil {
+		k.dst.Store(&p)
+	}
+	k.kaDst = p
+	s.mu.Unlock()
+	if old == nil {
+		// The first latch of every call is routine.
+		if ce := s.log.Check(zap.DebugLevel, "latched"); ce != nil {
+			ce.Write(zap.Stringer("src", src), zap.Stringer("leg", k.leg), zap.Bool("rtcp", k.kind == kindRTCP))
 		}
-		if k.shouldLog(now) {
-			k.log(lvl, "latched", zap.Stringer("src", src), zap.Bool("relatch", relatch))
-		}
+		return true
 	}
-}
-
-// relatch decides whether a packet from a source other than the latched one
-// moves the latch. Only a new SSRC opens a learning window, and the
-// candidate must send relatchProbation packets within RelatchWindow while the
-// latched source stays silent: a transfer or media-server switch behaves
-// like that, an injected stream next to a live one does not.
-func (k *sock) relatch(src netip.AddrPort, ssrc uint32, now int64) bool {
-	if ssrc == k.latchedSSRC {
-		return false
+	k.mu.Lock()
+	k.st.relatched++
+	k.mu.Unlock()
+	if k.takeLog.allow(now, takeoverLogEvery) {
+		k.log(zap.WarnLevel, &k.takeLog, "media source taken over", zap.Stringer("src", src),
+			zap.Stringer("old", *old), zap.Duration("silent", time.Duration(now-k.lastPeerRx)),
+			zap.Stringer("latching", k.mode))
 	}
-	c := &k.cand
-	if c.src != src || c.ssrc != ssrc || now-c.start > int64(k.s.br.cfg.RelatchWindow) || k.lastPeerRx > c.start {
-		*c = candidate{src: src, ssrc: ssrc, start: now, n: 1}
-		return false
-	}
-	c.n++
-	if c.n < relatchProbation {
-		return false
-	}
-	k.latch(src, ssrc, now, true)
 	return true
 }
 
-// shouldLog is checked before building log fields, which allocate.
-func (k *sock) shouldLog(now int64) bool {
-	if k.lastLog != 0 && now-k.lastLog < int64(logEvery) {
-		k.quiet++
-		return false
-	}
-	k.lastLog = max(now, 1)
-	return true
-}
-
-func (k *sock) log(lvl zapcore.Level, msg string, fields ...zap.Field) {
+func (k *sock) log(lvl zapcore.Level, l *limiter, msg string, fields ...zap.Field) {
 	k.s.log.Log(lvl, msg, append(fields, zap.Stringer("leg", k.leg), zap.Bool("rtcp", k.kind == kindRTCP),
-		zap.Int("suppressed", k.quiet))...)
-	k.quiet = 0
+		zap.Int("suppressed", l.suppressed()))...)
 }
 
 // setRemoteLocked applies an SDP address and reports whether it is new.
@@ -300,6 +313,7 @@ func (k *sock) setRemoteLocked(addr netip.AddrPort) bool {
 		k.sdp = addr
 		k.kaDst = addr
 		k.peer.Store(nil)
+		k.expect.Store(&addr)
 		k.dst.Store(&addr)
 		return true
 	}
@@ -317,6 +331,7 @@ func (k *sock) addTo(d *Direction, rtcp bool) {
 	k.mu.Unlock()
 	d.Malformed += st.malformed
 	d.Foreign += st.foreign
+	d.Refused += st.refused
 	d.Relatched += st.relatched
 	d.Forwarded += k.forwarded.Load()
 	d.Unsent += k.unsent.Load()

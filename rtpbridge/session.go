@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -80,7 +81,7 @@ type Session struct {
 	kaSeq       uint16
 }
 
-func newSession(b *Bridge, id string, lan, wan *PortPair) *Session {
+func newSession(b *Bridge, id string, lan, wan *PortPair, latching [2]Latching) *Session {
 	s := &Session{
 		id:     id,
 		br:     b,
@@ -93,8 +94,12 @@ func newSession(b *Bridge, id string, lan, wan *PortPair) *Session {
 	}
 	s.epoch = s.clock.Now()
 	for leg, pp := range s.pairs {
-		s.socks[leg][kindRTP] = newSock(s, Leg(leg), kindRTP, pp.rtp)
-		s.socks[leg][kindRTCP] = newSock(s, Leg(leg), kindRTCP, pp.rtcp)
+		for kind, c := range [2]*net.UDPConn{pp.rtp, pp.rtcp} {
+			k := newSock(s, Leg(leg), kind, c)
+			k.mode = latching[leg]
+			k.taint = pp.taint[kind]
+			s.socks[leg][kind] = k
+		}
 	}
 	for leg := range s.socks {
 		for kind := range s.socks[leg] {
@@ -137,7 +142,9 @@ func (s *Session) Done() <-chan struct{} { return s.closed }
 // unless the SDP has an a=rtcp attribute). An address that is invalid,
 // unspecified (a 0.0.0.0 hold) or has port 0 means "send nothing there"; the
 // latch is kept, so resuming to the same address needs no relearning. A new
-// address drops the latch, and the next packet from the peer latches again.
+// address drops the latch, and the next packet that the leg's Latching rule
+// accepts for the new address latches again. Until the first SetRemote, the
+// leg accepts no packet at all.
 //
 // On leg B a new address gets a pinhole packet at once, before the provider
 // has a chance to send first.
@@ -233,6 +240,15 @@ func (s *Session) Close() error {
 			pp.interrupt()
 		}
 		s.wg.Wait()
+		// The pool refuses these sources in the pair's next call, for as
+		// long as that call lasts, unless its SDP names one of them.
+		for leg, pp := range s.pairs {
+			for kind := range pp.peers {
+				if p := s.socks[leg][kind].peer.Load(); p != nil {
+					pp.peers[kind] = *p
+				}
+			}
+		}
 		err = errors.Join(s.pairs[LegA].Release(), s.pairs[LegB].Release())
 		s.br.remove(s)
 		s.log.Debug("session closed", zap.Object("media", s.Stats()))

@@ -149,9 +149,17 @@ type Direction struct {
 	// Malformed counts packets that are not RTP (or RTCP) version 2.
 	Malformed uint64
 	// Foreign counts packets dropped because they came from a source other
-	// than the latched one.
+	// than the latched one (or arrived while nothing was latched): what an
+	// attacker spraying the relay's ports, or injecting into a call, sends.
 	Foreign uint64
-	// Relatched counts switches to a new source after an SSRC change.
+	// Refused is the part of Foreign whose source the latching rule never
+	// accepts: not the SDP address (strict) or its IP (ip), a source of the
+	// previous call on a reused port pair, or any source before the SDP
+	// address was known. The rest of Foreign came from acceptable sources
+	// while the latched one was alive.
+	Refused uint64
+	// Relatched counts takeovers: another source replaced the latched one
+	// after it had been silent for Config.RelatchAfter.
 	Relatched uint64
 	// SSRC is the SSRC last seen from the latched RTP source.
 	SSRC uint32
@@ -159,9 +167,21 @@ type Direction struct {
 	Source netip.AddrPort
 }
 
-// OneWay reports whether RTP arrived in one direction only: the symptom of a
-// NAT that lost the pinhole race, or of a call held with sendonly.
-func (s Stats) OneWay() bool { return (s.AtoB.Packets == 0) != (s.BtoA.Packets == 0) }
+// OneWay reports whether RTP arrived, but not from both peers: the symptom
+// of a NAT that lost the pinhole race, of a call held with sendonly, or of
+// an attack. Only RTP from the latched peers counts as arrived from them,
+// so a call whose one direction brought nothing but refused or foreign
+// traffic (an attacker hitting a silent direction, or a genuine peer the
+// latching rule refused) is one-way, even if nothing else came in either:
+// no two-way audio was relayed, yet media was sent to the call. A call
+// with no RTP at all (unanswered, or both sides held) is not.
+func (s Stats) OneWay() bool {
+	a, b := s.AtoB.Packets > 0, s.BtoA.Packets > 0
+	if a || b {
+		return a != b
+	}
+	return s.AtoB.Foreign+s.BtoA.Foreign > 0
+}
 
 // MarshalLogObject lets the SIP layer log a call's media in its one
 // call-end line with zap.Object.
@@ -189,8 +209,11 @@ func (d Direction) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	}
 	enc.AddUint64("dropped_malformed", d.Malformed)
 	enc.AddUint64("dropped_foreign", d.Foreign)
+	if d.Refused > 0 {
+		enc.AddUint64("refused", d.Refused)
+	}
 	if d.Relatched > 0 {
-		enc.AddUint64("relatched", d.Relatched)
+		enc.AddUint64("takeovers", d.Relatched)
 	}
 	enc.AddUint32("ssrc", d.SSRC)
 	if d.Source.IsValid() {

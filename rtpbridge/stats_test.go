@@ -105,18 +105,28 @@ func TestJitter(t *testing.T) {
 
 func TestOneWay(t *testing.T) {
 	for _, tc := range []struct {
-		a, b uint64
+		name string
+		a, b Direction
 		want bool
-	}{{0, 0, false}, {10, 0, true}, {0, 10, true}, {10, 10, false}} {
-		st := Stats{AtoB: Direction{Packets: tc.a}, BtoA: Direction{Packets: tc.b}}
-		if st.OneWay() != tc.want {
-			t.Errorf("%d/%d: OneWay %v", tc.a, tc.b, !tc.want)
+	}{
+		{"no media", Direction{}, Direction{}, false},
+		{"A only", Direction{Packets: 10}, Direction{}, true},
+		{"B only", Direction{}, Direction{Packets: 10}, true},
+		{"both", Direction{Packets: 10}, Direction{Packets: 10}, false},
+		{"both, attack refused", Direction{Packets: 10, Foreign: 900, Refused: 900}, Direction{Packets: 10}, false},
+		// The genuine peer was refused (or silent) and only an attacker
+		// sent: nothing was relayed, but this is no quiet call.
+		{"only refused traffic", Direction{}, Direction{Foreign: 907, Refused: 907}, true},
+		{"only foreign traffic", Direction{Foreign: 3}, Direction{}, true},
+	} {
+		if got := (Stats{AtoB: tc.a, BtoA: tc.b}).OneWay(); got != tc.want {
+			t.Errorf("%s: OneWay %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
 
 // bareSock is a receiving socket without a real conn, for the parse and
-// stats path.
+// stats path. Its SDP address is 127.0.0.1:5004 and its rule LatchIP.
 func bareSock(t testing.TB, rates map[uint8]uint32) *sock {
 	t.Helper()
 	clk := newFakeClock()
@@ -125,7 +135,11 @@ func bareSock(t testing.TB, rates map[uint8]uint32) *sock {
 		t.Fatal(err)
 	}
 	s := &Session{br: br, log: zap.NewNop(), clock: clk, epoch: clk.Now(), closed: make(chan struct{})}
-	return newSock(s, LegA, kindRTP, nil)
+	k := newSock(s, LegA, kindRTP, nil)
+	k.mode = LatchIP
+	sdp := loopback(5004)
+	k.expect.Store(&sdp)
+	return k
 }
 
 func TestHandleStatsThroughParser(t *testing.T) {
@@ -161,6 +175,22 @@ func TestZeroAllocsPerPacket(t *testing.T) {
 		})
 		if allocs != 0 {
 			t.Fatalf("%.1f allocs per packet", allocs)
+		}
+	})
+	// An attacker's flood: refused by the rule, counted, its log line
+	// throttled; one time, so the throttle never lets a line through.
+	t.Run("refused", func(t *testing.T) {
+		k := bareSock(t, nil)
+		b := rtpPkt(1, 160, 0xbad, 'x')
+		src := netip.AddrPortFrom(netip.AddrFrom4(attackerIP), 5004)
+		k.handle(b, src, 1) // the one log line
+		if allocs := testing.AllocsPerRun(1000, func() { k.handle(b, src, 2) }); allocs != 0 {
+			t.Fatalf("%.1f allocs per refused packet", allocs)
+		}
+		var d Direction
+		k.addTo(&d, false)
+		if d.Refused != 1002 || d.Packets != 0 {
+			t.Fatalf("stats %+v", d)
 		}
 	})
 	t.Run("loopback relay", func(t *testing.T) {
@@ -218,6 +248,9 @@ func FuzzHandlePacket(f *testing.F) {
 		}
 		var d Direction
 		k.addTo(&d, false)
+		if d.Refused > d.Foreign {
+			t.Fatalf("refused %d is not part of foreign %d", d.Refused, d.Foreign)
+		}
 		if got := d.Packets + d.RTCPPackets + d.Malformed + d.Foreign; got != calls {
 			t.Fatalf("counters sum to %d after %d packets: %+v", got, calls, d)
 		}

@@ -293,8 +293,8 @@ func reloadConfig(path string, running *config.Config, level zap.AtomicLevel, sr
 			fmt.Sprint(next.RTP.PortMin, next.RTP.PortMax, next.RTP.LANPortMin, next.RTP.LANPortMax)},
 		{"admin.listen", running.Admin.ListenAddr.String(), next.Admin.ListenAddr.String()},
 		{"stun.interval", running.STUN.Interval.String(), next.STUN.Interval.String()},
-		{"rtp timers and dscp", fmt.Sprint(running.RTP.MediaTimeout, running.RTP.HoldTimeout, *running.RTP.DSCP),
-			fmt.Sprint(next.RTP.MediaTimeout, next.RTP.HoldTimeout, *next.RTP.DSCP)},
+		{"rtp timers, dscp and lan_latching", fmt.Sprint(running.RTP.MediaTimeout, running.RTP.HoldTimeout, running.RTP.RelatchAfter, *running.RTP.DSCP, running.RTP.LANLatching),
+			fmt.Sprint(next.RTP.MediaTimeout, next.RTP.HoldTimeout, next.RTP.RelatchAfter, *next.RTP.DSCP, next.RTP.LANLatching)},
 	} {
 		if k.was != k.would {
 			log.Warn("cannot change on reload; restart to apply", zap.String("key", k.key),
@@ -336,7 +336,16 @@ func mediaConfig(c config.RTP, lan, wan netip.Addr) rtpbridge.Config {
 		WAN:          &rtpbridge.Pool{Address: wan.String(), MinPort: uint16(c.PortMin), MaxPort: uint16(c.PortMax), DSCP: dscp},
 		MediaTimeout: time.Duration(c.MediaTimeout),
 		HoldTimeout:  time.Duration(c.HoldTimeout),
+		Latching:     [2]rtpbridge.Latching{rtpbridge.LegA: latching(c.LANLatching), rtpbridge.LegB: latching(c.Latching)},
+		RelatchAfter: time.Duration(c.RelatchAfter),
 	}
+}
+
+// latching maps a config value, which Validate has checked, to the relay's
+// rule; "" is the relay's default.
+func latching(s string) rtpbridge.Latching {
+	l, _ := rtpbridge.ParseLatching(s)
+	return l
 }
 
 func trunkOptions(ts []config.Trunk) []linkmanager.TrunkOptions {
@@ -347,6 +356,7 @@ func trunkOptions(ts []config.Trunk) []linkmanager.TrunkOptions {
 			Domain: t.Domain, Username: t.Username, AuthUsername: t.AuthUsername, Password: t.Password,
 			Expires: time.Duration(t.Expires), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,
 			Prefixes: t.OutboundPrefixes, NumberFormat: t.NumberFormat, CountryCode: t.CountryCode,
+			Latching: latching(t.RTPLatching),
 		})
 	}
 	return out

@@ -51,6 +51,12 @@ const (
 	DefaultMediaTimeout = 60 * time.Second
 	DefaultHoldTimeout  = time.Hour
 	DefaultDSCP         = 46 // EF, what voice gear expects
+	// A latched media source must be silent this long before another may
+	// replace it: live audio sends every 20-60 ms, so 1s never mistakes a
+	// live stream for a dead one, and a real move loses about 1s of audio.
+	DefaultRelatchAfter = 1 * time.Second
+	MinRelatchAfter     = 100 * time.Millisecond
+	MaxRelatchAfter     = 10 * time.Second
 
 	DefaultAdminListen = "127.0.0.1:9065"
 	DefaultAdminPort   = 9065
@@ -70,6 +76,23 @@ const (
 	KeepaliveOptions = "options"
 	KeepaliveCRLF    = "crlf"
 	KeepaliveOff     = "off"
+)
+
+// Values of rtp.latching, rtp.lan_latching and trunks[].rtp_latching: which
+// sources the relay accepts media from (see rtpbridge.Latching).
+const (
+	LatchingStrict = "strict" // only the exact SDP address
+	LatchingIP     = "ip"     // the SDP's IP, any port (NAT may rewrite ports)
+	LatchingAny    = "any"    // any source: peers whose SDP address is useless
+	// The Internet default: provider SBCs and media servers advertise their
+	// public IP, but a NAT on the way (or a router-granted mapping under
+	// symmetric NAT) may rewrite the port, and strict would drop that
+	// audio. ip still refuses every other host, which is what RTP bleed
+	// attacks come from.
+	DefaultLatching = LatchingIP
+	// The LAN default: nothing translates between the PBX and us, so its
+	// SDP address is exact and strict costs nothing.
+	DefaultLANLatching = LatchingStrict
 )
 
 // Values of trunks[].number_format.
@@ -153,6 +176,10 @@ type Trunk struct {
 	// Country calling code, digits only (e.g. "49"); needed for e164 and
 	// national so numbers can be converted between the two.
 	CountryCode string `yaml:"country_code"`
+	// Media source rule for this trunk's calls: strict|ip|any; default
+	// rtp.latching. any only for a provider whose media comes from
+	// addresses its SDP does not name.
+	RTPLatching string `yaml:"rtp_latching"`
 
 	RegistrarAddr HostPort `yaml:"-"` // Registrar parsed; Port 0 = use SRV. Set by Validate.
 	ProxyAddr     HostPort `yaml:"-"` // Proxy parsed; Port 0 = use SRV. Set by Validate.
@@ -189,6 +216,14 @@ type RTP struct {
 	// DSCP for relayed media, 0..63; default 46 (EF). A pointer because 0
 	// (best effort) is a legitimate choice.
 	DSCP *int `yaml:"dscp"`
+	// Which sources may send a call's media, Internet side:
+	// strict|ip|any; default ip. Each trunk may override it.
+	Latching string `yaml:"latching"`
+	// The same for the LAN side (the PBX): default strict.
+	LANLatching string `yaml:"lan_latching"`
+	// How long a latched source must be silent before another accepted
+	// source replaces it; default 1s, 100ms..10s.
+	RelatchAfter Duration `yaml:"relatch_after"`
 }
 
 // Admin is the local HTTP endpoint for health and metrics.
@@ -214,8 +249,15 @@ func (c *Config) SetDefaults() {
 	setString(&c.Log.Format, DefaultLogFormat)
 	setString(&c.SIP.Listen, DefaultSIPListen)
 	setDuration(&c.STUN.Interval, DefaultSTUNInterval)
+	setString(&c.RTP.Latching, DefaultLatching)
+	setString(&c.RTP.LANLatching, DefaultLANLatching)
 	for i := range c.Trunks {
 		c.Trunks[i].setDefaults()
+		// A trunk inherits only a usable value, so a bad rtp.latching is
+		// reported once, not again for every trunk.
+		if validLatching(c.RTP.Latching) {
+			setString(&c.Trunks[i].RTPLatching, c.RTP.Latching)
+		}
 	}
 	if len(c.PBX.Allow) == 0 {
 		if ap, problem := parseIPPort(c.PBX.Address, DefaultPBXPort); problem == "" {
@@ -228,6 +270,7 @@ func (c *Config) SetDefaults() {
 	setInt(&c.RTP.LANPortMax, DefaultLANPortMax)
 	setDuration(&c.RTP.MediaTimeout, DefaultMediaTimeout)
 	setDuration(&c.RTP.HoldTimeout, DefaultHoldTimeout)
+	setDuration(&c.RTP.RelatchAfter, DefaultRelatchAfter)
 	if c.RTP.DSCP == nil {
 		d := DefaultDSCP
 		c.RTP.DSCP = &d
@@ -255,6 +298,10 @@ func (t *Trunk) setDefaults() {
 	}
 	setString(&t.Keepalive, DefaultKeepalive)
 	setString(&t.NumberFormat, DefaultNumberFormat)
+}
+
+func validLatching(s string) bool {
+	return s == LatchingStrict || s == LatchingIP || s == LatchingAny
 }
 
 func setString(p *string, v string) {

@@ -192,6 +192,9 @@ func (k *checker) trunk(f string, t *Trunk) {
 	}
 
 	k.oneOf(f+".number_format", t.NumberFormat, NumberE164, NumberNational, NumberAsIs)
+	if t.RTPLatching != "" { // empty only when rtp.latching is bad, which is reported
+		k.oneOf(f+".rtp_latching", t.RTPLatching, LatchingStrict, LatchingIP, LatchingAny)
+	}
 	switch {
 	case t.CountryCode != "" && !countryCode.MatchString(t.CountryCode):
 		k.add(f+".country_code", fmt.Sprintf("%q is not a country code", t.CountryCode), `use 1 to 3 digits without + or 00, e.g. "49"`)
@@ -221,6 +224,10 @@ func (k *checker) rtp(r *RTP, sip, pbx netip.AddrPort) {
 	}
 	k.duration("rtp.media_timeout", r.MediaTimeout, time.Second, 0, "e.g. 60s")
 	k.duration("rtp.hold_timeout", r.HoldTimeout, time.Second, 0, "e.g. 1h")
+	k.oneOf("rtp.latching", r.Latching, LatchingStrict, LatchingIP, LatchingAny)
+	k.oneOf("rtp.lan_latching", r.LANLatching, LatchingStrict, LatchingIP, LatchingAny)
+	k.duration("rtp.relatch_after", r.RelatchAfter, MinRelatchAfter, MaxRelatchAfter,
+		"shorter lets an injector take over in a pause, longer cuts a moved stream for longer; 1s suits most")
 	if r.DSCP != nil && (*r.DSCP < 0 || *r.DSCP > 63) {
 		k.add("rtp.dscp", fmt.Sprintf("%d is outside 0..63", *r.DSCP), "use 46 (EF, usual for voice) or 0 to leave packets unmarked")
 	}

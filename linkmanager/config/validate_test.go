@@ -182,6 +182,17 @@ func TestValidateErrors(t *testing.T) {
 			[]string{"rtp.lan_port_min: range 5000..6000 contains the pbx.listen port 5060"}, 0},
 		{"rtp dscp", []string{rtp, "rtp: {dscp: 64}\n" + rtp},
 			[]string{"rtp.dscp: 64 is outside 0..63: use 46 (EF"}, 0},
+		{"rtp latching", []string{rtp, "rtp: {latching: loose}\n" + rtp},
+			[]string{`line 11: rtp.latching: "loose" is not allowed: use one of strict, ip, any`}, 0},
+		{"rtp lan latching", []string{rtp, "rtp:\n  lan_latching: IP\n" + rtp},
+			[]string{`line 12: rtp.lan_latching: "IP" is not allowed: use one of strict, ip, any`}, 0},
+		{"trunk latching", []string{pwLine, pwLine + "    rtp_latching: symmetric\n"},
+			[]string{`line 10: trunks[0].rtp_latching: "symmetric" is not allowed: use one of strict, ip, any`}, 0},
+		// A bad global value is not repeated for the trunks inheriting it.
+		{"rtp latching once", []string{rtp, "rtp: {latching: none}\n" + rtp},
+			[]string{`rtp.latching: "none" is not allowed`}, 1},
+		{"rtp relatch too short", []string{rtp, "rtp: {relatch_after: 20ms}\n" + rtp},
+			[]string{"line 11: rtp.relatch_after: 20ms is outside 100ms..10s: use 100ms to 10s; shorter lets an injector take over"}, 0},
 		{"rtp negative timeout", []string{rtp, "rtp: {media_timeout: -5s, hold_timeout: 500ms}\n" + rtp},
 			[]string{"rtp.media_timeout: -5s is below 1s", "rtp.hold_timeout: 500ms is below 1s"}, 2},
 
@@ -257,6 +268,10 @@ func TestDefaults(t *testing.T) {
 		{"rtp.media_timeout", c.RTP.MediaTimeout, Duration(time.Minute)},
 		{"rtp.hold_timeout", c.RTP.HoldTimeout, Duration(time.Hour)},
 		{"rtp.dscp", *c.RTP.DSCP, 46},
+		{"rtp.latching", c.RTP.Latching, "ip"},
+		{"rtp.lan_latching", c.RTP.LANLatching, "strict"},
+		{"rtp.relatch_after", c.RTP.RelatchAfter, Duration(time.Second)},
+		{"trunks[0].rtp_latching", tr.RTPLatching, "ip"},
 		{"admin.listen", *c.Admin.Listen, "127.0.0.1:9065"},
 		{"admin parsed", c.Admin.ListenAddr, netip.MustParseAddrPort("127.0.0.1:9065")},
 		{"shutdown.grace", c.Shutdown.Grace, Duration(30 * time.Second)},
@@ -308,6 +323,10 @@ func TestDefaultPortsAndForms(t *testing.T) {
 			[]any{HostPort{"192.0.2.1", 5070}, "example.net"}},
 		{"did prefix", `["+4930123456"]`, `["+4930123456*", "0301234"]`,
 			func(c *Config) any { return c.Trunks[0].DIDs }, []string{"+4930123456*", "0301234"}},
+		{"trunk inherits rtp.latching", "pbx:\n", "rtp: {latching: any}\npbx:\n",
+			func(c *Config) any { return c.Trunks[0].RTPLatching }, "any"},
+		{"trunk overrides rtp.latching", "    password: secret\n", "    password: secret\n    rtp_latching: strict\n",
+			func(c *Config) any { return []string{c.RTP.Latching, c.Trunks[0].RTPLatching} }, []string{"ip", "strict"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -343,6 +362,7 @@ trunks:
     outbound_prefixes: ["0049", "+49"]
     number_format: national
     country_code: "49"
+    rtp_latching: any
   - name: backup_2
     registrar: 203.0.113.5:5080
     username: backup
@@ -362,6 +382,9 @@ rtp:
   media_timeout: 2m
   hold_timeout: 2h
   dscp: 0
+  latching: strict
+  lan_latching: ip
+  relatch_after: 2s
 admin: {listen: "off"}
 shutdown: {grace: 1m30s}
 `

@@ -7,12 +7,16 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -159,4 +163,210 @@ func TestHostileJunkResponseFlood(t *testing.T) {
 		t.Errorf("readyz after the flood: %v (%s)", err, st)
 	}
 	stopDaemon(t, d)
+}
+
+// sprayer is an attacker's RTP source inside a lab namespace: it sprays a
+// port range, then bursts at one target, and records anything it gets back
+// (a relay that latched onto it would send it the call's audio).
+type sprayer struct {
+	conn     *net.UDPConn
+	got      atomic.Int64
+	sent     atomic.Int64
+	stop     chan struct{}
+	done     sync.WaitGroup
+	mu       sync.Mutex
+	target   netip.AddrPort // set once the call's port is known: bursts there
+	dstIP    netip.Addr
+	from, to int // spray range (even ports)
+}
+
+const (
+	spraySSRC = 0xbad0cafe
+	sprayByte = 0xee
+)
+
+func (l *Lab) startSprayer(t *testing.T, ns, laddr string, dstIP string, from, to int) *sprayer {
+	t.Helper()
+	conn, err := l.ListenUDP(ns, laddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sprayer{conn: conn, stop: make(chan struct{}), dstIP: netip.MustParseAddr(dstIP), from: from, to: to}
+	s.done.Add(2)
+	go func() { // reader
+		defer s.done.Done()
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := conn.ReadFromUDPAddrPort(buf); err != nil {
+				return
+			}
+			s.got.Add(1)
+		}
+	}()
+	go func() { // writer: bounded by stop and by 60 s
+		defer s.done.Done()
+		payload := bytes.Repeat([]byte{sprayByte}, 160)
+		seq := uint16(0)
+		send := func(p int) {
+			seq++
+			pkt := rtpPacket(PTPCMA, seq, uint32(seq)*160, spraySSRC, payload)
+			if _, err := conn.WriteToUDPAddrPort(pkt, netip.AddrPortFrom(s.dstIP, uint16(p))); err == nil {
+				s.sent.Add(1)
+			}
+		}
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(60 * time.Second)
+		next := s.from
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-deadline:
+				return
+			case <-tick.C:
+			}
+			s.mu.Lock()
+			target := s.target
+			s.mu.Unlock()
+			if target.IsValid() {
+				// Three packets back to back with the attacker's SSRC,
+				// between two of the genuine source's: the old relay's
+				// relatch rule took that for a media switch.
+				for range 3 {
+					send(int(target.Port()))
+				}
+				continue
+			}
+			// 100 even ports per tick: the whole 1,000-port pool every
+			// 100 ms (5,000 packets/s) while the call is being set up.
+			for range 100 {
+				send(next)
+				if next += 2; next > s.to {
+					next = s.from
+				}
+			}
+		}
+	}()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Aim makes the sprayer burst at the call's port from now on.
+func (s *sprayer) Aim(a netip.AddrPort) {
+	s.mu.Lock()
+	s.target = a
+	s.mu.Unlock()
+}
+
+// Stop ends the sprayer (idempotent) and waits for it.
+func (s *sprayer) Stop() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+		s.conn.Close()
+	}
+	s.done.Wait()
+}
+
+// Issue 9 item 1: audio takeover. While the PBX calls the phone, an
+// attacker on the Internet (another host, through the pool's port forward)
+// and a rogue host on the LAN spray the two pools, then send 3-packet
+// bursts with their own SSRC at the call's ports while both ends talk.
+// Neither may get the call's audio or inject into it, and the call's
+// audio stays whole.
+func TestHostileRTPSprayer(t *testing.T) {
+	t.Parallel()
+	const rogueIP = "192.168.100.66"
+	l, d := callLab(t, DaemonConfig{})
+	if err := l.ForwardRTPPool(); err != nil {
+		t.Fatal(err)
+	}
+	// The rogue LAN host: a second address on the PBX's LAN interface,
+	// inside the lab's namespace.
+	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueIP+"/24", "dev", "eth0"); err != nil {
+		t.Fatalf("rogue LAN address: %v\n%s", err, out)
+	}
+	inet := l.startSprayer(t, NSSTUN, STUN1IP+":0", WANIP1, PoolMin, PoolMax)
+	lan := l.startSprayer(t, NSPBX, rogueIP+":0", DaemonIP, LANPoolMin, LANPoolMax)
+
+	r := l.StartCall(CallSetup{
+		Caller:  SippSpec{Endpoint: PBXCaller, Scenario: "uac-pcap.xml", Hold: 9 * time.Second, Timeout: 45 * time.Second},
+		Callee:  SippSpec{Endpoint: PhoneCallee, Scenario: "uas-pcap.xml", Timeout: 45 * time.Second},
+		Capture: []string{NSPBX, NSPhone, NSLM},
+	})
+	defer r.ExplainOnFailure(t)
+	// Aim at the ports the SDPs announce: the phone's INVITE names the
+	// Internet port, the PBX's 200 the LAN port.
+	sdpIn := func(s *Sipp, first string) netip.AddrPort {
+		for _, m := range s.Messages() {
+			if !m.Sent && strings.HasPrefix(m.First, first) {
+				if a, ok := ParseSDPAudio(WireSIP{Text: m.Text}.Body()); ok {
+					return a.Addr
+				}
+			}
+		}
+		return netip.AddrPort{}
+	}
+	var inetPort, lanPort netip.AddrPort
+	for deadline := time.Now().Add(20 * time.Second); !inetPort.IsValid() || !lanPort.IsValid(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) || r.Caller.Exited() {
+			r.Finish(t)
+			t.Fatal("the call was not set up")
+		}
+		if !inetPort.IsValid() {
+			if inetPort = sdpIn(r.Callee, "INVITE "); inetPort.IsValid() {
+				inet.Aim(inetPort)
+			}
+		}
+		if !lanPort.IsValid() {
+			if lanPort = sdpIn(r.Caller, "SIP/2.0 200"); lanPort.IsValid() {
+				lan.Aim(lanPort)
+			}
+		}
+	}
+	r.Finish(t)
+	inet.Stop()
+	lan.Stop()
+	requireCompleted(t, r, 200)
+	t.Logf("the Internet attacker sent %d packets (bursts at %s), the LAN rogue %d (bursts at %s)", inet.sent.Load(), inetPort, lan.sent.Load(), lanPort)
+
+	// The spray reached the call's ports (else the test proves nothing).
+	for _, c := range []struct {
+		name string
+		dst  netip.AddrPort
+	}{{"Internet", netip.AddrPortFrom(netip.MustParseAddr(DaemonIP), inetPort.Port())}, {"LAN", lanPort}} {
+		n := len(Select(r.Pkts[NSLM], RTPWithSSRC(spraySSRC), func(p Packet) bool { return p.Dst == c.dst }))
+		t.Logf("%s attacker packets at the daemon's %s: %d", c.name, c.dst, n)
+		if n < 50 {
+			t.Errorf("only %d %s attacker packets reached %s: the test proves nothing", n, c.name, c.dst)
+		}
+	}
+	for _, at := range []Endpoint{PBXCaller, PhoneCallee} {
+		if n := len(Select(r.Pkts[at.NS], To(at.IP), RTPWithSSRC(spraySSRC))); n > 0 {
+			t.Errorf("%d attacker packets (SSRC %#x) reached the %s", n, spraySSRC, at.Name)
+		}
+		injected := 0
+		for _, p := range Select(r.Pkts[at.NS], To(at.IP)) {
+			if h, ok := ParseRTP(p.Payload); ok && len(h.Body) > 0 && allBytes(h.Body, sprayByte) {
+				injected++
+			}
+		}
+		if injected > 0 {
+			t.Errorf("%d packets with the attacker's payload reached the %s", injected, at.Name)
+		}
+	}
+	if n := inet.got.Load() + lan.got.Load(); n > 0 {
+		t.Errorf("the attackers received %d packets from the relay (Internet %d, LAN %d): the call's audio leaked", n, inet.got.Load(), lan.got.Load())
+	}
+	checkTwoWay(t, r, outbound, 1)
+	stopDaemon(t, d)
+	// The daemon refused them and said so.
+	e := d.WaitSeen(t, 5*time.Second, func(e map[string]any) bool { return e["msg"] == "call ended" })
+	t.Logf("call ended: a_to_b dropped_foreign %v, b_to_a dropped_foreign %v",
+		mediaField(e, "a_to_b", "dropped_foreign"), mediaField(e, "b_to_a", "dropped_foreign"))
+	if one, _ := e["media"].(map[string]any)["one_way"].(bool); one {
+		t.Error("the call ended one-way")
+	}
 }

@@ -21,3 +21,11 @@ var (
 	// ErrBadServer is returned by New for a server that is not host:port.
 	ErrBadServer = errors.New("stunkeeper: bad stun server address")
 )
+
+var (
+	// ErrNATTestSockets is returned by NATTest without two distinct
+	// sockets.
+	ErrNATTestSockets = errors.New("stunkeeper: nat test needs two sockets of its own")
+	// ErrNoAnswer is returned by NATTest when no STUN server answered.
+	ErrNoAnswer = errors.New("stunkeeper: no stun server answered")
+)

@@ -72,7 +72,11 @@ func cmdNATTest(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	path := fs.String("config", "/etc/linkmanager/linkmanager.yaml", "config file")
 	timeout := fs.Duration("timeout", stunkeeper.DefaultNATTestTimeout, "give up after this long")
-	fs.Usage = func() { fmt.Fprint(stderr, natTestHelp) }
+	// The manual goes to stdout on --help only; a usage error gets the
+	// synopsis on stderr.
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: linkmanager nat-test [--config FILE] [--timeout DURATION]\n")
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, natTestHelp)

@@ -1,0 +1,146 @@
+//go:build linux
+
+package e2e
+
+// `linkmanager nat-test` (issue 11, item 1) through the lab router: the
+// default port-preserving MASQUERADE is a port-restricted cone that needs
+// no port forward, --random-fully is symmetric and gets the port-forward
+// advice; with plain STUN servers the test says it could not test
+// filtering and compares two servers.
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+const (
+	natVerdictCone      = "NAT: port-restricted cone: works; no port forward needed\n"
+	natVerdictSymmetric = "NAT: symmetric: inbound media needs a port forward of 55000–56000 or a router that offers PCP/UPnP; run `linkmanager firewall`\n"
+)
+
+// natTest runs `linkmanager nat-test` in the lm namespace with the lab
+// config and returns its output; it must exit 0.
+func natTest(t *testing.T, l *Lab, cfgPath string) string {
+	t.Helper()
+	if cfgPath == "" {
+		cfgPath = filepath.Join(l.Dir, "nattest.yaml")
+		if err := os.WriteFile(cfgPath, []byte(DaemonConfig{}.YAML()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errOut, code := runCommand(t, l, "nat-test", "--config", cfgPath)
+	t.Logf("nat-test:\n%s%s", out, errOut)
+	if code != 0 {
+		t.Fatalf("nat-test exited %d", code)
+	}
+	// Bounded: the filtering probes' 3 s, not a retransmit schedule's 39 s.
+	m := natTook.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatal("no 'test took' line")
+	}
+	if d, err := time.ParseDuration(m[1]); err != nil || d > 4*time.Second {
+		t.Errorf("the test took %s", m[1])
+	}
+	return out
+}
+
+var natTook = regexp.MustCompile(`\ntest took (\S+)\n`)
+
+func wantLines(t *testing.T, out string, lines ...string) {
+	t.Helper()
+	for _, l := range lines {
+		if !strings.Contains(out, l) {
+			t.Errorf("output lacks %q", l)
+		}
+	}
+}
+
+var natPublic = regexp.MustCompile(`public address: ` + regexp.QuoteMeta(WANIP1) + `:(\d+)\n`)
+
+// (a) The lab's default NAT, with the daemon registered and running: a
+// port-restricted cone, no port forward needed. The test runs beside the
+// daemon on sockets of its own and leaves the trunk's mapping alone.
+func TestNATTestLabPortRestrictedCone(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	d, _ := startRegistered(t, l, DaemonConfig{})
+	out := natTest(t, l, d.ConfigPath)
+	wantLines(t, out,
+		"RFC 5780 server: "+STUN1Addr+" (answers on "+STUN1Addr+", other address "+STUN2IP+":3479)\n",
+		"mapping:     endpoint-independent\n",
+		"filtering:   address-and-port-dependent\n",
+		"hairpinning: no\n",
+		natVerdictCone)
+	m := natPublic.FindStringSubmatch(out)
+	if m == nil || m[1] == "65002" {
+		t.Errorf("public address %v: want %s on the test socket's own (preserved, ephemeral) port", m, WANIP1)
+	}
+	// The trunk's mapping is untouched: the provider still has
+	// 198.51.100.1:65002, the keeper saw no change, and an inbound call
+	// still reaches the daemon.
+	if _, err := l.WaitKamailioContact(TrunkUser, 5*time.Second, func(c ULContact) bool { return c.Received == daemonPublic }); err != nil {
+		t.Error(err)
+	}
+	for _, e := range d.Entries() {
+		if e["msg"] == "public address changed" {
+			t.Errorf("the daemon's public address changed during the NAT test: %v", e)
+		}
+	}
+	if code := d.Stop(); code != 0 {
+		t.Errorf("daemon exited %d", code)
+	}
+}
+
+// (b) MASQUERADE --random-fully: a new public port per destination, so
+// symmetric, with the port-forward advice for the configured RTP pool.
+func TestNATTestLabSymmetric(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	if err := l.SetNATMode(NATRandomFully); err != nil {
+		t.Fatal(err)
+	}
+	out := natTest(t, l, "")
+	wantLines(t, out,
+		"RFC 5780 server: "+STUN1Addr,
+		"mapping:     address-and-port-dependent\n",
+		"filtering:   address-and-port-dependent\n",
+		natVerdictSymmetric)
+	// The control: back to port-preserving, the same lab is a cone again.
+	if err := l.SetNATMode(NATPreserve); err != nil {
+		t.Fatal(err)
+	}
+	wantLines(t, natTest(t, l, ""), natVerdictCone)
+}
+
+// Plain STUN servers (no OTHER-ADDRESS): the test says so, compares the
+// public address two servers see as the daemon does, and leaves
+// filtering untested.
+func TestNATTestLabWithoutRFC5780(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, mode, mapping, verdict string
+	}{
+		{"preserve", NATPreserve, "endpoint-independent", "NAT: cone (filtering not tested: no STUN server in stun.servers offers RFC 5780, none sent OTHER-ADDRESS; mapping compared between two servers): works; no port forward needed\n"},
+		{"random-fully", NATRandomFully, "endpoint-dependent", "NAT: symmetric: inbound media needs a port forward of 55000–56000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			l := newLab(t, WithoutRFC5780())
+			if err := l.SetNATMode(tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			out := natTest(t, l, "")
+			wantLines(t, out,
+				"RFC 5780 server: none (no OTHER-ADDRESS in any server's answer)\n",
+				"  "+STUN1Addr+" sees "+WANIP1+":",
+				"  "+STUN2Addr+" sees "+WANIP1+":",
+				"mapping:     "+tc.mapping+"\n",
+				"filtering:   unknown\n",
+				tc.verdict)
+		})
+	}
+}

@@ -295,7 +295,8 @@ func NATTest(ctx context.Context, cfg NATTestConfig) (r NATReport, err error) {
 	wg.Wait()
 
 	for _, a := range []answer{m2, m3} {
-		if a.err == nil {
+		seen := func(m Mapping) bool { return m.Via == a.to && m.Addr == a.mapped }
+		if a.err == nil && !slices.ContainsFunc(r.Seen, seen) {
 			r.Seen = append(r.Seen, Mapping{Addr: a.mapped, Via: a.to, Source: SourceSTUN, At: time.Now()})
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,10 +91,37 @@ func TestNATTestLabPortRestrictedCone(t *testing.T) {
 			t.Errorf("the daemon's public address changed during the NAT test: %v", e)
 		}
 	}
+	// Why the test needs sockets of its own: the router dropped the
+	// answers from the server's other port and address, and each left an
+	// UNREPLIED conntrack entry that would move the next mapping of that
+	// port (nat-findings 3). They are all on the filtering socket's port.
+	sm := natSockets.FindStringSubmatch(out)
+	if sm == nil {
+		t.Fatal("no test sockets line")
+	}
+	es, err := l.ConntrackList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	poison := 0
+	for _, e := range es {
+		if !e.Unreplied || (e.Orig.Src != STUN1IP && e.Orig.Src != STUN2IP) {
+			continue
+		}
+		poison++
+		if strconv.Itoa(e.Orig.Dport) != sm[2] {
+			t.Errorf("a dropped STUN answer to port %d, not the filtering socket's %s: %s", e.Orig.Dport, sm[2], e.Raw)
+		}
+	}
+	if poison != 2 {
+		t.Errorf("%d dropped answers in conntrack, want filtering tests II and III's", poison)
+	}
 	if code := d.Stop(); code != 0 {
 		t.Errorf("daemon exited %d", code)
 	}
 }
+
+var natSockets = regexp.MustCompile(`\(test sockets ` + regexp.QuoteMeta(DaemonIP) + `:(\d+), ` + regexp.QuoteMeta(DaemonIP) + `:(\d+)\)`)
 
 // (b) MASQUERADE --random-fully: a new public port per destination, so
 // symmetric, with the port-forward advice for the configured RTP pool.

@@ -29,3 +29,7 @@ var (
 	// ErrNoAnswer is returned by NATTest when no STUN server answered.
 	ErrNoAnswer = errors.New("stunkeeper: no stun server answered")
 )
+
+// ErrNATWatchConfig is returned by NewNATWatch without a Keeper or a
+// Listen func.
+var ErrNATWatchConfig = errors.New("stunkeeper: NATWatchConfig needs Keeper and Listen")

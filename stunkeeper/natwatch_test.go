@@ -1,0 +1,98 @@
+package stunkeeper
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/pion/transport/v4/vnet"
+)
+
+// The daemon's view: the self-test runs at start, not again while the
+// public address stays, and again after a redial lands behind another
+// NAT; the admin gets one line per verdict.
+func TestNATWatchRetestsOnPublicAddressChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cone := behaviourNAT(vnet.EndpointIndependent, vnet.EndpointAddrPortDependent)
+		symmetric := behaviourNAT(vnet.EndpointAddrPortDependent, vnet.EndpointAddrPortDependent)
+		l := newLabNATs(t, []vnet.NATType{cone, symmetric}, 0, "5.6.7.8", "5.6.7.9")
+		srv := l.addRFC5780(rfcIP1, rfcIP2)
+		stop := l.start()
+		defer stop()
+		defer srv.start()()
+		log, logs := newLogs()
+		k := l.newKeeper(Config{Servers: []string{rfcA.String()}, Interval: 10 * time.Second})
+		opened := 0
+		listen := func() (net.PacketConn, error) {
+			opened++
+			return l.sock.nets[l.sock.active.Load()].ListenPacket("udp4", lanIP+":0")
+		}
+		w, err := NewNATWatch(NATWatchConfig{Keeper: k, Servers: []string{rfcA.String()}, Listen: listen,
+			PortMin: 55000, PortMax: 56000, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok := w.Last(); ok {
+			t.Error("a report before any test")
+		}
+		stopRun := runKeeper(t, k)
+		defer stopRun()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}()
+
+		time.Sleep(5 * time.Second)
+		r, n, ok := w.Last()
+		if !ok || n != 1 || r.Verdict != VerdictPortRestrictedCone {
+			t.Fatalf("after start: %v, %d tests, %v; want one test, port-restricted cone", r, n, ok)
+		}
+		// Keepalives and NAT checks for two minutes: nothing to re-test.
+		time.Sleep(2 * time.Minute)
+		if _, n, _ := w.Last(); n != 1 {
+			t.Errorf("%d tests while the public address stayed, want 1", n)
+		}
+
+		l.sock.active.Store(1) // a redial: now behind a symmetric NAT
+		time.Sleep(30 * time.Second)
+		r, n, _ = w.Last()
+		if n != 2 || r.Verdict != VerdictSymmetric || r.Public.Addr().String() != "5.6.7.9" {
+			t.Errorf("after the redial: %v via %v, %d tests; want a second test, symmetric via 5.6.7.9", r, r.Public, n)
+		}
+		if opened != 4 {
+			t.Errorf("opened %d test sockets, want two per test", opened)
+		}
+		if n := logs.count("NAT: port-restricted cone: works; no port forward needed"); n != 1 {
+			t.Errorf("cone verdict logged %d times, want 1", n)
+		}
+		sym := logs.FilterMessage("NAT: symmetric: inbound media needs a port forward of 55000–56000 or a router that offers PCP/UPnP; run `linkmanager firewall`")
+		if sym.Len() != 1 || sym.All()[0].Level.String() != "warn" {
+			t.Errorf("symmetric verdict logged %v, want once as a warning", sym.All())
+		}
+	})
+}
+
+func TestNewNATWatchConfig(t *testing.T) {
+	k, err := New(Config{Send: func([]byte, netip.AddrPort) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := func() (net.PacketConn, error) { return nil, errors.New("unused") }
+	for _, cfg := range []NATWatchConfig{{Servers: []string{"1.2.3.4"}, Listen: listen}, {Keeper: k, Servers: []string{"1.2.3.4"}}} {
+		if _, err := NewNATWatch(cfg); !errors.Is(err, ErrNATWatchConfig) {
+			t.Errorf("%+v: %v, want ErrNATWatchConfig", cfg, err)
+		}
+	}
+	if _, err := NewNATWatch(NATWatchConfig{Keeper: k, Listen: listen}); !errors.Is(err, ErrNoServers) {
+		t.Errorf("no servers: %v", err)
+	}
+}

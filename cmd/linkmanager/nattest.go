@@ -77,16 +77,8 @@ func cmdNATTest(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: linkmanager nat-test [--config FILE] [--timeout DURATION]\n")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, natTestHelp)
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "linkmanager nat-test: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	if code, ok := parseFlags(fs, args, natTestHelp, stdout, stderr); !ok {
+		return code
 	}
 	cfg, err := loadWithoutSecrets(*path)
 	if err != nil {
@@ -149,4 +141,22 @@ func printNATReport(w io.Writer, r stunkeeper.NATReport, portMin, portMax int) {
 	fmt.Fprintf(w, "mapping:     %s\nfiltering:   %s\nhairpinning: %s\n", r.Mapping, r.Filtering, r.Hairpin)
 	fmt.Fprintf(w, "test took %v\n", r.Took.Round(time.Millisecond))
 	fmt.Fprintf(w, "NAT: %s\n", r.Advice(portMin, portMax))
+}
+
+// parseFlags parses a command's flags: --help prints the manual to stdout
+// (exit 0); a bad flag or a stray argument is a usage error (exit 2). It
+// returns ok when the command should go on.
+func parseFlags(fs *flag.FlagSet, args []string, help string, stdout, stderr io.Writer) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, help)
+			return 0, false
+		}
+		return 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "linkmanager %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2, false
+	}
+	return 0, true
 }

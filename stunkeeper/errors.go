@@ -33,3 +33,13 @@ var (
 // ErrNATWatchConfig is returned by NewNATWatch without a Keeper or a
 // Listen func.
 var ErrNATWatchConfig = errors.New("stunkeeper: NATWatchConfig needs Keeper and Listen")
+
+var (
+	// ErrLifetimeConfig is returned by MeasureLifetime without a server
+	// or a Listen func.
+	ErrLifetimeConfig = errors.New("stunkeeper: LifetimeConfig needs Server and Listen")
+	// ErrNoResponsePort means the STUN server answered the trigger socket
+	// instead of the port RESPONSE-PORT named: it cannot measure the
+	// binding lifetime.
+	ErrNoResponsePort = errors.New("stunkeeper: the stun server ignores RESPONSE-PORT")
+)

@@ -34,8 +34,9 @@ type fakeRFC5780 struct {
 	// ignored.
 	plain bool
 	// ignoreChange keeps OTHER-ADDRESS but answers every request from
-	// where it arrived.
-	ignoreChange bool
+	// where it arrived; ignoreResponsePort answers to the request's
+	// source port despite RESPONSE-PORT.
+	ignoreChange, ignoreResponsePort bool
 	wg           sync.WaitGroup
 }
 
@@ -102,6 +103,10 @@ func (s *fakeRFC5780) serve(i, j int) {
 		ua := addr.(*net.UDPAddr)
 		setters := []stun.Setter{stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
 			&stun.XORMappedAddress{IP: ua.IP, Port: ua.Port}}
+		if v, err := req.Get(stun.AttrResponsePort); err == nil && len(v) == 4 && !s.plain && !s.ignoreResponsePort {
+			// RFC 5780 §7.5: to the source IP, at the port named.
+			addr = &net.UDPAddr{IP: ua.IP, Port: int(v[0])<<8 | int(v[1])}
+		}
 		if !s.plain {
 			setters = append(setters,
 				&stun.OtherAddress{IP: s.ips[1-i].AsSlice(), Port: int(s.ports[1-j])},

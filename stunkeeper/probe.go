@@ -17,6 +17,7 @@ type answer struct {
 	from   netip.AddrPort // where the answer came from (as the NAT delivered it)
 	mapped netip.AddrPort // XOR-MAPPED-ADDRESS (or MAPPED-ADDRESS)
 	other  netip.AddrPort // OTHER-ADDRESS, if the server offers RFC 5780
+	by     *prober        // the socket it arrived on
 	err    error
 }
 
@@ -82,7 +83,7 @@ func (p *prober) handle(b []byte, from netip.AddrPort) bool {
 	if m.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(m) != nil {
 		return false
 	}
-	a := answer{from: from}
+	a := answer{from: from, by: p}
 	switch m.Type.Class {
 	case stun.ClassRequest:
 	case stun.ClassSuccessResponse:
@@ -108,7 +109,9 @@ func (p *prober) handle(b []byte, from netip.AddrPort) bool {
 	delete(p.txs, m.TransactionID)
 	p.mu.Unlock()
 	if ok {
-		ch <- a // buffered for this one answer
+		// Buffered for every prober it is registered with, and each
+		// delivers once (the entry is gone now): never blocks.
+		ch <- a
 	}
 	return ok
 }
@@ -144,15 +147,27 @@ func (p *prober) transact(ctx context.Context, to netip.AddrPort, setters []stun
 		return answer{err: err}
 	}
 	ch := make(chan answer, 1)
-	p.mu.Lock()
-	p.txs[msg.TransactionID] = ch
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.txs, msg.TransactionID)
-		p.mu.Unlock()
-	}()
+	defer p.expect(msg.TransactionID, ch)()
+	return exchange(ctx, p.conn, msg.Raw, to, ch)
+}
 
+// expect registers a transaction whose answer may arrive on this socket
+// and be delivered to ch, which needs a buffer slot for every prober it
+// is registered with; the func returned unregisters it.
+func (p *prober) expect(id txID, ch chan answer) func() {
+	p.mu.Lock()
+	p.txs[id] = ch
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		delete(p.txs, id)
+		p.mu.Unlock()
+	}
+}
+
+// exchange writes raw to `to` on c at 0, 0.5 and 1.5 s until an answer
+// comes on ch (which may belong to another socket), giving up at 3 s.
+func exchange(ctx context.Context, c net.PacketConn, raw []byte, to netip.AddrPort, ch <-chan answer) answer {
 	timer := time.NewTimer(stepWait)
 	defer timer.Stop()
 	resend := time.NewTimer(0)
@@ -166,7 +181,7 @@ func (p *prober) transact(ctx context.Context, to netip.AddrPort, setters []stun
 		case <-resend.C:
 			// A send error (network down) is not the answer; the step
 			// times out like a lost packet.
-			_, _ = p.conn.WriteTo(msg.Raw, dst)
+			_, _ = c.WriteTo(raw, dst)
 			if sent++; sent < stepTries {
 				resend.Reset(wait)
 				wait *= 2

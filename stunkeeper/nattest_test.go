@@ -37,7 +37,7 @@ type fakeRFC5780 struct {
 	// where it arrived; ignoreResponsePort answers to the request's
 	// source port despite RESPONSE-PORT.
 	ignoreChange, ignoreResponsePort bool
-	wg           sync.WaitGroup
+	wg                               sync.WaitGroup
 }
 
 func (l *lab) addRFC5780(ip1, ip2 netip.Addr) *fakeRFC5780 {

@@ -25,7 +25,7 @@ const (
 
 // natTest runs `linkmanager nat-test` in the lm namespace with the lab
 // config and returns its output; it must exit 0.
-func natTest(t *testing.T, l *Lab, cfgPath string) string {
+func natTest(t *testing.T, l *Lab, cfgPath string, args ...string) string {
 	t.Helper()
 	if cfgPath == "" {
 		cfgPath = filepath.Join(l.Dir, "nattest.yaml")
@@ -33,7 +33,7 @@ func natTest(t *testing.T, l *Lab, cfgPath string) string {
 			t.Fatal(err)
 		}
 	}
-	out, errOut, code := runCommand(t, l, "nat-test", "--config", cfgPath)
+	out, errOut, code := runCommand(t, l, append([]string{"nat-test", "--config", cfgPath}, args...)...)
 	t.Logf("nat-test:\n%s%s", out, errOut)
 	if code != 0 {
 		t.Fatalf("nat-test exited %d", code)
@@ -170,5 +170,45 @@ func TestNATTestLabWithoutRFC5780(t *testing.T) {
 				"filtering:   unknown\n",
 				tc.verdict)
 		})
+	}
+}
+
+var natLifetime = regexp.MustCompile(`\nbinding lifetime: (\S+)–(\S+); a keepalive every (\S+) at most keeps a mapping \((.*)\)\n`)
+
+// The measured binding lifetime is the router's conntrack UDP timeout
+// (±2 s), and the advice for stun.interval follows it: 10 s is fine with
+// the lab's 20 s; after the timeout is cut to 12 s it is too long.
+func TestNATTestLabBindingLifetime(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	for _, tc := range []struct {
+		timeout time.Duration
+		advice  string
+	}{
+		{NATUDPTimeout, "stun.interval 10s: fine"},
+		{12 * time.Second, "stun.interval 10s is too long: set it to 8s or less"},
+	} {
+		if tc.timeout != NATUDPTimeout {
+			secs := strconv.Itoa(int(tc.timeout / time.Second))
+			for _, k := range []string{"net.netfilter.nf_conntrack_udp_timeout", "net.netfilter.nf_conntrack_udp_timeout_stream"} {
+				if out, err := l.Exec(NSRouter, "sysctl", "-qw", k+"="+secs); err != nil {
+					t.Fatalf("%v: %s", err, out)
+				}
+			}
+		}
+		out := natTest(t, l, "", "--lifetime", "--lifetime-max", "40s")
+		m := natLifetime.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("timeout %v: no binding lifetime line", tc.timeout)
+		}
+		alive, err1 := time.ParseDuration(m[1])
+		expired, err2 := time.ParseDuration(m[2])
+		if err1 != nil || err2 != nil || expired-alive != 2*time.Second ||
+			expired < tc.timeout-2*time.Second || expired > tc.timeout+2*time.Second {
+			t.Errorf("timeout %v: measured %s–%s, want within ±2s of the timeout", tc.timeout, m[1], m[2])
+		}
+		if m[4] != tc.advice {
+			t.Errorf("timeout %v: advice %q, want %q", tc.timeout, m[4], tc.advice)
+		}
 	}
 }

@@ -20,6 +20,7 @@ const natTestHelp = `NAME
 
 SYNOPSIS
     linkmanager nat-test [--config FILE] [--timeout DURATION]
+                         [--lifetime [--lifetime-max DURATION]]
 
 DESCRIPTION
     Runs the NAT self-test of RFC 5780 against the STUN servers of FILE
@@ -42,7 +43,15 @@ DESCRIPTION
                    (endpoint-independent), hosts we sent to
                    (address-dependent), or only the address and port we sent
                    to (address-and-port-dependent);
-      hairpinning  whether a packet to our own public address comes back.
+      hairpinning  whether a packet to our own public address comes back;
+      lifetime     with --lifetime: how long the router keeps an idle UDP
+                   mapping (RFC 5780 section 4.6), and so the longest
+                   stun.interval that keeps the trunk reachable. Bindings
+                   are opened on up to 64 more sockets and asked after 2 s,
+                   4 s, ... of silence; the test stops at the first that is
+                   gone, so it takes the lifetime plus about 3 s (at most
+                   --lifetime-max). It needs an RFC 5780 server that honours
+                   RESPONSE-PORT (coturn does).
 
     The test opens two UDP sockets of its own on an ephemeral port of
     sip.listen's IP (never the SIP port), so a running daemon and its NAT
@@ -60,7 +69,11 @@ DESCRIPTION
 OPTIONS
     --config FILE         the daemon's config (default
                           /etc/linkmanager/linkmanager.yaml)
-    --timeout DURATION    give up after this long (default 10s)
+    --timeout DURATION    give up after this long (default 10s; the
+                          lifetime test has its own bound)
+    --lifetime            also measure the binding lifetime
+    --lifetime-max DURATION
+                          the longest lifetime looked for (default 2m)
 
 EXIT STATUS
     0 a verdict was printed (whatever it is); 1 no STUN server answered, or
@@ -72,10 +85,12 @@ func cmdNATTest(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	path := fs.String("config", "/etc/linkmanager/linkmanager.yaml", "config file")
 	timeout := fs.Duration("timeout", stunkeeper.DefaultNATTestTimeout, "give up after this long")
+	lifetime := fs.Bool("lifetime", false, "also measure the binding lifetime")
+	lifetimeMax := fs.Duration("lifetime-max", stunkeeper.DefaultLifetimeMax, "the longest lifetime looked for")
 	// The manual goes to stdout on --help only; a usage error gets the
 	// synopsis on stderr.
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: linkmanager nat-test [--config FILE] [--timeout DURATION]\n")
+		fmt.Fprint(stderr, "usage: linkmanager nat-test [--config FILE] [--timeout DURATION] [--lifetime [--lifetime-max DURATION]]\n")
 	}
 	if code, ok := parseFlags(fs, args, natTestHelp, stdout, stderr); !ok {
 		return code
@@ -100,11 +115,20 @@ func cmdNATTest(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "linkmanager nat-test: %v\n", err)
 		return 1
 	}
-	var conns [2]net.PacketConn
-	for i := range conns {
+	// Test sockets: ephemeral ports on the SIP socket's IP, so they leave
+	// through the same route and NAT as SIP.
+	open := func() (net.PacketConn, error) {
 		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(listen.Addr(), 0)))
 		if err != nil {
-			fmt.Fprintf(stderr, "linkmanager nat-test: open a test socket on %s: %v\n", listen.Addr(), err)
+			return nil, fmt.Errorf("open a test socket on %s: %w", listen.Addr(), err)
+		}
+		return c, nil
+	}
+	var conns [2]net.PacketConn
+	for i := range conns {
+		c, err := open()
+		if err != nil {
+			fmt.Fprintf(stderr, "linkmanager nat-test: %v\n", err)
 			return 1
 		}
 		defer c.Close()
@@ -123,7 +147,30 @@ func cmdNATTest(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return 1
 	}
+	if *lifetime {
+		printLifetime(stdout, r, open, *lifetimeMax, time.Duration(cfg.STUN.Interval))
+	}
 	return 0
+}
+
+// printLifetime measures the binding lifetime against the RFC 5780
+// server the test used and says what it means for stun.interval.
+func printLifetime(w io.Writer, r stunkeeper.NATReport, open func() (net.PacketConn, error), maxIdle, interval time.Duration) {
+	if r.Server == "" {
+		fmt.Fprintln(w, "binding lifetime: not measured (it needs an RFC 5780 server)")
+		return
+	}
+	lt, err := stunkeeper.MeasureLifetime(context.Background(), stunkeeper.LifetimeConfig{Server: r.Primary, Listen: open, Max: maxIdle})
+	if err != nil {
+		fmt.Fprintf(w, "binding lifetime: not measured: %v\n", err)
+		return
+	}
+	safe := lt.SafeInterval()
+	verdict := fmt.Sprintf("stun.interval %v: fine", interval)
+	if interval > safe {
+		verdict = fmt.Sprintf("stun.interval %v is too long: set it to %v or less", interval, safe)
+	}
+	fmt.Fprintf(w, "binding lifetime: %v; a keepalive every %v at most keeps a mapping (%s)\n", lt, safe, verdict)
 }
 
 func printNATReport(w io.Writer, r stunkeeper.NATReport, portMin, portMax int) {

@@ -88,6 +88,11 @@ func TestNATTestCommand(t *testing.T) {
 	if strings.Contains(text, ":65002") {
 		t.Errorf("the test used the SIP port:\n%s", text)
 	}
+	out.Reset()
+	if code := run([]string{"nat-test", "--config", natTestConfig(t, srv), "--lifetime"}, &out, &errOut); code != 0 ||
+		!strings.Contains(out.String(), "\nbinding lifetime: not measured (it needs an RFC 5780 server)\n") {
+		t.Errorf("--lifetime without RFC 5780: exit %d\n%s", code, out.String())
+	}
 }
 
 func TestNATTestCommandFailures(t *testing.T) {

@@ -37,7 +37,12 @@ type NATWatchConfig struct {
 	// Settle and MinGap default to DefaultNATWatchSettle and
 	// DefaultNATWatchMinGap.
 	Settle, MinGap time.Duration
-	Logger         *zap.Logger
+	// Lifetime: after each test against an RFC 5780 server, measure the
+	// binding lifetime (up to LifetimeMax, default DefaultLifetimeMax)
+	// and cap the keeper's idle keepalive to it (Keeper.LimitIdle).
+	Lifetime    bool
+	LifetimeMax time.Duration
+	Logger      *zap.Logger
 }
 
 // NATWatch runs the NAT self-test at start and again whenever the
@@ -48,10 +53,12 @@ type NATWatch struct {
 	cfg NATWatchConfig
 	log *zap.Logger
 
-	mu    sync.Mutex
-	last  NATReport
-	have  bool
-	tests uint64
+	mu       sync.Mutex
+	last     NATReport
+	have     bool
+	tests    uint64
+	lifetime Lifetime
+	haveLT   bool
 }
 
 // NewNATWatch validates cfg.
@@ -86,6 +93,14 @@ func (w *NATWatch) Last() (NATReport, uint64, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.last, w.tests, w.have
+}
+
+// LastLifetime returns the newest measured binding lifetime; false
+// before the first measurement (or without Lifetime).
+func (w *NATWatch) LastLifetime() (Lifetime, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lifetime, w.haveLT
 }
 
 // Run tests once, then after every public address change, until ctx is
@@ -174,6 +189,39 @@ func (w *NATWatch) test(ctx context.Context) {
 		w.log.Info(msg, fields...)
 	default:
 		w.log.Warn(msg, fields...)
+	}
+	if w.cfg.Lifetime && r.Server != "" {
+		w.measureLifetime(ctx, r.Primary)
+	}
+}
+
+// measureLifetime sizes the keeper's idle keepalive by the NAT's
+// binding lifetime.
+func (w *NATWatch) measureLifetime(ctx context.Context, server netip.AddrPort) {
+	lt, err := MeasureLifetime(ctx, LifetimeConfig{Server: server, Listen: w.cfg.Listen, Max: w.cfg.LifetimeMax})
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		w.log.Warn("NAT binding lifetime not measured", zap.Error(err))
+		return
+	}
+	w.mu.Lock()
+	same := w.haveLT && w.lifetime == lt
+	w.lifetime, w.haveLT = lt, true
+	w.mu.Unlock()
+	k := w.cfg.Keeper
+	k.LimitIdle(lt.SafeInterval())
+	fields := []zap.Field{zap.Duration("alive", lt.Alive), zap.Duration("expired", lt.Expired),
+		zap.Duration("interval", k.interval), zap.Duration("keepalive", k.KeepaliveInterval())}
+	switch {
+	case same:
+		w.log.Debug("NAT binding lifetime unchanged", fields...)
+	case k.KeepaliveInterval() < k.interval:
+		w.log.Warn(fmt.Sprintf("NAT binding lifetime %v: idle mappings are gone sooner than stun.interval %v; keepalive every %v instead",
+			lt, k.interval, k.KeepaliveInterval()), fields...)
+	default:
+		w.log.Info(fmt.Sprintf("NAT binding lifetime %v: a keepalive every %v (stun.interval) keeps the mapping", lt, k.interval), fields...)
 	}
 }
 

@@ -96,3 +96,57 @@ func TestNewNATWatchConfig(t *testing.T) {
 		t.Errorf("no servers: %v", err)
 	}
 }
+
+// The keepalive interval follows the measured binding lifetime: with
+// stun.interval 40s behind a NAT that forgets idle mappings after 25 s,
+// the watch caps the idle keepalive at 19 s and the public port stays;
+// without the measurement it moves with every keepalive.
+func TestNATWatchSizesKeepaliveByLifetime(t *testing.T) {
+	for _, measure := range []bool{true, false} {
+		t.Run(map[bool]string{true: "measured", false: "not measured"}[measure], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				nat := behaviourNAT(vnet.EndpointIndependent, vnet.EndpointAddrPortDependent)
+				nat.MappingLifeTime = 25 * time.Second
+				l := newLab(t, nat)
+				srv := l.addRFC5780(rfcIP1, rfcIP2)
+				stop := l.start()
+				defer stop()
+				defer srv.start()()
+				log, logs := newLogs()
+				k := l.newKeeper(Config{Servers: []string{rfcA.String()}, Interval: 40 * time.Second})
+				listen := func() (net.PacketConn, error) { return l.sock.nets[0].ListenPacket("udp4", lanIP+":0") }
+				w, err := NewNATWatch(NATWatchConfig{Keeper: k, Servers: []string{rfcA.String()}, Listen: listen,
+					Lifetime: measure, LifetimeMax: time.Minute, Logger: log})
+				if err != nil {
+					t.Fatal(err)
+				}
+				events, _ := k.Subscribe()
+				stopRun := runKeeper(t, k)
+				defer stopRun()
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- w.Run(ctx) }()
+				defer func() { cancel(); <-done }()
+
+				// The test (3 s) and the measurement (26 s + 3 s) are done.
+				time.Sleep(35 * time.Second)
+				lt, ok := w.LastLifetime()
+				if measure != ok || (ok && (lt.Alive != 24*time.Second || k.KeepaliveInterval() != 19*time.Second)) {
+					t.Fatalf("lifetime %v (%v), keepalive %v; want 24s–26s and 19s only when measured", lt, ok, k.KeepaliveInterval())
+				}
+				drain(events)
+				time.Sleep(5 * time.Minute)
+				moved := len(drain(events))
+				if measure && moved != 0 {
+					t.Errorf("the public port moved %d times with the keepalive sized by the lifetime", moved)
+				}
+				if !measure && moved == 0 {
+					t.Error("control: a 40 s keepalive behind a 25 s NAT should lose the mapping")
+				}
+				if measure && logs.FilterMessageSnippet("keepalive every 19s instead").Len() != 1 {
+					t.Errorf("the keepalive change was not logged once: %v", logs.All())
+				}
+			})
+		})
+	}
+}

@@ -61,3 +61,45 @@ func FuzzHandlePacket(f *testing.F) {
 		}
 	})
 }
+
+// FuzzProberHandle: whatever reaches a NAT test socket, the prober must
+// not panic, and a delivered answer is our transaction's, with a usable
+// address unless it is an error or our own hairpinned request.
+func FuzzProberHandle(f *testing.F) {
+	id := txID{0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8}
+	f.Add(stun.MustBuild(stun.NewTransactionIDSetter(id), stun.BindingSuccess,
+		&stun.XORMappedAddress{IP: mapA.Addr().AsSlice(), Port: 65002},
+		&stun.OtherAddress{IP: stun2.Addr().AsSlice(), Port: 3479}, stun.Fingerprint).Raw)
+	f.Add(stun.MustBuild(stun.NewTransactionIDSetter(id), stun.BindingRequest, stun.Fingerprint).Raw)
+	f.Add(stun.MustBuild(stun.NewTransactionIDSetter(id), stun.BindingError,
+		stun.ErrorCodeAttribute{Code: stun.CodeUnknownAttribute}).Raw)
+	f.Add([]byte("x"))
+	p := &prober{txs: map[txID]chan answer{}}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		try := func(b []byte) {
+			ch := make(chan answer, 1)
+			undo := p.expect(id, ch)
+			ok := p.handle(b, stun1)
+			undo()
+			if !ok {
+				return
+			}
+			select {
+			case a := <-ch:
+				if a.err == nil && a.mapped.IsValid() && a.mapped.Port() == 0 {
+					t.Fatalf("delivered %+v", a)
+				}
+			default:
+				t.Fatal("handled but nothing delivered")
+			}
+		}
+		try(b)
+		if len(b) >= 20 {
+			c := append([]byte(nil), b...)
+			c[0] &= 0x01
+			binary.BigEndian.PutUint32(c[4:8], magicCookie)
+			copy(c[8:20], id[:])
+			try(c)
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -25,14 +26,14 @@ func lifetimeTest(t *testing.T, lifetime, maxIdle time.Duration, tweak func(*fak
 	stop := l.start()
 	defer stop()
 	defer srv.start()()
-	opened := 0
+	var opened atomic.Int32
 	listen := func() (net.PacketConn, error) {
-		opened++
+		opened.Add(1)
 		return l.sock.nets[0].ListenPacket("udp4", lanIP+":0")
 	}
 	start := time.Now()
 	lt, err := MeasureLifetime(context.Background(), LifetimeConfig{Server: rfcA, Listen: listen, Max: maxIdle})
-	return lt, time.Since(start), opened, err
+	return lt, time.Since(start), int(opened.Load()), err
 }
 
 // The measurement brackets the NAT's mapping lifetime to one Step and

@@ -112,7 +112,13 @@ func (w *NATWatch) Run(ctx context.Context) error {
 	timer := time.NewTimer(0) // the test at start
 	defer timer.Stop()
 	var lastTest time.Time
-	var known netip.AddrPort // the public address the last event showed
+	// known is the public address last seen. Read after subscribing, so
+	// an address learned before Run started is not taken for a change,
+	// whichever came first.
+	var known netip.AddrPort
+	if pub, ok := w.cfg.Keeper.Public(); ok {
+		known = pub.Addr
+	}
 	for {
 		select {
 		case <-ctx.Done():

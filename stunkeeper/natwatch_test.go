@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -14,8 +15,17 @@ import (
 
 // The daemon's view: the self-test runs at start, not again while the
 // public address stays, and again after a redial lands behind another
-// NAT; the admin gets one line per verdict.
+// NAT; the admin gets one line per verdict. Whether the keeper learned
+// its address before the watch subscribed or after must not matter.
 func TestNATWatchRetestsOnPublicAddressChange(t *testing.T) {
+	for _, keeperFirst := range []bool{true, false} {
+		t.Run(map[bool]string{true: "keeper first", false: "watch first"}[keeperFirst], func(t *testing.T) {
+			natWatchRetest(t, keeperFirst)
+		})
+	}
+}
+
+func natWatchRetest(t *testing.T, keeperFirst bool) {
 	synctest.Test(t, func(t *testing.T) {
 		cone := behaviourNAT(vnet.EndpointIndependent, vnet.EndpointAddrPortDependent)
 		symmetric := behaviourNAT(vnet.EndpointAddrPortDependent, vnet.EndpointAddrPortDependent)
@@ -26,9 +36,9 @@ func TestNATWatchRetestsOnPublicAddressChange(t *testing.T) {
 		defer srv.start()()
 		log, logs := newLogs()
 		k := l.newKeeper(Config{Servers: []string{rfcA.String()}, Interval: 10 * time.Second})
-		opened := 0
+		var opened atomic.Int32
 		listen := func() (net.PacketConn, error) {
-			opened++
+			opened.Add(1)
 			return l.sock.nets[l.sock.active.Load()].ListenPacket("udp4", lanIP+":0")
 		}
 		w, err := NewNATWatch(NATWatchConfig{Keeper: k, Servers: []string{rfcA.String()}, Listen: listen,
@@ -39,8 +49,12 @@ func TestNATWatchRetestsOnPublicAddressChange(t *testing.T) {
 		if _, _, ok := w.Last(); ok {
 			t.Error("a report before any test")
 		}
-		stopRun := runKeeper(t, k)
-		defer stopRun()
+		var stopRun func()
+		if keeperFirst {
+			stopRun = runKeeper(t, k)
+			defer stopRun()
+			synctest.Wait() // the address is learned
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- w.Run(ctx) }()
@@ -50,6 +64,11 @@ func TestNATWatchRetestsOnPublicAddressChange(t *testing.T) {
 				t.Errorf("Run: %v", err)
 			}
 		}()
+		if !keeperFirst {
+			synctest.Wait() // the watch subscribed and is testing
+			stopRun = runKeeper(t, k)
+			defer stopRun()
+		}
 
 		time.Sleep(5 * time.Second)
 		r, n, ok := w.Last()
@@ -68,8 +87,8 @@ func TestNATWatchRetestsOnPublicAddressChange(t *testing.T) {
 		if n != 2 || r.Verdict != VerdictSymmetric || r.Public.Addr().String() != "5.6.7.9" {
 			t.Errorf("after the redial: %v via %v, %d tests; want a second test, symmetric via 5.6.7.9", r, r.Public, n)
 		}
-		if opened != 4 {
-			t.Errorf("opened %d test sockets, want two per test", opened)
+		if opened.Load() != 4 {
+			t.Errorf("opened %d test sockets, want two per test", opened.Load())
 		}
 		if n := logs.count("NAT: port-restricted cone: works; no port forward needed"); n != 1 {
 			t.Errorf("cone verdict logged %d times, want 1", n)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -50,7 +51,7 @@ type NATWatchConfig struct {
 // router), keeps the last report for /status and logs the verdict as one
 // line in an admin's words when it changes.
 type NATWatch struct {
-	cfg NATWatchConfig
+	cfg NATWatchConfig // Servers is guarded by mu (SetServers)
 	log *zap.Logger
 
 	mu       sync.Mutex
@@ -66,14 +67,10 @@ func NewNATWatch(cfg NATWatchConfig) (*NATWatch, error) {
 	if cfg.Keeper == nil || cfg.Listen == nil {
 		return nil, ErrNATWatchConfig
 	}
-	if len(cfg.Servers) == 0 {
-		return nil, ErrNoServers
+	if err := checkServers(cfg.Servers); err != nil {
+		return nil, err
 	}
-	for _, s := range cfg.Servers {
-		if _, err := parseServer(s); err != nil {
-			return nil, err
-		}
-	}
+	cfg.Servers = slices.Clone(cfg.Servers)
 	if cfg.Settle <= 0 {
 		cfg.Settle = DefaultNATWatchSettle
 	}
@@ -93,6 +90,30 @@ func (w *NATWatch) Last() (NATReport, uint64, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.last, w.tests, w.have
+}
+
+// SetServers replaces the STUN servers (a config reload); the next test
+// uses them. A list that does not parse, or an empty one, is refused.
+func (w *NATWatch) SetServers(servers []string) error {
+	if err := checkServers(servers); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.cfg.Servers = slices.Clone(servers)
+	w.mu.Unlock()
+	return nil
+}
+
+func checkServers(servers []string) error {
+	if len(servers) == 0 {
+		return ErrNoServers
+	}
+	for _, s := range servers {
+		if _, err := parseServer(s); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // LastLifetime returns the newest measured binding lifetime; false
@@ -169,7 +190,10 @@ func (w *NATWatch) test(ctx context.Context) {
 		}
 		conns = append(conns, c)
 	}
-	r, err := NATTest(ctx, NATTestConfig{Servers: w.cfg.Servers, Mapping: conns[0], Filtering: conns[1], Logger: w.log})
+	w.mu.Lock()
+	servers := w.cfg.Servers
+	w.mu.Unlock()
+	r, err := NATTest(ctx, NATTestConfig{Servers: servers, Mapping: conns[0], Filtering: conns[1], Logger: w.log})
 	if ctx.Err() != nil {
 		return
 	}

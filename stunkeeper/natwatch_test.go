@@ -114,6 +114,19 @@ func TestNewNATWatchConfig(t *testing.T) {
 	if _, err := NewNATWatch(NATWatchConfig{Keeper: k, Listen: listen}); !errors.Is(err, ErrNoServers) {
 		t.Errorf("no servers: %v", err)
 	}
+	w, err := NewNATWatch(NATWatchConfig{Keeper: k, Listen: listen, Servers: []string{"1.2.3.4"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.SetServers([]string{"x:0"}); !errors.Is(err, ErrBadServer) {
+		t.Errorf("SetServers with a bad server: %v", err)
+	}
+	if err := w.SetServers(nil); !errors.Is(err, ErrNoServers) {
+		t.Errorf("SetServers(nil): %v", err)
+	}
+	if err := w.SetServers([]string{"1.2.3.5:3478"}); err != nil || w.cfg.Servers[0] != "1.2.3.5:3478" {
+		t.Errorf("SetServers: %v, servers %v", err, w.cfg.Servers)
+	}
 }
 
 // The keepalive interval follows the measured binding lifetime: with

@@ -49,17 +49,22 @@ func FuzzHandlePacket(f *testing.F) {
 				t.Fatal("matched but nothing delivered")
 			}
 		}
-		try(b)
-		// The fuzzer would rarely find the cookie and our transaction ID;
-		// plant them so the attribute parsing gets exercised.
-		if len(b) >= 20 {
-			c := append([]byte(nil), b...)
-			c[0] &= 0x01
-			binary.BigEndian.PutUint32(c[4:8], magicCookie)
-			copy(c[8:20], id[:])
-			try(c)
-		}
+		tryPlanted(b, id, try)
 	})
+}
+
+// tryPlanted tries b, then (the fuzzer would rarely find the cookie and
+// our transaction ID) a copy with both planted, so the attribute parsing
+// gets exercised.
+func tryPlanted(b []byte, id txID, try func([]byte)) {
+	try(b)
+	if len(b) >= 20 {
+		c := append([]byte(nil), b...)
+		c[0] &= 0x01
+		binary.BigEndian.PutUint32(c[4:8], magicCookie)
+		copy(c[8:20], id[:])
+		try(c)
+	}
 }
 
 // FuzzProberHandle: whatever reaches a NAT test socket, the prober must
@@ -93,13 +98,6 @@ func FuzzProberHandle(f *testing.F) {
 				t.Fatal("handled but nothing delivered")
 			}
 		}
-		try(b)
-		if len(b) >= 20 {
-			c := append([]byte(nil), b...)
-			c[0] &= 0x01
-			binary.BigEndian.PutUint32(c[4:8], magicCookie)
-			copy(c[8:20], id[:])
-			try(c)
-		}
+		tryPlanted(b, id, try)
 	})
 }

@@ -19,5 +19,8 @@
 // NATTest is the NAT self-test (RFC 5780 behaviour discovery: mapping,
 // filtering, hairpinning) with a verdict an admin can act on. Unlike the
 // keeper it runs on sockets of its own that the caller hands over, so
-// its probes can never disturb the SIP socket's mapping.
+// its probes can never disturb the SIP socket's mapping. MeasureLifetime
+// measures how long the NAT keeps an idle binding, and NATWatch runs both
+// for the daemon: at start and after every public address change, capping
+// the keeper's idle keepalive by the lifetime (Keeper.LimitIdle).
 package stunkeeper

@@ -37,7 +37,14 @@ const (
 // returns stdout, stderr and the exit code.
 func runFirewall(t *testing.T, l *Lab, args ...string) (string, string, int) {
 	t.Helper()
-	argv := []string{"netns", "exec", l.NS(NSLM), daemonBinary(t), "firewall"}
+	return runCommand(t, l, append([]string{"firewall"}, args...)...)
+}
+
+// runCommand runs `linkmanager ARGS` inside the lm namespace and returns
+// stdout, stderr and the exit code.
+func runCommand(t *testing.T, l *Lab, args ...string) (string, string, int) {
+	t.Helper()
+	argv := []string{"netns", "exec", l.NS(NSLM), daemonBinary(t)}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append(argv, args...)...)
@@ -50,7 +57,7 @@ func runFirewall(t *testing.T, l *Lab, args ...string) (string, string, int) {
 		if ee, ok := err.(*exec.ExitError); ok {
 			code = ee.ExitCode()
 		} else {
-			t.Fatalf("linkmanager firewall: %v", err)
+			t.Fatalf("linkmanager %s: %v", args[0], err)
 		}
 	}
 	return stdout.String(), stderr.String(), code

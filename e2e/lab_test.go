@@ -82,6 +82,7 @@ var requiredTools = []string{"ip", "bash", "sysctl", "md5sum", "kamailio", "kamc
 
 type labOptions struct {
 	noSTUNServer   bool
+	plainSTUN      bool
 	kamailioNoSTUN bool
 	kamailioPing   bool
 }
@@ -91,6 +92,11 @@ type LabOption func(*labOptions)
 
 // WithoutSTUNServer starts no coturn at all (.60/.61 do not answer).
 func WithoutSTUNServer() LabOption { return func(o *labOptions) { o.noSTUNServer = true } }
+
+// WithoutRFC5780 starts two plain coturns, one on .60 and one on .61, that
+// send no OTHER-ADDRESS and ignore CHANGE-REQUEST: STUN as most public
+// servers offer it.
+func WithoutRFC5780() LabOption { return func(o *labOptions) { o.plainSTUN = true } }
 
 // WithoutProviderSTUN starts Kamailio without its stun module: STUN to
 // 198.51.100.50:5060 goes unanswered (the OPTIONS-fallback case).
@@ -275,16 +281,40 @@ func newLab(t testing.TB, opts ...LabOption) *Lab {
 	return l
 }
 
+// startCoturn starts one coturn on both STUN addresses in RFC 5780 mode:
+// it answers on .60 and .61, ports 3478 and 3479, names the other address
+// in OTHER-ADDRESS and answers CHANGE-REQUEST (for the NAT self-test). To
+// the daemon's keeper .60:3478 and .61:3478 are still two servers.
 func (l *Lab) startCoturn() {
-	for _, ip := range []string{STUN1IP, STUN2IP} {
-		p := l.startRoot("coturn-"+ip, "coturn-"+ip+".out", l.script, "run-coturn", l.Prefix, l.Dir, ip)
+	runs := [][]string{{STUN1IP, STUN2IP}}
+	if l.opts.plainSTUN {
+		runs = [][]string{{STUN1IP}, {STUN2IP}}
+	}
+	for _, ips := range runs {
+		args := append([]string{l.script, "run-coturn", l.Prefix, l.Dir}, ips...)
+		p := l.startRoot("coturn-"+ips[0], "coturn-"+ips[0]+".out", args...)
 		l.mu.Lock()
 		l.coturn = append(l.coturn, p)
 		l.mu.Unlock()
 	}
 }
 
-// StopSTUN stops both coturn instances (STUN server down).
+// NAT modes of the lab router (SetNATMode).
+const (
+	NATPreserve    = "preserve"     // port-preserving MASQUERADE, the default: port-restricted cone
+	NATRandomFully = "random-fully" // MASQUERADE --random-fully: symmetric
+)
+
+// SetNATMode switches the router's MASQUERADE between port-preserving and
+// --random-fully and flushes its conntrack table.
+func (l *Lab) SetNATMode(mode string) error {
+	if out, err := l.script1(30*time.Second, "nat-mode", l.Prefix, mode); err != nil {
+		return fmt.Errorf("nat-mode %s: %v: %s", mode, err, out)
+	}
+	return nil
+}
+
+// StopSTUN stops coturn (both STUN addresses go down).
 func (l *Lab) StopSTUN() {
 	l.mu.Lock()
 	cs := l.coturn
@@ -295,7 +325,7 @@ func (l *Lab) StopSTUN() {
 	}
 }
 
-// StartSTUN (re)starts both coturn instances and waits until they answer.
+// StartSTUN (re)starts coturn and waits until both addresses answer.
 func (l *Lab) StartSTUN() error {
 	l.mu.Lock()
 	running := len(l.coturn) > 0

@@ -15,4 +15,12 @@
 // owner reads (see IsSTUN and Keeper.HandlePacket). Everything that
 // depends on time runs on an injectable clock and plain timers, so the
 // behaviour is testable on fake time with testing/synctest.
+//
+// NATTest is the NAT self-test (RFC 5780 behaviour discovery: mapping,
+// filtering, hairpinning) with a verdict an admin can act on. Unlike the
+// keeper it runs on sockets of its own that the caller hands over, so
+// its probes can never disturb the SIP socket's mapping. MeasureLifetime
+// measures how long the NAT keeps an idle binding, and NATWatch runs both
+// for the daemon: at start and after every public address change, capping
+// the keeper's idle keepalive by the lifetime (Keeper.LimitIdle).
 package stunkeeper

@@ -21,3 +21,25 @@ var (
 	// ErrBadServer is returned by New for a server that is not host:port.
 	ErrBadServer = errors.New("stunkeeper: bad stun server address")
 )
+
+var (
+	// ErrNATTestSockets is returned by NATTest without two distinct
+	// sockets.
+	ErrNATTestSockets = errors.New("stunkeeper: nat test needs two sockets of its own")
+	// ErrNoAnswer is returned by NATTest when no STUN server answered.
+	ErrNoAnswer = errors.New("stunkeeper: no stun server answered")
+)
+
+// ErrNATWatchConfig is returned by NewNATWatch without a Keeper or a
+// Listen func.
+var ErrNATWatchConfig = errors.New("stunkeeper: NATWatchConfig needs Keeper and Listen")
+
+var (
+	// ErrLifetimeConfig is returned by MeasureLifetime without a server
+	// or a Listen func.
+	ErrLifetimeConfig = errors.New("stunkeeper: LifetimeConfig needs Server and Listen")
+	// ErrNoResponsePort means the STUN server answered the trigger socket
+	// instead of the port RESPONSE-PORT named: it cannot measure the
+	// binding lifetime.
+	ErrNoResponsePort = errors.New("stunkeeper: the stun server ignores RESPONSE-PORT")
+)

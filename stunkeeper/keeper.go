@@ -145,9 +145,11 @@ type Keeper struct {
 	interval time.Duration
 
 	lastSent atomic.Int64 // Now().UnixNano() of the last write on the socket
+	idleCap  atomic.Int64 // LimitIdle's cap on the idle keepalive, ns; 0: none
 	state    atomic.Int32
 	done     chan struct{} // closed when Run returns
 	kick     chan struct{} // Refresh asks Run to query now
+	wake     chan struct{} // LimitIdle asks Run to recompute its deadline
 	reconf   chan []server // SetServers hands Run a new server list
 	nServers atomic.Int32  // len(servers), for callers outside Run
 
@@ -189,6 +191,7 @@ func New(cfg Config) (*Keeper, error) {
 		interval: cfg.Interval,
 		done:     make(chan struct{}),
 		kick:     make(chan struct{}, 1),
+		wake:     make(chan struct{}, 1),
 		reconf:   make(chan []server, 1),
 		txs:      make(map[txID]chan result),
 		obs:      make(map[netip.AddrPort]Mapping),
@@ -409,6 +412,28 @@ func (k *Keeper) SetServers(servers []string) error {
 		default:
 		}
 	}
+}
+
+// LimitIdle caps the idle time after which a keepalive is sent below
+// Config.Interval: a NAT that forgets idle mappings sooner (a measured
+// binding lifetime, see MeasureLifetime) would otherwise lose the trunk's
+// mapping between keepalives. Only the idle keepalive follows the cap;
+// how often the address is re-learned stays at Interval. 0 removes it.
+func (k *Keeper) LimitIdle(d time.Duration) {
+	k.idleCap.Store(int64(max(d, 0)))
+	select {
+	case k.wake <- struct{}{}:
+	default:
+	}
+}
+
+// KeepaliveInterval is the idle time after which Run sends a keepalive:
+// Interval, or LimitIdle's cap when that is shorter.
+func (k *Keeper) KeepaliveInterval() time.Duration {
+	if c := time.Duration(k.idleCap.Load()); c > 0 && c < k.interval {
+		return c
+	}
+	return k.interval
 }
 
 // Refresh asks Run to query the current server now, ignoring idle time

@@ -71,13 +71,24 @@ func newLabDelay(t *testing.T, nat vnet.NATType, delay time.Duration, publicIPs 
 	if len(publicIPs) == 0 {
 		publicIPs = []string{"5.6.7.8"}
 	}
+	nats := make([]vnet.NATType, len(publicIPs))
+	for i := range nats {
+		nats[i] = nat
+	}
+	return newLabNATs(t, nats, delay, publicIPs...)
+}
+
+// newLabNATs is newLabDelay with one NAT type per LAN router: a "redial"
+// can then land behind another kind of NAT.
+func newLabNATs(t *testing.T, nats []vnet.NATType, delay time.Duration, publicIPs ...string) *lab {
+	t.Helper()
 	wan, err := vnet.NewRouter(&vnet.RouterConfig{CIDR: "0.0.0.0/0", MinDelay: delay, LoggerFactory: quietVNetLogs()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := &lab{t: t, wan: wan, sock: &sipSocket{}, resp: map[netip.AddrPort]*responder{}}
-	for _, pub := range publicIPs {
-		nt := nat
+	for i, pub := range publicIPs {
+		nt := nats[i]
 		lan, err := vnet.NewRouter(&vnet.RouterConfig{
 			CIDR:          "192.168.0.0/24",
 			StaticIPs:     []string{pub},

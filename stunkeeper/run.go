@@ -59,6 +59,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 				case <-timer.C:
 				case <-k.kick:
 					forced = true
+				case <-k.wake:
 				case list := <-k.reconf:
 					k.setServers(list)
 					forced = len(list) > 0
@@ -104,12 +105,12 @@ func (k *Keeper) shutdown() {
 	k.log.Info("stun keeper stopped")
 }
 
-// nextDue is the earliest of: the socket idle for an Interval (rule 1),
+// nextDue is the earliest of: the socket idle for a KeepaliveInterval (rule 1),
 // nothing learned for an Interval although the socket is busy (rule 2),
 // and the periodic second-destination check; all pushed back while
 // backing off.
 func (k *Keeper) nextDue(now time.Time) (time.Time, reason) {
-	idle := time.Unix(0, k.lastSent.Load()).Add(k.interval)
+	idle := time.Unix(0, k.lastSent.Load()).Add(k.KeepaliveInterval())
 	k.mu.Lock()
 	learn := k.lastLearn.Add(k.interval)
 	k.mu.Unlock()

@@ -598,3 +598,40 @@ func TestSetServers(t *testing.T) {
 		}
 	})
 }
+
+// LimitIdle moves the idle keepalive under a running keeper at once, and
+// 0 gives Interval back.
+func TestLimitIdle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, natType(vnet.EndpointIndependent))
+		srv := l.addResponder(stun1)
+		stop := l.start()
+		defer stop()
+		k := l.newKeeper(Config{Servers: []string{stun1.String()}, Interval: 40 * time.Second})
+		start := time.Now()
+		stopRun := runKeeper(t, k)
+		defer stopRun()
+		time.Sleep(5 * time.Second)
+		k.LimitIdle(15 * time.Second)
+		if got := k.KeepaliveInterval(); got != 15*time.Second {
+			t.Errorf("KeepaliveInterval = %v, want 15s", got)
+		}
+		time.Sleep(41 * time.Second) // keepalives at 15, 30, 45
+		k.LimitIdle(0)
+		time.Sleep(50 * time.Second) // then at 85
+		stopRun()
+		want := []time.Duration{0, 15 * time.Second, 30 * time.Second, 45 * time.Second, 85 * time.Second}
+		reqs := srv.requests()
+		if len(reqs) != len(want) {
+			t.Fatalf("%d requests, want %d", len(reqs), len(want))
+		}
+		for i, at := range reqs {
+			if at.Sub(start) != want[i] {
+				t.Errorf("keepalive %d at %v, want %v", i, at.Sub(start), want[i])
+			}
+		}
+		if got := k.KeepaliveInterval(); got != 40*time.Second {
+			t.Errorf("after LimitIdle(0): %v, want the 40s Interval", got)
+		}
+	})
+}

@@ -112,16 +112,8 @@ func cmdFirewall(args []string, stdout, stderr io.Writer) int {
 	policy := fs.String("policy", firewall.PolicyAccept, "forward chain policy: accept or drop")
 	noResolve := fs.Bool("no-resolve", false, "do not look up host names")
 	fs.Usage = func() { fmt.Fprint(stderr, firewallHelp) }
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, firewallHelp)
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "linkmanager firewall: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	if code, ok := parseFlags(fs, args, firewallHelp, stdout, stderr); !ok {
+		return code
 	}
 	in := firewall.Input{Source: *path, Policy: *policy}
 	if *address != "" {

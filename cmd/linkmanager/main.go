@@ -23,6 +23,7 @@ Usage:
   linkmanager check-config --config FILE   validate FILE; one line per problem
   linkmanager firewall --config FILE --format nftables|iptables|text   print the router's firewall rules
   linkmanager status [--admin ADDR] [--json]   show trunks, public address, calls; exit 0 when ready
+  linkmanager nat-test --config FILE       test the NAT in front of this host (RFC 5780) and say what it means
   linkmanager version                      print the version
 
 Run 'linkmanager COMMAND --help' for a command's manual.
@@ -54,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheckConfig(args[1:], stdout, stderr)
 	case "firewall":
 		return cmdFirewall(args[1:], stdout, stderr)
+	case "nat-test":
+		return cmdNATTest(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		if len(args) > 1 && (args[1] == "--help" || args[1] == "-h") {
 			fmt.Fprint(stdout, versionHelp)

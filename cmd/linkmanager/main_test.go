@@ -9,7 +9,7 @@ import (
 // Every command has a man-page style manual behind --help, and asking for
 // it is not an error.
 func TestHelpForEveryCommand(t *testing.T) {
-	for _, cmd := range []string{"run", "check-config", "status", "firewall", "version"} {
+	for _, cmd := range []string{"run", "check-config", "status", "firewall", "nat-test", "version"} {
 		var out, errOut bytes.Buffer
 		code := run([]string{cmd, "--help"}, &out, &errOut)
 		text := out.String() + errOut.String()

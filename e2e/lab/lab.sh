@@ -10,13 +10,14 @@
 #   lab.sh net-down PREFIX         kill what runs in the lab namespaces, delete them
 #   lab.sh prepare DIR             write Kamailio db_text tables + coturn config into DIR
 #   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING]   exec Kamailio in the foreground
-#   lab.sh run-coturn PREFIX DIR IP                       exec coturn in the foreground
+#   lab.sh run-coturn PREFIX DIR IP [IP2]                 exec coturn in the foreground (two IPs: RFC 5780)
 #   lab.sh redial PREFIX NEWIP     change the router's WAN address, flush conntrack + ARP
+#   lab.sh nat-mode PREFIX preserve|random-fully   port-preserving MASQUERADE (default) or --random-fully
 #   lab.sh exec PREFIX NS CMD...   run CMD inside PREFIX-NS
 #   lab.sh status PREFIX           addresses, NAT rules, conntrack
 #
 # Namespaces (PREFIX-NAME): lan, inet (switches), router, lm (daemon host),
-# pbx, provider (Kamailio), stun (coturn x2), phone (sipp).
+# pbx, provider (Kamailio), stun (one coturn on .60 and .61, RFC 5780), phone (sipp).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -199,15 +200,38 @@ run_kamailio() {
 		-A "DBURL=\"text://$d/db\"" -A "CTLSOCK=\"unix:$d/run/kamailio_ctl\"" "${defs[@]}"
 }
 
+# run_coturn PREFIX DIR IP [IP2]: with one IP a plain RFC 5389 server on IP:3478; with two
+# an RFC 5780 server (NAT behaviour discovery) on both IPs, ports 3478 and 3479: it names
+# the other address in OTHER-ADDRESS and answers CHANGE-REQUEST from it.
 run_coturn() {
-	local p=$1 d=$2 ip=$3
+	local p=$1 d=$2 ip=$3 ip2=${4:-}
 	[ -f "$d/turnserver.conf" ] || prepare "$d"
+	local mode=(--no-rfc5780 --listening-ip "$ip")
+	[ -n "$ip2" ] && mode=(--listening-ip "$ip" --listening-ip "$ip2" --alt-listening-port 3479)
 	exec ip netns exec "$(ns "$p" stun)" turnserver -c "$d/turnserver.conf" \
-		--stun-only --no-cli --no-rfc5780 --no-tls --no-dtls --no-tcp \
-		--listening-ip "$ip" --listening-port 3478 \
+		--stun-only --no-cli --no-tls --no-dtls --no-tcp \
+		"${mode[@]}" --listening-port 3478 \
 		--userdb "$d/run/turndb-$ip" --pidfile "$d/run/coturn-$ip.pid" \
 		--no-stdout-log --log-file "$d/coturn-$ip.log" --simple-log \
 		--realm lab.test --no-software-attribute
+}
+
+# nat_mode PREFIX preserve|random-fully: the router's MASQUERADE keeps the source port
+# where it can (the default, a port-restricted cone) or picks a random one per flow
+# (--random-fully: symmetric, as carrier-grade NATs are). Conntrack is flushed so no
+# old mapping survives the switch.
+nat_mode() {
+	local p=$1 mode=$2 flags=()
+	case "$mode" in
+	preserve) ;;
+	random-fully) flags=(--random-fully) ;;
+	*) die "nat-mode: want preserve or random-fully, not '$mode'" ;;
+	esac
+	# only the lab's own MASQUERADE rule is replaced; other POSTROUTING rules stay
+	while nsx "$p" router iptables -t nat -D POSTROUTING -o wan -j MASQUERADE 2>/dev/null; do :; done
+	while nsx "$p" router iptables -t nat -D POSTROUTING -o wan -j MASQUERADE --random-fully 2>/dev/null; do :; done
+	nsx "$p" router iptables -t nat -A POSTROUTING -o wan -j MASQUERADE "${flags[@]}"
+	nsx "$p" router conntrack -F >/dev/null 2>&1 || true
 }
 
 redial() {
@@ -256,10 +280,9 @@ up() {
 	"$0" run-kamailio "$p" "$d" "${kam[@]}" >"$d/kamailio.log" 2>&1 &
 	echo $! >"$d/kamailio.bgpid"
 	if [ $stun = 1 ]; then
-		"$0" run-coturn "$p" "$d" $STUN1_IP >"$d/coturn-$STUN1_IP.out" 2>&1 &
+		# one coturn on both addresses, in RFC 5780 mode
+		"$0" run-coturn "$p" "$d" $STUN1_IP $STUN2_IP >"$d/coturn-$STUN1_IP.out" 2>&1 &
 		echo $! >"$d/coturn1.bgpid"
-		"$0" run-coturn "$p" "$d" $STUN2_IP >"$d/coturn-$STUN2_IP.out" 2>&1 &
-		echo $! >"$d/coturn2.bgpid"
 	fi
 	# bounded wait for Kamailio's control socket
 	local i
@@ -286,7 +309,7 @@ down() {
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,20p' "$0"; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,21p' "$0"; exit 2; }
 shift
 case "$cmd" in
 up) [ $# -ge 2 ] || die "usage: up PREFIX DIR [options]"; up "$@" ;;
@@ -297,6 +320,7 @@ prepare) prepare "$1" ;;
 run-kamailio) run_kamailio "$@" ;;
 run-coturn) run_coturn "$@" ;;
 redial) redial "$1" "$2" ;;
+nat-mode) [ $# -eq 2 ] || die "usage: nat-mode PREFIX preserve|random-fully"; check_prefix "$1"; nat_mode "$1" "$2" ;;
 exec) p=$1 n=$2; shift 2; exec ip netns exec "$(ns "$p" "$n")" "$@" ;;
 status) status "$1" ;;
 *) die "unknown command $cmd" ;;

@@ -4,9 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/linkmanager/linkmanager/linkmanager/sdp"
-	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
 // Sentinel errors. Callers test them with errors.Is; messages carry the
@@ -41,22 +38,4 @@ func (e *StatusError) Is(target error) bool {
 		return false
 	}
 	return e.Code >= 400
-}
-
-// statusFor maps an error to the SIP response we give the caller: the one
-// place where domain errors become status codes.
-func statusFor(err error) (int, string) {
-	var se *StatusError
-	switch {
-	case errors.As(err, &se):
-		return se.Code, se.Reason
-	case errors.Is(err, rtpbridge.ErrPoolExhausted):
-		return 503, "Service Unavailable"
-	case errors.Is(err, sdp.ErrMalformed), errors.Is(err, sdp.ErrTooLarge):
-		return 400, "Bad Request"
-	case errors.Is(err, sdp.ErrNoMedia), errors.Is(err, sdp.ErrIPv6), errors.Is(err, sdp.ErrUnsupported):
-		return 488, "Not Acceptable Here"
-	default:
-		return 500, "Server Internal Error"
-	}
 }

@@ -6,18 +6,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
 // metrics holds what cannot be read from a snapshot at scrape time: call
-// counts and the media of calls that have ended. Everything else (trunks,
-// STUN, pools, sockets, live calls) is read when Prometheus scrapes, so no
-// state is kept twice.
+// counts, fed by the B2BUA's call-ended events. Everything else (trunks,
+// STUN, pools, sockets, calls and their media) is read from snapshots
+// when Prometheus scrapes, so no state is kept twice.
 type metrics struct {
 	mu     sync.Mutex
-	calls  map[string]uint64      // guarded by mu; by direction
-	failed map[string]uint64      // guarded by mu; by cause
-	ended  [2]rtpbridge.Direction // guarded by mu; totals of ended calls: PBX→provider, provider→PBX
+	calls  map[string]uint64 // guarded by mu; by direction
+	failed map[string]uint64 // guarded by mu; by cause
 
 	loss   *prometheus.HistogramVec
 	jitter *prometheus.HistogramVec
@@ -45,25 +45,25 @@ const (
 	dirNetToPBX = "provider_to_pbx"
 )
 
-// callEndedLocked counts a finished call; the caller holds m.mu. A call
-// that was never answered counts as failed, by cause: the SIP status it
-// got, or our reason.
-func (m *metrics) callEndedLocked(dir string, answered bool, reason string, st rtpbridge.Stats) {
-	m.calls[dir]++
-	if !answered {
-		m.failed[causeOf(reason)]++
+// callEnded counts a finished call. A call that was never answered
+// counts as failed, by cause: the SIP status it got, or our reason.
+func (m *metrics) callEnded(e b2bua.CallEnded) {
+	m.mu.Lock()
+	m.calls[e.Direction]++
+	if !e.Answered {
+		m.failed[causeOf(e.Reason)]++
 	}
-	addDirection(&m.ended[0], st.AtoB)
-	addDirection(&m.ended[1], st.BtoA)
-	if answered {
-		for _, d := range []struct {
-			name string
-			d    rtpbridge.Direction
-		}{{dirPBXToNet, st.AtoB}, {dirNetToPBX, st.BtoA}} {
-			if exp := int64(d.d.Packets) + d.d.Lost; exp > 0 && d.d.Packets > 0 {
-				m.loss.WithLabelValues(d.name).Observe(max(0, float64(d.d.Lost)) / float64(exp))
-				m.jitter.WithLabelValues(d.name).Observe(d.d.Jitter.Seconds())
-			}
+	m.mu.Unlock()
+	if !e.Answered {
+		return
+	}
+	for _, d := range []struct {
+		name string
+		d    rtpbridge.Direction
+	}{{dirPBXToNet, e.Media.AtoB}, {dirNetToPBX, e.Media.BtoA}} {
+		if exp := int64(d.d.Packets) + d.d.Lost; exp > 0 && d.d.Packets > 0 {
+			m.loss.WithLabelValues(d.name).Observe(max(0, float64(d.d.Lost)) / float64(exp))
+			m.jitter.WithLabelValues(d.name).Observe(d.d.Jitter.Seconds())
 		}
 	}
 }
@@ -76,13 +76,6 @@ func causeOf(reason string) string {
 	}
 	reason, _, _ = strings.Cut(reason, ":")
 	return strings.ReplaceAll(strings.TrimSpace(reason), " ", "_")
-}
-
-func addDirection(sum *rtpbridge.Direction, d rtpbridge.Direction) {
-	sum.Packets += d.Packets
-	sum.Bytes += d.Bytes
-	sum.Foreign += d.Foreign
-	sum.Malformed += d.Malformed
 }
 
 // collector exports a Server's state to Prometheus.
@@ -170,13 +163,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for cause, n := range m.failed {
 		counter(descCallsFailed, float64(n), cause)
 	}
-	sums := m.ended
-	for _, cs := range b.liveMedia() { // takes b.mu: the same order as finish
-		addDirection(&sums[0], cs.AtoB)
-		addDirection(&sums[1], cs.BtoA)
-	}
 	m.mu.Unlock()
-	gauge(descCallsActive, float64(b.Active()))
+	snap := b.Snapshot()
+	sums := [2]rtpbridge.Direction{snap.Media.AtoB, snap.Media.BtoA}
+	gauge(descCallsActive, float64(len(snap.Calls)))
 	for i, dir := range []string{dirPBXToNet, dirNetToPBX} {
 		counter(descRTPPackets, float64(sums[i].Packets), dir)
 		counter(descRTPBytes, float64(sums[i].Bytes), dir)
@@ -193,21 +183,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descPorts, float64(p.c.Quarantined), p.name, "quarantined")
 		gauge(descPorts, float64(p.c.Free), p.name, "free")
 	}
-}
-
-// liveMedia is the media so far of the calls still up.
-func (b *B2BUA) liveMedia() []rtpbridge.Stats {
-	b.mu.Lock()
-	seen := map[*call]bool{}
-	for _, c := range b.calls {
-		seen[c] = true
-	}
-	b.mu.Unlock()
-	out := make([]rtpbridge.Stats, 0, len(seen))
-	for c := range seen {
-		out = append(out, c.media.Stats())
-	}
-	return out
 }
 
 func boolFloat(b bool) float64 {

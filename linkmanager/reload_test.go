@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
 )
 
@@ -33,7 +34,7 @@ func TestReloadKeepsCallsAndAppliesChanges(t *testing.T) {
 	second.Name, second.Username = "second", "4930999"
 	changed, err := srv.Reload(ReloadOptions{
 		Trunks: []TrunkOptions{trunk, second},
-		PBX: PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
+		PBX: b2bua.PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
 			Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32"), netip.MustParsePrefix(strangerIP + "/32")}},
 	})
 	if err != nil {
@@ -79,7 +80,7 @@ func TestReloadKeepsCallsAndAppliesChanges(t *testing.T) {
 	// Removing a trunk unregisters it.
 	before := len(prov.received("REGISTER"))
 	if _, err := srv.Reload(ReloadOptions{Trunks: []TrunkOptions{trunk},
-		PBX: PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"), Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}}}); err != nil {
+		PBX: b2bua.PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"), Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}}}); err != nil {
 		t.Fatal(err)
 	}
 	var unregistered bool

@@ -1,7 +1,6 @@
 package linkmanager
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,12 +19,11 @@ import (
 	"go.uber.org/zap/exp/zapslog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
+	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
-
-// allowed is what we accept, for Allow headers.
-const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE"
 
 // Version is set by the build (-ldflags "-X ...linkmanager.Version=...").
 var Version = "dev"
@@ -41,9 +39,9 @@ type Options struct {
 
 	// The B2BUA. Without PBXConn, calls for our DIDs are refused (480).
 	PBXConn     *SharedConn      // the LAN socket the PBX talks to
-	PBX         PBXOptions       //
+	PBX         b2bua.PBXOptions //
 	Media       rtpbridge.Config // relay pools and timers; OnTimeout is set by New
-	RingTimeout time.Duration    // 0: DefaultRingTimeout
+	RingTimeout time.Duration    // 0: b2bua.DefaultRingTimeout
 }
 
 // TrunkOptions is one provider account.
@@ -86,7 +84,7 @@ type Server struct {
 	rootLog  *zap.Logger
 	metrics  *metrics
 
-	b2bua  *B2BUA // nil without a PBX socket
+	b2bua  *b2bua.B2BUA // nil without a PBX socket
 	media  *rtpbridge.Bridge
 	lan    *SharedConn
 	lanUA  *sipgo.UserAgent
@@ -206,28 +204,19 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	if err != nil {
 		return err
 	}
-	b := &B2BUA{
-		log:         log.Named("call"),
-		ringTimeout: cmp.Or(opts.RingTimeout, DefaultRingTimeout),
-		trunks:      s.trunkList,
-		calls:       map[string]*call{},
-		changed:     make(chan struct{}),
-		metrics:     s.metrics,
-		lan: &side{name: "pbx", leg: rtpbridge.LegA, client: client,
-			contact: func() netip.AddrPort { return lanAddr }},
-		wan: &side{name: "provider", leg: rtpbridge.LegB, client: s.client,
-			contact: func() netip.AddrPort {
-				if m, ok := s.keeper.Public(); ok {
-					return m.Addr
-				}
-				return s.conn.LocalAddrPort()
-			}},
+	wanContact := func() netip.AddrPort {
+		if m, ok := s.keeper.Public(); ok {
+			return m.Addr
+		}
+		return s.conn.LocalAddrPort()
 	}
 	pbx := opts.PBX
 	pbx.Listen = lanAddr
-	b.setPBX(pbx)
+	// The relay's timeout callback needs the B2BUA, which needs the
+	// relay: b is set before any session exists.
+	var b *b2bua.B2BUA
 	mc := opts.Media
-	mc.OnTimeout = b.onMediaTimeout
+	mc.OnTimeout = func(ms *rtpbridge.Session) { b.OnMediaTimeout(ms.ID()) }
 	if mc.Logger == nil {
 		mc.Logger = log
 	}
@@ -235,15 +224,28 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	if err != nil {
 		return fmt.Errorf("linkmanager: media relay: %w", err)
 	}
-	b.bridgeMedia = media
-	srv.OnInvite(b.onPBXInvite)
-	srv.OnAck(b.onAck)
-	srv.OnBye(b.onBye)
-	srv.OnUpdate(b.onUpdate)
+	b, err = b2bua.New(b2bua.Config{
+		Logger:      log.Named("call"),
+		LAN:         b2bua.Side{Client: client, Contact: func() netip.AddrPort { return lanAddr }},
+		WAN:         b2bua.Side{Client: s.client, Contact: wanContact},
+		PBX:         pbx,
+		Router:      s,
+		Media:       bridgeMedia{media},
+		RingTimeout: opts.RingTimeout,
+		OnCallEnded: s.metrics.callEnded,
+	})
+	if err != nil {
+		media.Close()
+		return fmt.Errorf("linkmanager: %w", err)
+	}
+	srv.OnInvite(b.OnPBXInvite)
+	srv.OnAck(b.OnAck)
+	srv.OnBye(b.OnBye)
+	srv.OnUpdate(b.OnUpdate)
 	srv.OnOptions(s.onOptions)
-	s.srv.OnAck(b.onAck)
-	s.srv.OnBye(b.onBye)
-	s.srv.OnUpdate(b.onUpdate)
+	s.srv.OnAck(b.OnAck)
+	s.srv.OnBye(b.OnBye)
+	s.srv.OnUpdate(b.OnUpdate)
 	s.b2bua, s.media, s.lan, s.lanUA, s.lanSrv = b, media, opts.PBXConn, ua, srv
 	return nil
 }
@@ -251,7 +253,7 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 // strayResponse is sipgo's hook for responses without a transaction.
 func (s *Server) strayResponse(res *sip.Response) {
 	if b := s.b2bua; b != nil {
-		b.onStrayResponse(res)
+		b.OnStrayResponse(res)
 	}
 }
 
@@ -307,7 +309,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.tmu.Unlock()
 		<-gctx.Done()
 		if s.b2bua != nil {
-			s.b2bua.drain.Store(true)
+			s.b2bua.Drain()
 			s.b2bua.HangupAll("shutdown")
 		}
 		s.tmu.Lock()
@@ -369,7 +371,7 @@ func (s *Server) Alive() bool {
 // are up. The sockets and the relay ranges are not among them.
 type ReloadOptions struct {
 	Trunks      []TrunkOptions
-	PBX         PBXOptions // Listen is kept
+	PBX         b2bua.PBXOptions // Listen is kept
 	STUNServers []string
 }
 
@@ -383,9 +385,7 @@ func (s *Server) Reload(o ReloadOptions) ([]string, error) {
 	}
 	var changed []string
 	if b := s.b2bua; b != nil {
-		pbx := o.PBX
-		pbx.Listen = b.pbx.Load().Listen
-		b.setPBX(pbx)
+		b.SetPBX(o.PBX)
 	}
 	s.tmu.Lock()
 	defer s.tmu.Unlock()
@@ -459,9 +459,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.b2bua == nil {
 		return nil
 	}
-	s.b2bua.drain.Store(true)
+	s.b2bua.Drain()
 	s.log.Info("draining: new calls get 503", zap.Int("active_calls", s.b2bua.Active()))
-	return s.b2bua.waitIdle(ctx)
+	return s.b2bua.WaitIdle(ctx)
 }
 
 // Status reports every trunk's registration.
@@ -492,7 +492,7 @@ func (s *Server) trunkFor(ip netip.Addr) *trunk {
 
 func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {
 	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", nil)
-	res.AppendHeader(sip.NewHeader("Allow", allowed))
+	res.AppendHeader(sip.NewHeader("Allow", sipmsg.Allowed))
 	if err := tx.Respond(res); err != nil {
 		s.log.Debug("options response failed", zap.Error(err))
 	}
@@ -512,8 +512,8 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(tx, req, sip.StatusForbidden, "Forbidden")
 		return
 	}
-	if s.b2bua != nil && tagOf(req.To()) != "" {
-		s.b2bua.reinvite(req, tx)
+	if s.b2bua != nil && sipmsg.Tag(req.To()) != "" {
+		s.b2bua.OnReinvite(req, tx)
 		return
 	}
 	var toUser string
@@ -532,11 +532,33 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(tx, req, sip.StatusTemporarilyUnavailable, "Temporarily Unavailable")
 		return
 	}
-	s.b2bua.onProviderInvite(t, did, req, tx)
+	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.conf.Name, DID: did, Contact: t.registeredContact}, req, tx)
 }
 
 func (s *Server) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string) {
 	if err := tx.Respond(sip.NewResponseFromRequest(req, code, reason, nil)); err != nil {
 		s.log.Debug("response failed", zap.Int("code", code), zap.Error(err))
 	}
+}
+
+// bridgeMedia is rtpbridge.Bridge as the B2BUA's Media.
+type bridgeMedia struct{ b *rtpbridge.Bridge }
+
+func (m bridgeMedia) NewSession(id string) (b2bua.Session, error) {
+	s, err := m.b.NewSession(id)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Route is the B2BUA's Router: the first trunk whose outbound prefixes
+// match takes the call.
+func (s *Server) Route(dialled string) (b2bua.Route, error) {
+	for _, t := range s.trunkList() {
+		if t.takes(dialled) {
+			return t.route(dialled)
+		}
+	}
+	return b2bua.Route{}, b2bua.ErrNoRoute
 }

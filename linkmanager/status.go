@@ -1,11 +1,10 @@
 package linkmanager
 
 import (
-	"fmt"
-	"slices"
 	"strings"
 	"time"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -125,53 +124,24 @@ func (s *Server) Snapshot() Status {
 		st.Trunks = append(st.Trunks, ts)
 	}
 	if b := s.b2bua; b != nil {
-		st.Calls = b.callStatus()
+		st.Calls = callStatus(b.Snapshot().Calls)
 		c := s.media.Counts()
 		st.Ports = &PortStatus{LAN: c.LAN, WAN: c.WAN}
 	}
 	return st
 }
 
-func (b *B2BUA) callStatus() []CallStatus {
-	b.mu.Lock()
-	seen := map[*call]bool{}
-	for _, c := range b.calls {
-		seen[c] = true
-	}
-	b.mu.Unlock()
-	out := make([]CallStatus, 0, len(seen))
-	for c := range seen {
-		ms := c.media.Stats()
-		c.mu.Lock()
-		codec, answer := c.codec, c.answer
-		c.mu.Unlock()
-		cs := CallStatus{ID: c.id, Direction: c.dir, Trunk: c.trunk, From: c.from, To: c.to, Codec: codec,
-			Started: c.start, PBXToNet: flowOf(ms.AtoB), NetToPBX: flowOf(ms.BtoA)}
-		if !answer.IsZero() {
+func callStatus(calls []b2bua.CallInfo) []CallStatus {
+	out := make([]CallStatus, 0, len(calls))
+	for _, c := range calls {
+		cs := CallStatus{ID: c.ID, Direction: c.Direction, Trunk: c.Trunk, From: c.From, To: c.To, Codec: c.Codec,
+			Started: c.Started, PBXToNet: flowOf(c.Media.AtoB), NetToPBX: flowOf(c.Media.BtoA)}
+		if !c.Answered.IsZero() {
 			cs.Answered = true
-			cs.Duration = time.Since(answer).Seconds()
-			cs.OneWay = ms.OneWay()
+			cs.Duration = time.Since(c.Answered).Seconds()
+			cs.OneWay = c.Media.OneWay()
 		}
 		out = append(out, cs)
 	}
-	slices.SortFunc(out, func(a, b CallStatus) int { return a.Started.Compare(b.Started) })
 	return out
-}
-
-// codecName names a payload type for people: static types by name,
-// dynamic ones by number.
-func codecName(pt string) string {
-	switch pt {
-	case "0":
-		return "PCMU"
-	case "8":
-		return "PCMA"
-	case "9":
-		return "G722"
-	case "18":
-		return "G729"
-	case "":
-		return ""
-	}
-	return fmt.Sprintf("PT %s", pt)
 }

@@ -14,7 +14,9 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 )
 
 // prober sends one STUN Binding request to dst and returns the mapping
@@ -272,8 +274,8 @@ func (t *trunk) buildOptions(dst netip.AddrPort) *sip.Request {
 	}
 	aor := sip.Uri{Scheme: "sip", User: t.conf.Username, Host: t.conf.Domain}
 	req := sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: t.conf.Domain})
-	req.AppendHeader(newVia(from))
-	req.AppendHeader(&sip.FromHeader{Address: aor, Params: params("tag", sip.GenerateTagN(12))})
+	req.AppendHeader(sipmsg.NewVia(from))
+	req.AppendHeader(&sip.FromHeader{Address: aor, Params: sipmsg.Params("tag", sip.GenerateTagN(12))})
 	req.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", Host: t.conf.Domain}, Params: sip.NewParams()})
 	cid := sip.CallIDHeader(sip.GenerateTagN(24) + "@linkmanager")
 	req.AppendHeader(&cid)
@@ -284,3 +286,58 @@ func (t *trunk) buildOptions(dst netip.AddrPort) *sip.Request {
 	req.SetBody(nil)
 	return req
 }
+
+// normalizeNumber rewrites a dialled number into the form a trunk wants.
+// National numbers start with one 0, international ones with 00 or +.
+func normalizeNumber(number, format, cc string) string {
+	digits := number
+	switch {
+	case strings.HasPrefix(number, "+"):
+		digits = number[1:]
+	case strings.HasPrefix(number, "00"):
+		digits = number[2:]
+	case strings.HasPrefix(number, "0"):
+		digits = cc + number[1:]
+	default:
+		return number // an extension or a short code: leave it alone
+	}
+	switch format {
+	case "e164":
+		return "+" + digits
+	case "national":
+		if rest, ok := strings.CutPrefix(digits, cc); ok && cc != "" {
+			return "0" + rest
+		}
+		return "00" + digits
+	}
+	return number
+}
+
+// takes reports whether this trunk's outbound prefixes match number; a
+// trunk without prefixes takes every number.
+func (t *trunk) takes(number string) bool {
+	if len(t.prefixes) == 0 {
+		return true
+	}
+	for _, p := range t.prefixes {
+		if strings.HasPrefix(number, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// route says where a call to number goes on this trunk.
+func (t *trunk) route(number string) (b2bua.Route, error) {
+	dst := t.dst.Load()
+	if dst == nil {
+		return b2bua.Route{}, fmt.Errorf("%w: %s", b2bua.ErrUnresolved, t.conf.Name)
+	}
+	return b2bua.Route{Trunk: t.conf.Name, Dst: *dst, Number: normalizeNumber(number, t.format, t.country),
+		Domain: t.conf.Domain, User: t.conf.Username, AuthUser: t.reg.authUser(), Password: t.conf.Password,
+		Contact: t.registeredContact}, nil
+}
+
+// registeredContact is our address as the registrar knows it; invalid
+// when not registered.
+func (t *trunk) registeredContact() netip.AddrPort { return t.reg.Status().Contact }

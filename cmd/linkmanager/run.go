@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/linkmanager/linkmanager/linkmanager"
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
@@ -158,7 +159,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 		Interval: time.Duration(cfg.STUN.Interval),
 		Logger:   log,
 		PBXConn:  pbxConn,
-		PBX: linkmanager.PBXOptions{
+		PBX: b2bua.PBXOptions{
 			Addr: cfg.PBX.Addr, Allow: cfg.PBX.AllowPrefixes,
 			Username: cfg.PBX.Username, Password: cfg.PBX.Password,
 		},
@@ -311,7 +312,7 @@ func reloadConfig(path string, running *config.Config, level zap.AtomicLevel, sr
 
 	changed, err := srv.Reload(linkmanager.ReloadOptions{
 		Trunks: trunkOptions(next.Trunks),
-		PBX: linkmanager.PBXOptions{Addr: next.PBX.Addr, Allow: next.PBX.AllowPrefixes,
+		PBX: b2bua.PBXOptions{Addr: next.PBX.Addr, Allow: next.PBX.AllowPrefixes,
 			Username: next.PBX.Username, Password: next.PBX.Password},
 		STUNServers: next.STUN.Servers,
 	})

@@ -1,4 +1,4 @@
-package linkmanager
+package b2bua
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/linkmanager/linkmanager/linkmanager/sdp"
+	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
@@ -107,7 +108,7 @@ type call struct {
 	// offer is still a hold).
 	offerHeld bool
 	log       *zap.Logger
-	media     *rtpbridge.Session
+	media     Session
 	index     int // relayed m-line
 	start     time.Time
 	answer    time.Time
@@ -167,7 +168,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		b.reply(tx, req, nil, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
 		return
 	}
-	media, err := b.bridgeMedia.NewSession(callID)
+	media, err := b.media.NewSession(callID)
 	if err != nil {
 		log.Warn("call refused: no relay ports", zap.Error(err))
 		code, reason := statusFor(err)
@@ -241,14 +242,14 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			switch {
 			case code == 100:
 			case code < 200:
-				out.setRemoteTag(tagOf(res.To()))
+				out.setRemoteTag(sipmsg.Tag(res.To()))
 				body, err := b.answerSDP(c, in.leg, p.to.leg, res.Body())
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))
 				}
 				b.reply(tx, req, in_, code, res.Reason, in_.sent(body))
 			case code < 300:
-				out.setRemoteTag(tagOf(res.To()))
+				out.setRemoteTag(sipmsg.Tag(res.To()))
 				out.learnTarget(res, true)
 				// Point the relay at the answerer, which sends the pinhole
 				// packet, before the ACK: the callee may start sending the
@@ -329,7 +330,7 @@ func held(m sdp.Media) bool {
 	return m.Hold || m.Direction == "recvonly" || m.Direction == "inactive"
 }
 
-func setRemote(s *rtpbridge.Session, leg rtpbridge.Leg, m sdp.Media) error {
+func setRemote(s Session, leg rtpbridge.Leg, m sdp.Media) error {
 	// T.38 (m=image ... udptl) is relayed like audio but is not RTP.
 	s.SetRaw(strings.EqualFold(m.Proto, "udptl"))
 	if m.Hold && m.Addr.IsUnspecified() || m.Port == 0 {
@@ -399,7 +400,7 @@ func (b *B2BUA) answerSDP(c *call, to, from rtpbridge.Leg, body []byte) ([]byte,
 // uasDialog records the dialog an incoming INVITE opens.
 func uasDialog(s *side, req *sip.Request) *dialog {
 	d := &dialog{side: s, callID: req.CallID().Value(), localTag: sip.GenerateTagN(12),
-		remoteTag: tagOf(req.From()), local: req.To().Address, remote: req.From().Address}
+		remoteTag: sipmsg.Tag(req.From()), local: req.To().Address, remote: req.From().Address}
 	if c := req.Contact(); c != nil {
 		d.target = c.Address
 	}
@@ -413,22 +414,6 @@ func uasDialog(s *side, req *sip.Request) *dialog {
 		d.dst = src
 	}
 	return d
-}
-
-func tagOf(h interface{ Value() string }) string {
-	switch v := h.(type) {
-	case *sip.ToHeader:
-		if v != nil {
-			t, _ := v.Params.Get("tag")
-			return t
-		}
-	case *sip.FromHeader:
-		if v != nil {
-			t, _ := v.Params.Get("tag")
-			return t
-		}
-	}
-	return ""
 }
 
 // learnTarget records the peer's Contact and, for a UAC, the route set
@@ -459,11 +444,11 @@ func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	req := sip.NewRequest(method, d.target)
-	req.AppendHeader(newVia(d.side.contact()))
+	req.AppendHeader(sipmsg.NewVia(d.side.contact()))
 	for _, r := range d.routes {
 		req.AppendHeader(&sip.RouteHeader{Address: r})
 	}
-	req.AppendHeader(&sip.FromHeader{Address: d.local, Params: params("tag", d.localTag)})
+	req.AppendHeader(&sip.FromHeader{Address: d.local, Params: sipmsg.Params("tag", d.localTag)})
 	to := &sip.ToHeader{Address: d.remote, Params: sip.NewParams()}
 	if d.remoteTag != "" {
 		to.Params.Add("tag", d.remoteTag)
@@ -483,7 +468,7 @@ func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request 
 			Host: d.side.contact().Addr().String(), Port: int(d.side.contact().Port())}})
 	}
 	if method == sip.INVITE {
-		req.AppendHeader(sip.NewHeader("Allow", allowed))
+		req.AppendHeader(sip.NewHeader("Allow", sipmsg.Allowed))
 	}
 	if body != nil {
 		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
@@ -496,7 +481,7 @@ func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request 
 // authorize answers a 401/407 to an INVITE with a copy carrying
 // credentials, a new branch and the next CSeq.
 func (d *dialog) authorize(req *sip.Request, res *sip.Response, user, pass string) (*sip.Request, error) {
-	chal, hdr, err := challenge(res)
+	chal, hdr, err := sipmsg.Challenge(res)
 	if err != nil {
 		return nil, err
 	}
@@ -507,7 +492,7 @@ func (d *dialog) authorize(req *sip.Request, res *sip.Response, user, pass strin
 	}
 	next := req.Clone()
 	next.RemoveHeader("Via")
-	next.PrependHeader(newVia(d.side.contact()))
+	next.PrependHeader(sipmsg.NewVia(d.side.contact()))
 	d.mu.Lock()
 	d.cseq++
 	next.CSeq().SeqNo = d.cseq
@@ -574,7 +559,7 @@ func (b *B2BUA) awaitCancelled(tx sip.ClientTransaction, d *dialog, invite *sip.
 			return
 		case res := <-tx.Responses():
 			if res.StatusCode >= 200 && res.StatusCode < 300 {
-				d.setRemoteTag(tagOf(res.To()))
+				d.setRemoteTag(sipmsg.Tag(res.To()))
 				d.learnTarget(res, true)
 				b.ack(d, invite, res)
 				b.bye(d)

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
@@ -157,7 +158,7 @@ func startB2BUA(t *testing.T, prov *fakeProvider) (*Server, netip.AddrPort) {
 			Username: "4930123456", Password: "secret", Expires: 300 * time.Second, Register: true,
 			Keepalive: config.KeepaliveOff, DIDs: []string{"4930123456"}}},
 		PBXConn: lan,
-		PBX: PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
+		PBX: b2bua.PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
 			Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}},
 		Media: rtpbridge.Config{
 			LAN: &rtpbridge.Pool{Address: lanIP, MinPort: 45000, MaxPort: 45199},

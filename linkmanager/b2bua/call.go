@@ -590,7 +590,11 @@ func (b *B2BUA) bye(d *dialog) {
 func (b *B2BUA) reply(tx sip.ServerTransaction, req *sip.Request, d *dialog, code int, reason string, body []byte, extra ...sip.Header) *sip.Response {
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
 	if d != nil && code > 100 {
-		if to := res.To(); to != nil && !to.Params.Has("tag") {
+		// sipgo puts a fresh random To tag on every response to a request
+		// without one; the dialog's responses must all carry the tag its
+		// later requests use (RFC 3261 §8.2.6.2, §12.1.1). A request in a
+		// dialog already names our tag, which sipgo copied.
+		if to := res.To(); to != nil && sipmsg.Tag(req.To()) == "" {
 			to.Params.Add("tag", d.localTag)
 		}
 		if code < 300 {

@@ -224,17 +224,30 @@ func (b *B2BUA) track(c *call) {
 	}
 }
 
-func (b *B2BUA) lookup(callID string) (*call, rtpbridge.Leg, bool) {
+// callByID is the call with a leg of this Call-ID.
+func (b *B2BUA) callByID(callID string) (*call, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	c, ok := b.calls[callID]
+	return c, ok
+}
+
+// lookup finds the dialog a request we received belongs to: by Call-ID
+// and both tags (RFC 3261 §12.2.2), ours in To and the peer's in From. A
+// request naming a fork we dropped, or no dialog at all, finds nothing.
+func (b *B2BUA) lookup(req *sip.Request) (*call, rtpbridge.Leg, bool) {
+	if req.CallID() == nil {
+		return nil, 0, false
+	}
+	c, ok := b.callByID(req.CallID().Value())
 	if !ok {
 		return nil, 0, false
 	}
+	id := dialogID{callID: req.CallID().Value(), local: sipmsg.Tag(req.To()), remote: sipmsg.Tag(req.From())}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for l, d := range c.legs {
-		if d != nil && d.callID == callID {
+		if d != nil && d.id() == id {
 			return c, rtpbridge.Leg(l), true
 		}
 	}
@@ -304,7 +317,7 @@ func (b *B2BUA) hangup(c *call, reason string) {
 // OnMediaTimeout is the media's callback for a call whose media died; id
 // is what NewSession got.
 func (b *B2BUA) OnMediaTimeout(id string) {
-	c, _, ok := b.lookup(id)
+	c, ok := b.callByID(id)
 	if !ok {
 		return
 	}
@@ -418,7 +431,7 @@ func (p *pbxState) allowed(ip netip.Addr) bool {
 
 // OnBye ends a call from either side: answer, then hang up the other leg.
 func (b *B2BUA) OnBye(req *sip.Request, tx sip.ServerTransaction) {
-	c, leg, ok := b.lookup(req.CallID().Value())
+	c, leg, ok := b.lookup(req)
 	if !ok {
 		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
 		return
@@ -432,32 +445,47 @@ func (b *B2BUA) OnBye(req *sip.Request, tx sip.ServerTransaction) {
 
 // OnAck confirms an answered call; media was already running.
 func (b *B2BUA) OnAck(req *sip.Request, tx sip.ServerTransaction) {
-	if c, _, ok := b.lookup(req.CallID().Value()); ok {
+	if c, _, ok := b.lookup(req); ok {
 		c.confirm()
 	}
 }
 
 // OnStrayResponse sees responses no transaction wanted. A 2xx to an
 // INVITE arriving again means our ACK was lost: send it again, or the
-// callee hangs up.
+// callee hangs up. A 2xx from another fork of our INVITE (a To tag that is
+// not the one we took) opens a dialog we do not want: ACK it, then BYE it
+// (RFC 3261 §13.2.2.4).
 func (b *B2BUA) OnStrayResponse(res *sip.Response) {
 	cs := res.CSeq()
 	if cs == nil || cs.MethodName != sip.INVITE || !res.IsSuccess() || res.CallID() == nil {
 		return
 	}
-	c, leg, ok := b.lookup(res.CallID().Value())
+	c, ok := b.callByID(res.CallID().Value())
 	if !ok {
 		return
 	}
-	c.mu.Lock()
-	d := c.legs[leg]
-	c.mu.Unlock()
+	// In a response our tag is in From.
+	id := dialogID{callID: res.CallID().Value(), local: sipmsg.Tag(res.From()), remote: sipmsg.Tag(res.To())}
+	d, extra := c.dialogFor(id, res)
+	if d == nil {
+		return
+	}
 	d.mu.Lock()
 	var ack *sip.Request
 	if d.lastAck != nil && d.lastAck.CSeq().SeqNo == cs.SeqNo {
 		ack = d.lastAck.Clone()
 	}
+	drop := extra && d.lastAck == nil && !d.dropped
+	if drop {
+		d.dropped = true
+	}
 	d.mu.Unlock()
+	if drop {
+		c.log.Info("second 2xx from another fork; hanging it up", zap.String("to_tag", id.remote))
+		b.ack(d, cs.SeqNo)
+		b.goCall(func() { b.bye(d) })
+		return
+	}
 	if ack == nil {
 		return
 	}
@@ -476,7 +504,7 @@ func (b *B2BUA) OnUpdate(req *sip.Request, tx sip.ServerTransaction) {
 // change, RFC 4028 session refresh) to the other leg with its SDP
 // rewritten, and the answer back. The relay ports stay the same.
 func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
-	c, leg, ok := b.lookup(req.CallID().Value())
+	c, leg, ok := b.lookup(req)
 	if !ok {
 		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
 		return
@@ -553,7 +581,7 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 				c.log.Warn("bad SDP in re-INVITE answer", zap.Error(err))
 			}
 			if req.Method == sip.INVITE {
-				b.ack(out, fwd, res)
+				b.ack(out, fwd.CSeq().SeqNo)
 			}
 			b.reply(tx, req, in, sip.StatusOK, "OK", in.sent(answer))
 			return

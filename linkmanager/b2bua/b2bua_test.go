@@ -119,12 +119,8 @@ func TestOfferlessReinviteAnsweredLocally(t *testing.T) {
 	if res := callee.do(sip.BYE, nil); res.StatusCode != 200 {
 		t.Errorf("BYE answered %d", res.StatusCode)
 	}
-	select {
-	case req := <-h.pbx.reqs:
-		if req.Method != sip.BYE {
-			t.Errorf("the PBX got a %s before the BYE: the refresh was relayed", req.Method)
-		}
-	case <-time.After(wait):
-		t.Error("the PBX never got the BYE")
+	h.pbx.next(sip.BYE)
+	if req, ok := h.pbx.any(); ok {
+		t.Errorf("the PBX got a %s besides the BYE: the refresh was relayed", req.Method)
 	}
 }

@@ -54,6 +54,7 @@ type dialog struct {
 	version   uint64       // guarded by mu; o= version of the SDP we send on this side
 	lastAck   *sip.Request // guarded by mu; resent when the peer retransmits its 2xx
 	lastSDP   []byte       // guarded by mu; the SDP we last sent on this leg
+	dropped   bool         // guarded by mu; a fork we ACKed only to hang it up
 }
 
 // sent records the SDP we sent on this leg and returns it.
@@ -81,10 +82,25 @@ func (d *dialog) confirmed() bool {
 	return d.remoteTag != ""
 }
 
-func (d *dialog) setRemoteTag(tag string) {
+// dialogID identifies a dialog: Call-ID and both tags (RFC 3261 §12).
+type dialogID struct{ callID, local, remote string }
+
+func (d *dialog) id() dialogID {
 	d.mu.Lock()
-	d.remoteTag = tag
-	d.mu.Unlock()
+	defer d.mu.Unlock()
+	return dialogID{callID: d.callID, local: d.localTag, remote: d.remoteTag}
+}
+
+// forkFor is the dialog of our INVITE with the peer that answered with
+// tag: a forking proxy brings one per callee (RFC 3261 §12.1.2), each
+// with its own tag, target and route set. It starts from the INVITE's
+// state: CSeq, and the SDP we sent.
+func (d *dialog) forkFor(tag string) *dialog {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return &dialog{side: d.side, callID: d.callID, localTag: d.localTag, local: d.local, remote: d.remote,
+		dst: d.dst, remoteTag: tag, target: d.target, routes: d.routes, cseq: d.cseq, version: d.version,
+		lastSDP: d.lastSDP}
 }
 
 // nextVersion is the o= version for the next SDP we send on this leg.
@@ -117,9 +133,62 @@ type call struct {
 	acked     chan struct{} // closed when the caller ACKs our 2xx
 	ackedOnce sync.Once
 
-	mu    sync.Mutex
-	legs  [2]*dialog // by rtpbridge.Leg; guarded by mu
-	ended bool       // guarded by mu
+	uac rtpbridge.Leg // the leg of our INVITE
+
+	mu sync.Mutex
+	// legs are the call's two dialogs, by rtpbridge.Leg; guarded by mu.
+	// On the UAC leg it is the INVITE's until a 2xx picks a fork.
+	legs  [2]*dialog
+	forks map[string]*dialog // guarded by mu; the UAC leg's dialogs by remote tag
+	ended bool               // guarded by mu
+}
+
+// fork returns the UAC leg's dialog for the tag of res (a 1xx or 2xx to
+// our INVITE), made on first sight, with what res says of target and
+// route set; nil for a response without a tag.
+func (c *call) fork(res *sip.Response) *dialog {
+	tag := sipmsg.Tag(res.To())
+	if tag == "" {
+		return nil
+	}
+	c.mu.Lock()
+	d, ok := c.forks[tag]
+	if !ok {
+		d = c.legs[c.uac].forkFor(tag)
+		c.forks[tag] = d
+	}
+	c.mu.Unlock()
+	d.learnTarget(res, true)
+	return d
+}
+
+// answered makes the fork d the call's dialog on the UAC leg.
+func (c *call) answered(d *dialog) {
+	c.mu.Lock()
+	c.legs[c.uac] = d
+	c.mu.Unlock()
+}
+
+// dialogFor finds the dialog a response to our INVITE belongs to: one of
+// the legs, or a fork of the UAC leg (extra: not the one the call took),
+// made now if res is the first we hear of it. Nil when none fits.
+func (c *call) dialogFor(id dialogID, res *sip.Response) (d *dialog, extra bool) {
+	c.mu.Lock()
+	for _, l := range c.legs {
+		if l != nil && l.id() == id {
+			c.mu.Unlock()
+			return l, false
+		}
+	}
+	uac := c.legs[c.uac]
+	c.mu.Unlock()
+	// Only once a 2xx picked a fork is another one extra: before, the
+	// INVITE's transaction has the response, and a retransmission will
+	// follow.
+	if uac == nil || id.remote == "" || !uac.confirmed() || uac.callID != id.callID || uac.localTag != id.local {
+		return nil, false
+	}
+	return c.fork(res), true
 }
 
 // confirm records the caller's ACK for our 2xx.
@@ -177,7 +246,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now(),
 		from: req.From().Address.User, to: p.at.User,
-		acked: make(chan struct{}), done: make(chan struct{})}
+		acked: make(chan struct{}), done: make(chan struct{}), uac: p.to.leg, forks: map[string]*dialog{}}
 	c.offerHeld = held(offer.Media[idx])
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
@@ -230,7 +299,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			log.Info("ring timeout", zap.Duration("after", b.ringTimeout))
 			b.cancel(out, invite)
 			b.reply(tx, req, in_, sip.StatusRequestTimeout, "Request Timeout", nil)
-			b.awaitCancelled(otx, out, invite)
+			b.awaitCancelled(c, otx, out, invite)
 			b.finish(c, "ring timeout")
 			return
 		case <-otx.Done():
@@ -242,22 +311,24 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			switch {
 			case code == 100:
 			case code < 200:
-				out.setRemoteTag(sipmsg.Tag(res.To()))
+				c.fork(res)
 				body, err := b.answerSDP(c, in.leg, p.to.leg, res.Body())
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))
 				}
 				b.reply(tx, req, in_, code, res.Reason, in_.sent(body))
 			case code < 300:
-				out.setRemoteTag(sipmsg.Tag(res.To()))
-				out.learnTarget(res, true)
+				if d := c.fork(res); d != nil {
+					out = d
+					c.answered(out)
+				}
 				// Point the relay at the answerer, which sends the pinhole
 				// packet, before the ACK: the callee may start sending the
 				// instant our ACK reaches it, and if its RTP reaches the
 				// NAT first the router gives our port to that flow
 				// (nat-findings.md, finding 4).
 				body, sdpErr := b.answerSDP(c, in.leg, p.to.leg, res.Body())
-				b.ack(out, invite, res)
+				b.ack(out, invite.CSeq().SeqNo)
 				// sipgo keeps the transaction for 32 s and swallows 2xx
 				// retransmissions; ended, they reach onStrayResponse,
 				// which sends our ACK again.
@@ -508,11 +579,12 @@ func (b *B2BUA) send(ctx context.Context, d *dialog, req *sip.Request) (sip.Clie
 	return d.side.client.TransactionRequest(ctx, req, sipgo.ClientRequestBuild)
 }
 
-// ack confirms a 2xx (RFC 3261 §13.2.2.4): end to end, so it is ours to
-// send, to the target the 2xx named.
-func (b *B2BUA) ack(d *dialog, invite *sip.Request, res *sip.Response) {
+// ack confirms a 2xx to the INVITE with CSeq number cseq (RFC 3261
+// §13.2.2.4): end to end, so it is ours to send, to the target the 2xx
+// named.
+func (b *B2BUA) ack(d *dialog, cseq uint32) {
 	ack := d.newRequest(sip.ACK, nil)
-	ack.CSeq().SeqNo = invite.CSeq().SeqNo
+	ack.CSeq().SeqNo = cseq
 	d.mu.Lock()
 	d.lastAck = ack
 	d.mu.Unlock()
@@ -548,7 +620,7 @@ func (b *B2BUA) cancel(d *dialog, invite *sip.Request) {
 
 // awaitCancelled waits briefly for the final answer to a cancelled
 // INVITE, hanging up if it was a 2xx that crossed our CANCEL.
-func (b *B2BUA) awaitCancelled(tx sip.ClientTransaction, d *dialog, invite *sip.Request) {
+func (b *B2BUA) awaitCancelled(c *call, tx sip.ClientTransaction, d *dialog, invite *sip.Request) {
 	t := time.NewTimer(5 * time.Second)
 	defer t.Stop()
 	for {
@@ -559,9 +631,10 @@ func (b *B2BUA) awaitCancelled(tx sip.ClientTransaction, d *dialog, invite *sip.
 			return
 		case res := <-tx.Responses():
 			if res.StatusCode >= 200 && res.StatusCode < 300 {
-				d.setRemoteTag(sipmsg.Tag(res.To()))
-				d.learnTarget(res, true)
-				b.ack(d, invite, res)
+				if f := c.fork(res); f != nil {
+					d = f
+				}
+				b.ack(d, invite.CSeq().SeqNo)
 				b.bye(d)
 				return
 			}

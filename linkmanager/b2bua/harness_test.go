@@ -111,16 +111,17 @@ func (s *stack) serve(t *testing.T) {
 // handler the test set for the method, else with a plain default.
 type agent struct {
 	*stack
-	t    *testing.T
-	reqs chan *sip.Request
+	t *testing.T
 
 	mu       sync.Mutex
 	handlers map[sip.RequestMethod]sipgo.RequestHandler // guarded by mu
 	texts    []string                                   // guarded by mu; every request as received
+	pending  []*sip.Request                             // guarded by mu; not yet taken by next
+	arrived  chan struct{}                              // guarded by mu; closed and replaced on each request
 }
 
 func newAgent(t *testing.T, ip string) *agent {
-	a := &agent{stack: newStack(t, ip, nil), t: t, reqs: make(chan *sip.Request, 64),
+	a := &agent{stack: newStack(t, ip, nil), t: t, arrived: make(chan struct{}),
 		handlers: map[sip.RequestMethod]sipgo.RequestHandler{}}
 	for _, m := range []sip.RequestMethod{sip.INVITE, sip.ACK, sip.BYE, sip.CANCEL, sip.UPDATE, sip.OPTIONS} {
 		a.srv.OnRequest(m, a.handle)
@@ -138,13 +139,11 @@ func (a *agent) on(m sip.RequestMethod, h sipgo.RequestHandler) {
 func (a *agent) handle(req *sip.Request, tx sip.ServerTransaction) {
 	a.mu.Lock()
 	a.texts = append(a.texts, req.String())
+	a.pending = append(a.pending, req)
+	close(a.arrived)
+	a.arrived = make(chan struct{})
 	h := a.handlers[req.Method]
 	a.mu.Unlock()
-	select {
-	case a.reqs <- req:
-	default:
-		a.t.Errorf("agent %s: request queue full", a.addr)
-	}
 	if h != nil {
 		h(req, tx)
 		return
@@ -162,21 +161,49 @@ func (a *agent) handle(req *sip.Request, tx sip.ServerTransaction) {
 	}
 }
 
-// next returns the next request of method the agent got, skipping others.
+// next takes the oldest request of method the agent got and has not
+// handed out yet, waiting for one. Requests of other methods stay for
+// their own next: sipgo handles each datagram in its own goroutine, so
+// the order of arrival is not the order of sending.
 func (a *agent) next(method sip.RequestMethod) *sip.Request {
+	a.t.Helper()
+	return a.take(func(r *sip.Request) bool { return r.Method == method }, string(method))
+}
+
+// take is next for any condition.
+func (a *agent) take(match func(*sip.Request) bool, what string) *sip.Request {
 	a.t.Helper()
 	timeout := time.After(wait)
 	for {
-		select {
-		case req := <-a.reqs:
-			if req.Method == method {
-				return req
+		a.mu.Lock()
+		for i, r := range a.pending {
+			if match(r) {
+				a.pending = append(a.pending[:i], a.pending[i+1:]...)
+				a.mu.Unlock()
+				return r
 			}
+		}
+		ch := a.arrived
+		a.mu.Unlock()
+		select {
+		case <-ch:
 		case <-timeout:
-			a.t.Fatalf("agent %s: no %s within %s", a.addr, method, wait)
+			a.t.Fatalf("agent %s: no %s within %s", a.addr, what, wait)
 			return nil
 		}
 	}
+}
+
+// any takes the oldest request not handed out yet, if there is one.
+func (a *agent) any() (*sip.Request, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.pending) == 0 {
+		return nil, false
+	}
+	r := a.pending[0]
+	a.pending = a.pending[1:]
+	return r, true
 }
 
 // received is the text of every request of method so far.

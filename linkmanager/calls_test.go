@@ -16,6 +16,7 @@ import (
 
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -154,7 +155,7 @@ func startB2BUA(t *testing.T, prov *fakeProvider) (*Server, netip.AddrPort) {
 	conn.SetOnSend(keeper.NoteSent)
 	srv, err := New(Options{
 		Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log,
-		Trunks: []TrunkOptions{{Name: "provider", Host: wanIP, Port: prov.port(), Domain: "sip.provider.test",
+		Trunks: []trunk.Options{{Name: "provider", Host: wanIP, Port: prov.port(), Domain: "sip.provider.test",
 			Username: "4930123456", Password: "secret", Expires: 300 * time.Second, Register: true,
 			Keepalive: config.KeepaliveOff, DIDs: []string{"4930123456"}}},
 		PBXConn: lan,

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -19,8 +18,10 @@ import (
 	"go.uber.org/zap/exp/zapslog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/linkmanager/linkmanager/linkmanager/admin"
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -32,35 +33,16 @@ var Version = "dev"
 type Options struct {
 	Conn     *SharedConn
 	Keeper   *stunkeeper.Keeper
-	Trunks   []TrunkOptions
+	Trunks   []trunk.Options
 	Interval time.Duration // keepalive interval for registrar flows
 	Logger   *zap.Logger
-	Resolver resolver // nil: net.DefaultResolver
+	Resolver trunk.Resolver // nil: net.DefaultResolver
 
 	// The B2BUA. Without PBXConn, calls for our DIDs are refused (480).
 	PBXConn     *SharedConn      // the LAN socket the PBX talks to
 	PBX         b2bua.PBXOptions //
 	Media       rtpbridge.Config // relay pools and timers; OnTimeout is set by New
 	RingTimeout time.Duration    // 0: b2bua.DefaultRingTimeout
-}
-
-// TrunkOptions is one provider account.
-type TrunkOptions struct {
-	Name          string
-	Host          string // registrar or outbound proxy host: where requests go
-	Port          int    // 0: SRV _sip._udp, then 5060
-	RegistrarHost string // also allowed to send us requests, if it differs from Host
-	Domain        string
-	Username      string
-	AuthUsername  string
-	Password      string
-	Expires       time.Duration
-	Register      bool
-	Keepalive     string
-	DIDs          []string
-	Prefixes      []string // outbound_prefixes; none: every number
-	NumberFormat  string   // e164, national or as-is
-	CountryCode   string
 }
 
 // Server is the SIP side of the daemon on the shared Internet socket:
@@ -74,15 +56,15 @@ type Server struct {
 	client *sipgo.Client
 
 	draining atomic.Bool // set by Shutdown: readiness fails, new calls get 503
-	trunks   atomic.Pointer[[]*trunk]
+	trunks   atomic.Pointer[[]*trunk.Trunk]
 	tmu      sync.Mutex // serialises starting and stopping trunks (Run, Reload)
 	started  bool       // guarded by tmu; Run has started the trunks
 	stopped  bool       // guarded by tmu; Run is stopping them
-	lookup   resolver
+	lookup   trunk.Resolver
 	interval time.Duration
 	local    netip.AddrPort
 	rootLog  *zap.Logger
-	metrics  *metrics
+	metrics  *admin.Metrics
 
 	b2bua  *b2bua.B2BUA // nil without a PBX socket
 	media  *rtpbridge.Bridge
@@ -99,7 +81,7 @@ func New(opts Options) (*Server, error) {
 	}
 	slogger := slog.New(zapslog.NewHandler(log.Named("sipgo").Core()))
 	local := opts.Conn.LocalAddrPort()
-	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip"), metrics: newMetrics()}
+	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip"), metrics: admin.NewMetrics()}
 	// rport on the Internet side: the provider answers to our NAT
 	// mapping and tells us what it is.
 	ua, srv, client, err := s.sipStack("sip", local, slogger, sipgo.WithClientNAT())
@@ -112,7 +94,7 @@ func New(opts Options) (*Server, error) {
 		s.lookup = opts.Resolver
 	}
 	s.interval, s.local, s.rootLog = opts.Interval, local, log
-	trunks := make([]*trunk, 0, len(opts.Trunks))
+	trunks := make([]*trunk.Trunk, 0, len(opts.Trunks))
 	for _, to := range opts.Trunks {
 		trunks = append(trunks, s.newTrunk(to))
 	}
@@ -128,45 +110,16 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
-// newTrunk builds (but does not start) one provider account.
-func (s *Server) newTrunk(to TrunkOptions) *trunk {
-	tl := s.rootLog.Named("trunk").With(zap.String("trunk", to.Name))
-	t := &trunk{
-		conf: trunkConf{Name: to.Name, Domain: to.Domain, Username: to.Username, AuthUsername: to.AuthUsername,
-			Password: to.Password, Expires: to.Expires, Register: to.Register, Keepalive: to.Keepalive, DIDs: to.DIDs},
-		opts: to, host: to.Host, port: to.Port, also: to.RegistrarHost, prefixes: to.Prefixes,
-		format: to.NumberFormat, country: to.CountryCode, interval: s.interval,
-		do: s.do, probe: s.keeper.Probe, send: s.conn.Send, lastSent: s.conn.LastSent,
-		log: tl, now: time.Now, lookup: s.lookup, sources: map[netip.Addr]bool{},
-	}
-	t.reg = newRegistration(t.conf, s.do, t.resolveRegistrar, s.keeper, s.local, tl)
-	t.reg.ua = "linkmanager/" + Version
-	return t
+// newTrunk builds (but does not start) one provider account on the
+// shared socket.
+func (s *Server) newTrunk(o trunk.Options) *trunk.Trunk {
+	return trunk.New(o, trunk.Deps{Do: s.do, Probe: s.keeper.Probe, Send: s.conn.Send, LastSent: s.conn.LastSent,
+		Keeper: s.keeper, Local: s.local, Interval: s.interval, Lookup: s.lookup,
+		UserAgent: "linkmanager/" + Version, Logger: s.rootLog})
 }
 
 // trunkList is the current trunks; a reload swaps the whole slice.
-func (s *Server) trunkList() []*trunk { return *s.trunks.Load() }
-
-// startTrunk runs t until stopTrunk; the owner waits for it there.
-func (s *Server) startTrunk(t *trunk) {
-	ctx, cancel := context.WithCancel(context.Background())
-	t.stop, t.done = cancel, make(chan struct{})
-	go func() {
-		defer close(t.done)
-		t.Run(ctx)
-	}()
-}
-
-// stopTrunk stops t and waits; it unregisters unless keepBinding, for a
-// successor that registers the same binding at once.
-func (s *Server) stopTrunk(t *trunk, keepBinding bool) {
-	if t.stop == nil {
-		return
-	}
-	t.reg.keepBinding.Store(keepBinding)
-	t.stop()
-	<-t.done
-}
+func (s *Server) trunkList() []*trunk.Trunk { return *s.trunks.Load() }
 
 // sipStack builds a sipgo user agent, server and client for one socket.
 // The client is pinned to the exact IP:port: sipgo then finds our
@@ -232,7 +185,7 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 		Router:      s,
 		Media:       bridgeMedia{media},
 		RingTimeout: opts.RingTimeout,
-		OnCallEnded: s.metrics.callEnded,
+		OnCallEnded: s.metrics.CallEnded,
 	})
 	if err != nil {
 		media.Close()
@@ -303,7 +256,7 @@ func (s *Server) Run(ctx context.Context) error {
 		// are hung up.
 		s.tmu.Lock()
 		for _, t := range s.trunkList() {
-			s.startTrunk(t)
+			t.Start()
 		}
 		s.started = true
 		s.tmu.Unlock()
@@ -317,7 +270,7 @@ func (s *Server) Run(ctx context.Context) error {
 		var wg sync.WaitGroup
 		for _, t := range s.trunkList() {
 			wg.Add(1)
-			go func() { defer wg.Done(); s.stopTrunk(t, false) }()
+			go func() { defer wg.Done(); t.Stop(false) }()
 		}
 		wg.Wait()
 		s.tmu.Unlock()
@@ -346,11 +299,11 @@ func (s *Server) WaitStarted(ctx context.Context) error {
 		return ctx.Err()
 	}
 	for _, t := range s.trunkList() {
-		if !t.conf.Register {
+		if !t.Options().Register {
 			continue
 		}
 		select {
-		case <-t.reg.attempted:
+		case <-t.Attempted():
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -370,7 +323,7 @@ func (s *Server) Alive() bool {
 // ReloadOptions is what a configuration reload may change while calls
 // are up. The sockets and the relay ranges are not among them.
 type ReloadOptions struct {
-	Trunks      []TrunkOptions
+	Trunks      []trunk.Options
 	PBX         b2bua.PBXOptions // Listen is kept
 	STUNServers []string
 }
@@ -392,62 +345,47 @@ func (s *Server) Reload(o ReloadOptions) ([]string, error) {
 	if s.stopped {
 		return nil, ErrServerClosed
 	}
-	old := map[string]*trunk{}
+	old := map[string]*trunk.Trunk{}
 	for _, t := range s.trunkList() {
-		old[t.conf.Name] = t
+		old[t.Name()] = t
 	}
-	next := make([]*trunk, 0, len(o.Trunks))
+	next := make([]*trunk.Trunk, 0, len(o.Trunks))
 	for _, to := range o.Trunks {
 		prev := old[to.Name]
 		delete(old, to.Name)
-		if prev != nil && sameTrunk(prev.opts, to) {
+		if prev != nil && prev.Options().Same(to) {
 			next = append(next, prev)
 			continue
 		}
 		t := s.newTrunk(to)
 		if prev != nil {
+			po := prev.Options()
 			// The same account at the same registrar: hand the binding
 			// over instead of removing and re-adding it.
-			same := prev.opts.Username == to.Username && prev.opts.Domain == to.Domain &&
-				prev.opts.Host == to.Host && prev.opts.Port == to.Port
-			if prev.opts.Host == to.Host && prev.opts.Port == to.Port {
-				// Keep accepting the provider's requests while the
-				// successor resolves its registrar again.
-				prev.mu.Lock()
-				for ip := range prev.sources {
-					t.sources[ip] = true
-				}
-				prev.mu.Unlock()
-				t.dst.Store(prev.dst.Load())
+			same := po.Username == to.Username && po.Domain == to.Domain && po.Host == to.Host && po.Port == to.Port
+			if po.Host == to.Host && po.Port == to.Port {
+				t.Inherit(prev)
 			}
 			if s.started {
-				s.stopTrunk(prev, same)
+				prev.Stop(same)
 			}
 			changed = append(changed, "trunk "+to.Name+" changed")
 		} else {
 			changed = append(changed, "trunk "+to.Name+" added")
 		}
 		if s.started {
-			s.startTrunk(t)
+			t.Start()
 		}
 		next = append(next, t)
 	}
 	for name, t := range old {
 		if s.started {
-			s.stopTrunk(t, false)
+			t.Stop(false)
 		}
 		changed = append(changed, "trunk "+name+" removed")
 	}
 	s.trunks.Store(&next)
 	return changed, nil
-}
-
-func sameTrunk(a, b TrunkOptions) bool {
-	return a.Name == b.Name && a.Host == b.Host && a.Port == b.Port && a.RegistrarHost == b.RegistrarHost &&
-		a.Domain == b.Domain && a.Username == b.Username && a.AuthUsername == b.AuthUsername &&
-		a.Password == b.Password && a.Expires == b.Expires && a.Register == b.Register &&
-		a.Keepalive == b.Keepalive && slices.Equal(a.DIDs, b.DIDs) && slices.Equal(a.Prefixes, b.Prefixes) &&
-		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode
 }
 
 // Shutdown starts the drain: readiness fails at once, new calls get 503,
@@ -465,14 +403,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Status reports every trunk's registration.
-func (s *Server) Status() []RegStatus {
-	out := make([]RegStatus, 0, len(s.trunkList()))
+func (s *Server) Status() []trunk.RegStatus {
+	out := make([]trunk.RegStatus, 0, len(s.trunkList()))
 	for _, t := range s.trunkList() {
-		st := t.reg.Status()
-		if m := t.keepalive.Load(); m != nil {
-			st.Keepalive = *m
-		}
-		out = append(out, st)
+		out = append(out, t.Status())
 	}
 	return out
 }
@@ -481,7 +415,7 @@ func (s *Server) allowRequest(from netip.AddrPort) bool {
 	return s.trunkFor(from.Addr()) != nil
 }
 
-func (s *Server) trunkFor(ip netip.Addr) *trunk {
+func (s *Server) trunkFor(ip netip.Addr) *trunk.Trunk {
 	for _, t := range s.trunkList() {
 		if t.Allows(ip) {
 			return t
@@ -521,7 +455,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		toUser = to.Address.User
 	}
 	did, ok := t.MatchDID(req.Recipient.User, toUser)
-	log := s.log.With(zap.String("trunk", t.conf.Name), zap.String("call_id", callID))
+	log := s.log.With(zap.String("trunk", t.Name()), zap.String("call_id", callID))
 	if !ok {
 		log.Info("inbound call for unknown number", zap.String("ruri_user", req.Recipient.User), zap.String("to_user", toUser))
 		s.respond(tx, req, sip.StatusNotFound, "Not Found")
@@ -532,7 +466,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(tx, req, sip.StatusTemporarilyUnavailable, "Temporarily Unavailable")
 		return
 	}
-	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.conf.Name, DID: did, Contact: t.registeredContact}, req, tx)
+	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.Name(), DID: did, Contact: t.RegisteredContact}, req, tx)
 }
 
 func (s *Server) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string) {
@@ -556,9 +490,15 @@ func (m bridgeMedia) NewSession(id string) (b2bua.Session, error) {
 // match takes the call.
 func (s *Server) Route(dialled string) (b2bua.Route, error) {
 	for _, t := range s.trunkList() {
-		if t.takes(dialled) {
-			return t.route(dialled)
+		r, ok, err := t.Route(dialled)
+		if !ok {
+			continue
 		}
+		if err != nil {
+			return b2bua.Route{}, fmt.Errorf("%w: %w", b2bua.ErrUnresolved, err)
+		}
+		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Number: r.Number, Domain: r.Domain, User: r.User,
+			AuthUser: r.AuthUser, Password: r.Password, Contact: t.RegisteredContact}, nil
 	}
 	return b2bua.Route{}, b2bua.ErrNoRoute
 }

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
@@ -124,7 +125,7 @@ func startServer(t *testing.T, reg *udpRegistrar, keepalive string) (*Server, *S
 	conn.SetOnSend(keeper.NoteSent)
 	srv, err := New(Options{
 		Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log,
-		Trunks: []TrunkOptions{{
+		Trunks: []trunk.Options{{
 			Name: "provider", Host: "127.0.0.1", Port: int(reg.addr().Port()), Domain: "sip.provider.test",
 			Username: "4930123456", Password: "secret", Expires: 300 * time.Second, Register: true,
 			Keepalive: keepalive, DIDs: []string{"4930123456", "+4930123*"},
@@ -278,13 +279,13 @@ func TestServerSeveralTrunksRegisterIndependently(t *testing.T) {
 	}
 	conn.SetSTUNHandler(keeper.HandlePacket)
 	conn.SetOnSend(keeper.NoteSent)
-	trunk := func(name string, port uint16) TrunkOptions {
-		return TrunkOptions{Name: name, Host: "127.0.0.1", Port: int(port), Domain: name + ".test",
+	mkTrunk := func(name string, port uint16) trunk.Options {
+		return trunk.Options{Name: name, Host: "127.0.0.1", Port: int(port), Domain: name + ".test",
 			Username: "u-" + name, Password: "p", Expires: 300 * time.Second, Register: true, Keepalive: config.KeepaliveOff}
 	}
-	srv, err := New(Options{Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log, Trunks: []TrunkOptions{
-		trunk("dead", dead.LocalAddr().(*net.UDPAddr).AddrPort().Port()),
-		trunk("good", good.addr().Port()),
+	srv, err := New(Options{Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log, Trunks: []trunk.Options{
+		mkTrunk("dead", dead.LocalAddr().(*net.UDPAddr).AddrPort().Port()),
+		mkTrunk("good", good.addr().Port()),
 	}})
 	if err != nil {
 		t.Fatal(err)

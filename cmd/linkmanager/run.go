@@ -23,8 +23,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/linkmanager/linkmanager/linkmanager"
+	"github.com/linkmanager/linkmanager/linkmanager/admin"
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -195,13 +197,13 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return srv.Run(gctx) })
 	if adminLn != nil {
-		admin := linkmanager.NewAdmin(srv, log)
-		g.Go(func() error { return admin.Serve(adminLn) })
+		adm := admin.New(srv, srv.Metrics(), log)
+		g.Go(func() error { return adm.Serve(adminLn) })
 		g.Go(func() error {
 			<-gctx.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			return admin.Shutdown(ctx)
+			return adm.Shutdown(ctx)
 		})
 	}
 	g.Go(func() error {
@@ -342,10 +344,10 @@ func mediaConfig(c config.RTP, lan, wan netip.Addr) rtpbridge.Config {
 	}
 }
 
-func trunkOptions(ts []config.Trunk) []linkmanager.TrunkOptions {
-	out := make([]linkmanager.TrunkOptions, 0, len(ts))
+func trunkOptions(ts []config.Trunk) []trunk.Options {
+	out := make([]trunk.Options, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, linkmanager.TrunkOptions{
+		out = append(out, trunk.Options{
 			Name: t.Name, Host: t.ProxyAddr.Host, Port: t.ProxyAddr.Port, RegistrarHost: t.RegistrarAddr.Host,
 			Domain: t.Domain, Username: t.Username, AuthUsername: t.AuthUsername, Password: t.Password,
 			Expires: time.Duration(t.Expires), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,

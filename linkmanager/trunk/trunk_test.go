@@ -1,4 +1,4 @@
-package linkmanager
+package trunk
 
 import (
 	"context"
@@ -26,8 +26,8 @@ type keepaliveRig struct {
 	stunOK   bool
 }
 
-func (r *keepaliveRig) trunk(method string) *trunk {
-	t := &trunk{
+func (r *keepaliveRig) trunk(method string) *Trunk {
+	t := &Trunk{
 		conf: trunkConf{Name: "provider", Domain: "sip.provider.test", Username: "4930123456", Keepalive: method},
 		host: registrarAddr.Addr().String(), port: int(registrarAddr.Port()), interval: 10 * time.Second,
 		log: zap.NewNop(), now: time.Now, sources: map[netip.Addr]bool{},
@@ -80,7 +80,7 @@ func (r *keepaliveRig) sentOptions() int {
 }
 
 // runFor runs the keepalive loop for d of fake time.
-func runFor(t *trunk, d time.Duration) {
+func runFor(t *Trunk, d time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { t.keepaliveLoop(ctx); close(done) }()

@@ -1,4 +1,4 @@
-package linkmanager
+package trunk
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package linkmanager
+package trunk
 
 import (
 	"context"
@@ -33,13 +33,13 @@ const (
 	initialPublicWait = 2 * time.Second
 )
 
-// txFunc runs one non-INVITE client transaction to dst and returns its
+// TxFunc runs one non-INVITE client transaction to dst and returns its
 // final response. The production one is sipgo's Client.Do pinned to the
 // shared socket; tests pass a fake registrar.
-type txFunc func(ctx context.Context, req *sip.Request, dst netip.AddrPort) (*sip.Response, error)
+type TxFunc func(ctx context.Context, req *sip.Request, dst netip.AddrPort) (*sip.Response, error)
 
-// publicAddrs is what the registration needs from the STUN keeper.
-type publicAddrs interface {
+// PublicAddrs is what the registration needs from the STUN keeper.
+type PublicAddrs interface {
 	Public() (stunkeeper.Mapping, bool)
 	Subscribe() (<-chan stunkeeper.Mapping, func())
 	Observe(stunkeeper.Mapping)
@@ -61,6 +61,7 @@ type trunkConf struct {
 // RegStatus is a snapshot of one trunk's registration.
 type RegStatus struct {
 	Trunk      string
+	Register   bool // configured to register at all
 	Registered bool
 	Since      time.Time      // when the current registration was first confirmed
 	Contact    netip.AddrPort // the public address in the registered Contact
@@ -79,9 +80,9 @@ type RegStatus struct {
 // readers get through Status().
 type registration struct {
 	conf    trunkConf
-	do      txFunc
+	do      TxFunc
 	resolve func(ctx context.Context) (netip.AddrPort, error)
-	keeper  publicAddrs
+	keeper  PublicAddrs
 	local   netip.AddrPort
 	log     *zap.Logger
 	now     func() time.Time
@@ -110,8 +111,8 @@ type registration struct {
 	status RegStatus // guarded by mu
 }
 
-func newRegistration(conf trunkConf, do txFunc, resolve func(context.Context) (netip.AddrPort, error),
-	keeper publicAddrs, local netip.AddrPort, log *zap.Logger) *registration {
+func newRegistration(conf trunkConf, do TxFunc, resolve func(context.Context) (netip.AddrPort, error),
+	keeper PublicAddrs, local netip.AddrPort, log *zap.Logger) *registration {
 	return &registration{
 		conf:      conf,
 		do:        do,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
@@ -145,8 +146,8 @@ func (p *fakeProvider) received(method string) []string {
 func startB2BUA(t *testing.T, prov *fakeProvider) (*Server, netip.AddrPort) {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	conn := NewSharedConn(listenOn(t, wanIP), log, nil)
-	lan := NewSharedConn(listenOn(t, lanIP), log, nil)
+	conn := sharedconn.New(listenOn(t, wanIP), log, nil)
+	lan := sharedconn.New(listenOn(t, lanIP), log, nil)
 	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
 	if err != nil {
 		t.Fatal(err)

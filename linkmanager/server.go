@@ -20,6 +20,7 @@ import (
 
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
@@ -31,7 +32,7 @@ var Version = "dev"
 
 // Options wires a Server. The caller owns the socket inside Conn.
 type Options struct {
-	Conn     *SharedConn
+	Conn     *sharedconn.Conn
 	Keeper   *stunkeeper.Keeper
 	Trunks   []trunk.Options
 	Interval time.Duration // keepalive interval for registrar flows
@@ -39,7 +40,7 @@ type Options struct {
 	Resolver trunk.Resolver // nil: net.DefaultResolver
 
 	// The B2BUA. Without PBXConn, calls for our DIDs are refused (480).
-	PBXConn     *SharedConn      // the LAN socket the PBX talks to
+	PBXConn     *sharedconn.Conn // the LAN socket the PBX talks to
 	PBX         b2bua.PBXOptions //
 	Media       rtpbridge.Config // relay pools and timers; OnTimeout is set by New
 	RingTimeout time.Duration    // 0: b2bua.DefaultRingTimeout
@@ -48,7 +49,7 @@ type Options struct {
 // Server is the SIP side of the daemon on the shared Internet socket:
 // trunk registrations, keepalives and inbound requests from providers.
 type Server struct {
-	conn   *SharedConn
+	conn   *sharedconn.Conn
 	keeper *stunkeeper.Keeper
 	log    *zap.Logger
 	ua     *sipgo.UserAgent
@@ -68,7 +69,7 @@ type Server struct {
 
 	b2bua  *b2bua.B2BUA // nil without a PBX socket
 	media  *rtpbridge.Bridge
-	lan    *SharedConn
+	lan    *sharedconn.Conn
 	lanUA  *sipgo.UserAgent
 	lanSrv *sipgo.Server
 }

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -38,7 +39,7 @@ type seenReq struct {
 }
 
 func startUDPRegistrar(t *testing.T) *udpRegistrar {
-	r := &udpRegistrar{t: t, conn: listenLoopback(t)}
+	r := &udpRegistrar{t: t, conn: listenOn(t, wanIP)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -112,11 +113,11 @@ func await(t *testing.T, what string, cond func() bool) {
 
 // startServer runs a Server against reg; the returned stop cancels it and
 // returns Run's result, and may be called more than once.
-func startServer(t *testing.T, reg *udpRegistrar, keepalive string) (*Server, *SharedConn, func() error) {
+func startServer(t *testing.T, reg *udpRegistrar, keepalive string) (*Server, *sharedconn.Conn, func() error) {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
-	sock := listenLoopback(t)
-	conn := NewSharedConn(sock, log, nil)
+	sock := listenOn(t, wanIP)
+	conn := sharedconn.New(sock, log, nil)
 	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -224,7 +225,7 @@ func TestServerInboundRequests(t *testing.T) {
 	// The provider talks from its registrar socket. Our registrar fake
 	// owns that socket's reads, so use another socket on the same IP:
 	// requests are allowed by the provider's IP, not its port.
-	provider := listenLoopback(t)
+	provider := listenOn(t, wanIP)
 	pAddr := provider.LocalAddr().(*net.UDPAddr).AddrPort()
 
 	for _, tc := range []struct {
@@ -270,9 +271,9 @@ func firstLine(s string) string {
 }
 
 func TestServerSeveralTrunksRegisterIndependently(t *testing.T) {
-	good, dead := startUDPRegistrar(t), listenLoopback(t) // dead: never answers
+	good, dead := startUDPRegistrar(t), listenOn(t, wanIP) // dead: never answers
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	conn := NewSharedConn(listenLoopback(t), log, nil)
+	conn := sharedconn.New(listenOn(t, wanIP), log, nil)
 	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 )
 
 // Ready reports whether the daemon can carry calls: the SIP socket is
@@ -41,7 +42,7 @@ func (s *Server) Snapshot() admin.Snapshot {
 	}
 	for _, sc := range []struct {
 		name string
-		c    *SharedConn
+		c    *sharedconn.Conn
 	}{{"internet", s.conn}, {"pbx", s.lan}} {
 		if sc.c == nil {
 			continue

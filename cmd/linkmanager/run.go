@@ -26,6 +26,7 @@ import (
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
@@ -128,7 +129,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	// its package default, so point that at zap too.
 	sip.SetDefaultLogger(slog.New(zapslog.NewHandler(log.Named("sipgo").Core())))
 
-	conn := linkmanager.NewSharedConn(udp, log, nil)
+	conn := sharedconn.New(udp, log, nil)
 	defer conn.Close()
 
 	keeper, err := stunkeeper.New(stunkeeper.Config{
@@ -151,7 +152,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 		}
 		return fmt.Errorf("pbx.listen %s: %w", pbxListen, err)
 	}
-	pbxConn := linkmanager.NewSharedConn(pbxUDP, log, nil)
+	pbxConn := sharedconn.New(pbxUDP, log, nil)
 	defer pbxConn.Close()
 
 	srv, err := linkmanager.New(linkmanager.Options{

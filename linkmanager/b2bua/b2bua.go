@@ -295,12 +295,23 @@ func (b *B2BUA) finish(c *call, reason string) {
 	c.log.Info("call ended", fields...)
 }
 
-// hangup sends BYE on both legs of an answered call and ends it.
+// hangup sends BYE on both legs of an answered call and ends it. A call
+// still being set up is the INVITE handler's: it is told to give up
+// (CANCEL towards the callee, 503 to the caller) and hangup waits until
+// it has ended the call. BYE is only for confirmed dialogs (RFC 3261 §15).
 func (b *B2BUA) hangup(c *call, reason string) {
 	c.mu.Lock()
-	legs, ended := c.legs, c.ended
+	legs, ended, setup := c.legs, c.ended, c.setup
+	if setup && c.abortReason == "" {
+		c.abortReason = reason
+	}
 	c.mu.Unlock()
 	if ended {
+		return
+	}
+	if setup {
+		c.abortOnce.Do(func() { close(c.abort) })
+		<-c.done
 		return
 	}
 	var wg sync.WaitGroup

@@ -132,6 +132,8 @@ type call struct {
 	done      chan struct{} // closed by finish
 	acked     chan struct{} // closed when the caller ACKs our 2xx
 	ackedOnce sync.Once
+	abort     chan struct{} // closed by hangup while the INVITE handler still owns the call
+	abortOnce sync.Once
 
 	uac rtpbridge.Leg // the leg of our INVITE
 
@@ -141,6 +143,17 @@ type call struct {
 	legs  [2]*dialog
 	forks map[string]*dialog // guarded by mu; the UAC leg's dialogs by remote tag
 	ended bool               // guarded by mu
+	// setup: the INVITE handler owns the call until it has answered it
+	// or ended it; abortReason is why hangup told it to give up.
+	setup       bool   // guarded by mu
+	abortReason string // guarded by mu
+}
+
+// setupDone hands the answered call from the INVITE handler to hangup.
+func (c *call) setupDone() {
+	c.mu.Lock()
+	c.setup = false
+	c.mu.Unlock()
 }
 
 // fork returns the UAC leg's dialog for the tag of res (a 1xx or 2xx to
@@ -246,7 +259,8 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now(),
 		from: req.From().Address.User, to: p.at.User,
-		acked: make(chan struct{}), done: make(chan struct{}), uac: p.to.leg, forks: map[string]*dialog{}}
+		acked: make(chan struct{}), done: make(chan struct{}), abort: make(chan struct{}), uac: p.to.leg,
+		forks: map[string]*dialog{}, setup: true}
 	c.offerHeld = held(offer.Media[idx])
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
@@ -295,6 +309,19 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			b.cancel(out, invite)
 			cancelled = nil
 			continue
+		case <-c.abort:
+			// Shutdown (or a media timeout) while ringing: the callee
+			// gets a CANCEL, the caller a 503; neither dialog is
+			// confirmed, so no BYE.
+			c.mu.Lock()
+			reason := c.abortReason
+			c.mu.Unlock()
+			log.Info("call abandoned while ringing", zap.String("reason", reason))
+			b.cancel(out, invite)
+			b.reply(tx, req, in_, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
+			b.awaitCancelled(c, otx, out, invite)
+			b.finish(c, reason)
+			return
 		case <-ring.C:
 			log.Info("ring timeout", zap.Duration("after", b.ringTimeout))
 			b.cancel(out, invite)
@@ -333,6 +360,12 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				// retransmissions; ended, they reach onStrayResponse,
 				// which sends our ACK again.
 				otx.Terminate()
+				select {
+				case <-cancelled:
+					// The CANCEL and this 2xx arrived together.
+					cancelled = nil
+				default:
+				}
 				if cancelled == nil {
 					// The far side answered while our CANCEL was on its
 					// way: the caller is gone, so hang up at once.
@@ -350,6 +383,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				c.mu.Lock()
 				c.answer = time.Now()
 				c.mu.Unlock()
+				c.setupDone()
 				media.Established()
 				ok := b.reply(tx, req, in_, sip.StatusOK, "OK", in_.sent(body))
 				log.Info("call answered", zap.Duration("setup", time.Since(c.start)))

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,15 +38,22 @@ const wait = 10 * time.Second
 
 // readyConn tells when sipgo reads the socket: by then the socket is in
 // sipgo's pool, and requests sent from it leave from this port.
+// A test may hold a datagram back before sipgo sees it: the one way to
+// make two messages cross on the wire without sleeping.
 type readyConn struct {
 	net.PacketConn
 	once  sync.Once
 	ready chan struct{}
+	hold  atomic.Pointer[func([]byte)] // may block; called with each datagram read
 }
 
 func (c *readyConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	c.once.Do(func() { close(c.ready) })
-	return c.PacketConn.ReadFrom(p)
+	n, from, err := c.PacketConn.ReadFrom(p)
+	if h := c.hold.Load(); h != nil && err == nil {
+		(*h)(p[:n])
+	}
+	return n, from, err
 }
 
 // stack is a sipgo user agent, server and client on one loopback socket.

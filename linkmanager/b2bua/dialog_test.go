@@ -50,24 +50,24 @@ func TestOneToTagPerDialog(t *testing.T) {
 		if res := in.do(sip.INVITE, sdpOf(callee.addr.Addr().String(), 30000)); res.StatusCode != 200 {
 			t.Errorf("re-INVITE answered %d", res.StatusCode)
 		}
-		re := caller.next(sip.INVITE)
-		if got := sipmsg.Tag(re.From()); got != tag {
-			t.Errorf("relayed re-INVITE has From tag %q; the caller knows us as %q", got, tag)
-		}
-		if got := sipmsg.Tag(re.To()); got != callerTag {
-			t.Errorf("relayed re-INVITE has To tag %q, want the caller's %q", got, callerTag)
-		}
+		onDialog(t, caller.next(sip.INVITE), tag, callerTag)
 		// The callee hangs up: the caller gets the BYE on the same dialog.
 		if res := in.do(sip.BYE, nil); res.StatusCode != 200 {
 			t.Errorf("BYE answered %d", res.StatusCode)
 		}
-		bye := caller.next(sip.BYE)
-		if got := sipmsg.Tag(bye.From()); got != tag {
-			t.Errorf("BYE has From tag %q; the caller knows us as %q", got, tag)
-		}
-		if got := sipmsg.Tag(bye.To()); got != callerTag {
-			t.Errorf("BYE has To tag %q, want the caller's %q", got, callerTag)
-		}
+		onDialog(t, caller.next(sip.BYE), tag, callerTag)
 		h.awaitEnded()
 	})
+}
+
+// onDialog checks that a request we sent is on the dialog the caller
+// knows: our tag (the one in our responses) in From, the caller's in To.
+func onDialog(t *testing.T, req *sip.Request, ours, theirs string) {
+	t.Helper()
+	if got := sipmsg.Tag(req.From()); got != ours {
+		t.Errorf("%s has From tag %q; the caller knows us as %q", req.Method, got, ours)
+	}
+	if got := sipmsg.Tag(req.To()); got != theirs {
+		t.Errorf("%s has To tag %q, want the caller's %q", req.Method, got, theirs)
+	}
 }

@@ -61,9 +61,7 @@ func New(o Options, d Deps) *Trunk {
 	}
 	log = log.Named("trunk").With(zap.String("trunk", o.Name))
 	t := &Trunk{
-		conf: trunkConf{Name: o.Name, Domain: o.Domain, Username: o.Username, AuthUsername: o.AuthUsername,
-			Password: o.Password, Expires: o.Expires, Register: o.Register, Keepalive: o.Keepalive, DIDs: o.DIDs},
-		opts: o, host: o.Host, port: o.Port, also: o.RegistrarHost, prefixes: o.Prefixes,
+		conf: o, host: o.Host, port: o.Port, also: o.RegistrarHost, prefixes: o.Prefixes,
 		format: o.NumberFormat, country: o.CountryCode, interval: d.Interval,
 		do: d.Do, probe: d.Probe, send: d.Send, lastSent: d.LastSent,
 		log: log, now: time.Now, lookup: d.Lookup, sources: map[netip.Addr]bool{},
@@ -77,7 +75,7 @@ func New(o Options, d Deps) *Trunk {
 func (t *Trunk) Name() string { return t.conf.Name }
 
 // Options is the trunk as configured.
-func (t *Trunk) Options() Options { return t.opts }
+func (t *Trunk) Options() Options { return t.conf }
 
 // Start runs the trunk until Stop; Stop waits for it.
 func (t *Trunk) Start() {

@@ -45,19 +45,6 @@ type PublicAddrs interface {
 	Observe(stunkeeper.Mapping)
 }
 
-// trunkConf is the part of a trunk's configuration the SIP code uses.
-type trunkConf struct {
-	Name         string
-	Domain       string // AOR domain and Request-URI of REGISTER
-	Username     string
-	AuthUsername string
-	Password     string
-	Expires      time.Duration
-	Register     bool
-	Keepalive    string
-	DIDs         []string
-}
-
 // RegStatus is a snapshot of one trunk's registration.
 type RegStatus struct {
 	Trunk      string
@@ -79,7 +66,7 @@ type RegStatus struct {
 // Its single goroutine (run) owns all mutable fields except status, which
 // readers get through Status().
 type registration struct {
-	conf    trunkConf
+	conf    Options
 	do      TxFunc
 	resolve func(ctx context.Context) (netip.AddrPort, error)
 	keeper  PublicAddrs
@@ -111,7 +98,7 @@ type registration struct {
 	status RegStatus // guarded by mu
 }
 
-func newRegistration(conf trunkConf, do TxFunc, resolve func(context.Context) (netip.AddrPort, error),
+func newRegistration(conf Options, do TxFunc, resolve func(context.Context) (netip.AddrPort, error),
 	keeper PublicAddrs, local netip.AddrPort, log *zap.Logger) *registration {
 	return &registration{
 		conf:      conf,

@@ -28,7 +28,7 @@ type keepaliveRig struct {
 
 func (r *keepaliveRig) trunk(method string) *Trunk {
 	t := &Trunk{
-		conf: trunkConf{Name: "provider", Domain: "sip.provider.test", Username: "4930123456", Keepalive: method},
+		conf: Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456", Keepalive: method},
 		host: registrarAddr.Addr().String(), port: int(registrarAddr.Port()), interval: 10 * time.Second,
 		log: zap.NewNop(), now: time.Now, sources: map[netip.Addr]bool{},
 	}

@@ -31,7 +31,7 @@ type Prober func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error
 // so STUN to a STUN server does not keep the registrar's flow open; without
 // this the provider's INVITEs die at the router after the UDP timeout.
 type Trunk struct {
-	conf     Options // as configured; a reload compares them
+	conf     Options  // as configured; a reload compares them
 	opts     Options  // as configured; a reload compares them
 	host     string   // where requests go: the outbound proxy, else the registrar
 	port     int      // 0: SRV, then 5060

@@ -32,7 +32,6 @@ type Prober func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error
 // this the provider's INVITEs die at the router after the UDP timeout.
 type Trunk struct {
 	conf     Options  // as configured; a reload compares them
-	opts     Options  // as configured; a reload compares them
 	host     string   // where requests go: the outbound proxy, else the registrar
 	port     int      // 0: SRV, then 5060
 	also     string   // the registrar's host when a proxy is used: it may send to us too

@@ -233,25 +233,32 @@ func (b *B2BUA) callByID(callID string) (*call, bool) {
 }
 
 // lookup finds the dialog a request we received belongs to: by Call-ID
-// and both tags (RFC 3261 §12.2.2), ours in To and the peer's in From. A
-// request naming a fork we dropped, or no dialog at all, finds nothing.
-func (b *B2BUA) lookup(req *sip.Request) (*call, rtpbridge.Leg, bool) {
+// and both tags (RFC 3261 §12.2.2), ours in To and the peer's in From.
+// While the call rings, that may be one of the early dialogs (forks) of
+// our INVITE; once a 2xx picked one, a request naming another fork, or no
+// dialog at all, finds nothing.
+func (b *B2BUA) lookup(req *sip.Request) (*call, rtpbridge.Leg, *dialog, bool) {
 	if req.CallID() == nil {
-		return nil, 0, false
+		return nil, 0, nil, false
 	}
 	c, ok := b.callByID(req.CallID().Value())
 	if !ok {
-		return nil, 0, false
+		return nil, 0, nil, false
 	}
 	id := dialogID{callID: req.CallID().Value(), local: sipmsg.Tag(req.To()), remote: sipmsg.Tag(req.From())}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for l, d := range c.legs {
 		if d != nil && d.id() == id {
-			return c, rtpbridge.Leg(l), true
+			return c, rtpbridge.Leg(l), d, true
 		}
 	}
-	return nil, 0, false
+	if uac := c.legs[c.uac]; uac != nil && !uac.confirmed() {
+		if f := c.forks[id.remote]; f != nil && f.id() == id {
+			return c, c.uac, f, true
+		}
+	}
+	return nil, 0, nil, false
 }
 
 // finish ends a call once: it frees the relay ports and logs one line with
@@ -442,8 +449,10 @@ func (p *pbxState) allowed(ip netip.Addr) bool {
 
 // OnBye ends a call from either side: answer, then hang up the other leg.
 func (b *B2BUA) OnBye(req *sip.Request, tx sip.ServerTransaction) {
-	c, leg, ok := b.lookup(req)
-	if !ok {
+	c, leg, d, ok := b.lookup(req)
+	if !ok || d != c.legOf(leg) {
+		// A BYE on an early dialog is not the callee's to send (RFC 3261
+		// §15); the caller CANCELs instead.
 		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
 		return
 	}
@@ -456,7 +465,7 @@ func (b *B2BUA) OnBye(req *sip.Request, tx sip.ServerTransaction) {
 
 // OnAck confirms an answered call; media was already running.
 func (b *B2BUA) OnAck(req *sip.Request, tx sip.ServerTransaction) {
-	if c, _, ok := b.lookup(req); ok {
+	if c, _, _, ok := b.lookup(req); ok {
 		c.confirm()
 	}
 }
@@ -515,14 +524,11 @@ func (b *B2BUA) OnUpdate(req *sip.Request, tx sip.ServerTransaction) {
 // change, RFC 4028 session refresh) to the other leg with its SDP
 // rewritten, and the answer back. The relay ports stay the same.
 func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
-	c, leg, ok := b.lookup(req)
+	c, leg, in, ok := b.lookup(req)
 	if !ok {
 		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
 		return
 	}
-	c.mu.Lock()
-	in := c.legs[leg]
-	c.mu.Unlock()
 	out := c.other(leg)
 	if req.Method == sip.INVITE && len(req.Body()) == 0 {
 		// An offerless re-INVITE, typically an RFC 4028 session refresh:

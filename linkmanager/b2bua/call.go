@@ -207,6 +207,13 @@ func (c *call) dialogFor(id dialogID, res *sip.Response) (d *dialog, extra bool)
 // confirm records the caller's ACK for our 2xx.
 func (c *call) confirm() { c.ackedOnce.Do(func() { close(c.acked) }) }
 
+// legOf is the call's dialog on leg.
+func (c *call) legOf(leg rtpbridge.Leg) *dialog {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.legs[leg]
+}
+
 // other returns the dialog on the far side of d.
 func (c *call) other(leg rtpbridge.Leg) *dialog {
 	c.mu.Lock()

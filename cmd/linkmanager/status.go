@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/linkmanager/linkmanager/linkmanager"
+	"github.com/linkmanager/linkmanager/linkmanager/admin"
 )
 
 const statusHelp = `NAME
@@ -35,7 +35,7 @@ OPTIONS
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	admin := fs.String("admin", "127.0.0.1:9065", "admin endpoint host:port (admin.listen)")
+	addr := fs.String("admin", "127.0.0.1:9065", "admin endpoint host:port (admin.listen)")
 	asJSON := fs.Bool("json", false, "print the raw JSON status")
 	fs.Usage = func() { fmt.Fprint(stderr, statusHelp); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
@@ -45,20 +45,20 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
-	res, err := client.Get("http://" + *admin + "/status")
+	res, err := client.Get("http://" + *addr + "/status")
 	if err != nil {
-		fmt.Fprintf(stderr, "linkmanager status: cannot reach the daemon at %s: %v\n", *admin, err)
+		fmt.Fprintf(stderr, "linkmanager status: cannot reach the daemon at %s: %v\n", *addr, err)
 		return 2
 	}
 	defer res.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(res.Body, 4<<20))
 	if err != nil || res.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "linkmanager status: %s: HTTP %d %v\n", *admin, res.StatusCode, err)
+		fmt.Fprintf(stderr, "linkmanager status: %s: HTTP %d %v\n", *addr, res.StatusCode, err)
 		return 2
 	}
-	var st linkmanager.Status
+	var st admin.Status
 	if err := json.Unmarshal(body, &st); err != nil {
-		fmt.Fprintf(stderr, "linkmanager status: bad answer from %s: %v\n", *admin, err)
+		fmt.Fprintf(stderr, "linkmanager status: bad answer from %s: %v\n", *addr, err)
 		return 2
 	}
 	if *asJSON {
@@ -72,7 +72,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func printStatus(w io.Writer, st linkmanager.Status) {
+func printStatus(w io.Writer, st admin.Status) {
 	ready := "ready"
 	if !st.Ready {
 		ready = "NOT READY: " + st.Reason

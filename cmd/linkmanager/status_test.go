@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/linkmanager/linkmanager/linkmanager"
+	"github.com/linkmanager/linkmanager/linkmanager/admin"
 )
 
-func adminStub(t *testing.T, st linkmanager.Status) string {
+func adminStub(t *testing.T, st admin.Status) string {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/status" {
@@ -26,10 +26,10 @@ func adminStub(t *testing.T, st linkmanager.Status) string {
 }
 
 func TestStatusCommand(t *testing.T) {
-	ready := linkmanager.Status{Ready: true, Public: "198.51.100.1:65002", PublicSrc: "stun", NAT: "endpoint-independent",
-		Trunks: []linkmanager.TrunkStatus{{Name: "provider", Register: true, Registered: true, Since: time.Now().Add(-time.Minute),
+	ready := admin.Status{Ready: true, Public: "198.51.100.1:65002", PublicSrc: "stun", NAT: "endpoint-independent",
+		Trunks: []admin.TrunkStatus{{Name: "provider", Register: true, Registered: true, Since: time.Now().Add(-time.Minute),
 			Contact: "198.51.100.1:65002", Keepalive: "stun"}},
-		Calls: []linkmanager.CallStatus{{Direction: "inbound", From: "0301234567", To: "4930123456", Trunk: "provider",
+		Calls: []admin.CallStatus{{Direction: "inbound", From: "0301234567", To: "4930123456", Trunk: "provider",
 			Answered: true, Duration: 12, Codec: "PCMA", OneWay: true}}}
 	var out, errOut bytes.Buffer
 	if code := cmdStatus([]string{"--admin", adminStub(t, ready)}, &out, &errOut); code != 0 {
@@ -48,7 +48,7 @@ func TestStatusCommand(t *testing.T) {
 	if code := cmdStatus([]string{"--admin", adminStub(t, notReady), "--json"}, &out, &errOut); code != 1 {
 		t.Errorf("not ready: exit %d, want 1", code)
 	}
-	var back linkmanager.Status
+	var back admin.Status
 	if err := json.Unmarshal(out.Bytes(), &back); err != nil || back.Reason != "not registered: provider" {
 		t.Errorf("--json output %q: %v", out.String(), err)
 	}

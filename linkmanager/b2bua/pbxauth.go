@@ -1,4 +1,4 @@
-package linkmanager
+package b2bua
 
 import (
 	"crypto/hmac"
@@ -90,30 +90,4 @@ func qops(q string) []string {
 		return nil
 	}
 	return []string{q}
-}
-
-// normalizeNumber rewrites a dialled number into the form a trunk wants.
-// National numbers start with one 0, international ones with 00 or +.
-func normalizeNumber(number, format, cc string) string {
-	digits := number
-	switch {
-	case strings.HasPrefix(number, "+"):
-		digits = number[1:]
-	case strings.HasPrefix(number, "00"):
-		digits = number[2:]
-	case strings.HasPrefix(number, "0"):
-		digits = cc + number[1:]
-	default:
-		return number // an extension or a short code: leave it alone
-	}
-	switch format {
-	case "e164":
-		return "+" + digits
-	case "national":
-		if rest, ok := strings.CutPrefix(digits, cc); ok && cc != "" {
-			return "0" + rest
-		}
-		return "00" + digits
-	}
-	return number
 }

@@ -1,4 +1,4 @@
-package linkmanager
+package trunk
 
 import (
 	"context"
@@ -161,10 +161,10 @@ type regHarness struct {
 	done   chan error
 }
 
-func startReg(t *testing.T, conf trunkConf, k *fakeKeeper, f *fakeRegistrar) *regHarness {
+func startReg(t *testing.T, conf Options, k *fakeKeeper, f *fakeRegistrar) *regHarness {
 	t.Helper()
 	if conf.Name == "" {
-		conf = trunkConf{Name: "provider", Domain: "sip.provider.test", Username: "4930123456",
+		conf = Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456",
 			Password: "lab-secret", Expires: 300 * time.Second, Register: true}
 	}
 	resolve := func(context.Context) (netip.AddrPort, error) { return registrarAddr, nil }
@@ -205,7 +205,7 @@ func contacts(req *sip.Request) []string {
 func TestRegisterDigestAndReceivedContact(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f, k := newFakeRegistrar(t), &fakeKeeper{}
-		h := startReg(t, trunkConf{}, k, f)
+		h := startReg(t, Options{}, k, f)
 		// No STUN answer: wait out the grace period, then register.
 		time.Sleep(initialPublicWait + time.Second)
 		synctest.Wait()
@@ -261,7 +261,7 @@ func TestRegisterRefreshBeforeExpiry(t *testing.T) {
 		k.public = &stunkeeper.Mapping{Addr: natAddr, Source: stunkeeper.SourceSTUN}
 		f.extra = []sip.Header{sip.NewHeader("Expires", "120")} // the registrar grants less
 		start := time.Now()
-		h := startReg(t, trunkConf{}, k, f)
+		h := startReg(t, Options{}, k, f)
 		time.Sleep(10 * time.Minute)
 		synctest.Wait()
 		h.stop(t)
@@ -296,7 +296,7 @@ func TestRegisterWrongPasswordBacksOff(t *testing.T) {
 		f, k := newFakeRegistrar(t), &fakeKeeper{}
 		k.public = &stunkeeper.Mapping{Addr: natAddr}
 		f.password = "other"
-		h := startReg(t, trunkConf{}, k, f)
+		h := startReg(t, Options{}, k, f)
 		time.Sleep(time.Second)
 		synctest.Wait()
 		st := h.reg.Status()
@@ -323,7 +323,7 @@ func TestRegisterNoAnswerBacksOffAndRecovers(t *testing.T) {
 		f, k := newFakeRegistrar(t), &fakeKeeper{}
 		k.public = &stunkeeper.Mapping{Addr: natAddr}
 		f.silent = true
-		h := startReg(t, trunkConf{}, k, f)
+		h := startReg(t, Options{}, k, f)
 		time.Sleep(2 * time.Minute)
 		synctest.Wait()
 		_, at := f.snapshot()
@@ -359,7 +359,7 @@ func TestRegisterFollowsPublicAddressChange(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f, k := newFakeRegistrar(t), &fakeKeeper{}
 		k.public = &stunkeeper.Mapping{Addr: natAddr}
-		h := startReg(t, trunkConf{}, k, f)
+		h := startReg(t, Options{}, k, f)
 		time.Sleep(time.Minute)
 		synctest.Wait()
 		before, _ := f.snapshot()
@@ -401,7 +401,7 @@ func TestRegisterIgnoresUnchangedAddress(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f, k := newFakeRegistrar(t), &fakeKeeper{}
 		k.public = &stunkeeper.Mapping{Addr: natAddr}
-		h := startReg(t, trunkConf{}, k, f)
+		h := startReg(t, Options{}, k, f)
 		time.Sleep(time.Minute)
 		synctest.Wait()
 		before, _ := f.snapshot()
@@ -421,7 +421,7 @@ func TestRegisterIntervalTooBrief(t *testing.T) {
 		k.public = &stunkeeper.Mapping{Addr: natAddr}
 		f.status = 423
 		f.extra = []sip.Header{sip.NewHeader("Min-Expires", "600")}
-		h := startReg(t, trunkConf{}, k, f)
+		h := startReg(t, Options{}, k, f)
 		time.Sleep(time.Second)
 		synctest.Wait()
 		f.set(func(f *fakeRegistrar) { f.status, f.extra = 0, nil })
@@ -447,7 +447,7 @@ func TestRegisterStaysValidUntilGrantExpires(t *testing.T) {
 		f, k := newFakeRegistrar(t), &fakeKeeper{}
 		k.public = &stunkeeper.Mapping{Addr: natAddr}
 		f.extra = []sip.Header{sip.NewHeader("Expires", "120")}
-		h := startReg(t, trunkConf{}, k, f)
+		h := startReg(t, Options{}, k, f)
 		time.Sleep(3 * time.Hour) // many refreshes: Since is long ago
 		synctest.Wait()
 		f.set(func(f *fakeRegistrar) { f.silent = true })

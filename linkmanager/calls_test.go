@@ -14,7 +14,10 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -143,8 +146,8 @@ func (p *fakeProvider) received(method string) []string {
 func startB2BUA(t *testing.T, prov *fakeProvider) (*Server, netip.AddrPort) {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	conn := NewSharedConn(listenOn(t, wanIP), log, nil)
-	lan := NewSharedConn(listenOn(t, lanIP), log, nil)
+	conn := sharedconn.New(listenOn(t, wanIP), log, nil)
+	lan := sharedconn.New(listenOn(t, lanIP), log, nil)
 	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -153,11 +156,11 @@ func startB2BUA(t *testing.T, prov *fakeProvider) (*Server, netip.AddrPort) {
 	conn.SetOnSend(keeper.NoteSent)
 	srv, err := New(Options{
 		Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log,
-		Trunks: []TrunkOptions{{Name: "provider", Host: wanIP, Port: prov.port(), Domain: "sip.provider.test",
+		Trunks: []trunk.Options{{Name: "provider", Host: wanIP, Port: prov.port(), Domain: "sip.provider.test",
 			Username: "4930123456", Password: "secret", Expires: 300 * time.Second, Register: true,
 			Keepalive: config.KeepaliveOff, DIDs: []string{"4930123456"}}},
 		PBXConn: lan,
-		PBX: PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
+		PBX: b2bua.PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
 			Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}},
 		Media: rtpbridge.Config{
 			LAN: &rtpbridge.Pool{Address: lanIP, MinPort: 45000, MaxPort: 45199},
@@ -214,111 +217,6 @@ func readFinal(t *testing.T, c *net.UDPConn) (string, []string) {
 	}
 }
 
-func TestB2BUAOnlyThePBXMayCallOut(t *testing.T) {
-	prov := startFakeProvider(t)
-	_, lan := startB2BUA(t, prov)
-	stranger := listenOn(t, strangerIP)
-	sAddr := stranger.LocalAddr().(*net.UDPAddr).AddrPort()
-	if _, err := stranger.WriteToUDPAddrPort([]byte(pbxInvite(sAddr, "00900123456", "fraud")), lan); err != nil {
-		t.Fatal(err)
-	}
-	res, _ := readFinal(t, stranger)
-	if !strings.HasPrefix(res, "SIP/2.0 403") {
-		t.Errorf("stranger's INVITE answered %q, want 403", firstLine(res))
-	}
-	if got := prov.received("INVITE"); len(got) != 0 {
-		t.Errorf("the provider received %d INVITEs from a stranger's call", len(got))
-	}
-}
-
-func TestB2BUAOutboundCallKeepsTheLegsApart(t *testing.T) {
-	prov := startFakeProvider(t)
-	srv, lan := startB2BUA(t, prov)
-	pbx := listenOn(t, pbxIP)
-	pAddr := pbx.LocalAddr().(*net.UDPAddr).AddrPort()
-	if _, err := pbx.WriteToUDPAddrPort([]byte(pbxInvite(pAddr, "0301234567", "call1")), lan); err != nil {
-		t.Fatal(err)
-	}
-	final, prov1xx := readFinal(t, pbx)
-	if !strings.HasPrefix(final, "SIP/2.0 200") {
-		t.Fatalf("PBX got %q, want 200", firstLine(final))
-	}
-	var ringing bool
-	for _, p := range prov1xx {
-		ringing = ringing || strings.HasPrefix(p, "SIP/2.0 180")
-	}
-	if !ringing {
-		for _, p := range prov1xx {
-			t.Logf("provisional: %s", firstLine(p))
-		}
-		t.Error("the provider's 180 did not reach the PBX")
-	}
-
-	invites := prov.received("INVITE")
-	if len(invites) != 2 || !strings.Contains(invites[1], "Proxy-Authorization: Digest") {
-		t.Fatalf("provider got %d INVITEs; want the 407 answered with credentials", len(invites))
-	}
-	// Nothing of the LAN reaches the provider: no LAN address, no PBX
-	// header, no PBX display name.
-	for _, m := range prov.received("INVITE") {
-		for _, leak := range []string{lanIP, pbxIP, "secret-lan-header", "Reception"} {
-			if strings.Contains(m, leak) {
-				t.Errorf("provider-bound INVITE contains %q:\n%s", leak, m)
-			}
-		}
-		if !strings.Contains(m, "INVITE sip:0301234567@sip.provider.test SIP/2.0") {
-			t.Errorf("Request-URI not the dialled number at the provider's domain:\n%s", firstLine(m))
-		}
-	}
-	sdpAt := strings.Index(invites[1], "\r\n\r\n")
-	body := invites[1][sdpAt+4:]
-	if !strings.Contains(body, "c=IN IP4 "+wanIP) || !strings.Contains(body, "a=fmtp:101 0-16") {
-		t.Errorf("provider SDP should carry our public address and keep the codecs:\n%s", body)
-	}
-	var port int
-	fmt.Sscanf(body[strings.Index(body, "m=audio "):], "m=audio %d", &port)
-	if port < 46000 || port > 46199 || port%2 != 0 {
-		t.Errorf("provider SDP port %d, want an even port of the Internet pool", port)
-	}
-	// Nothing of the provider reaches the PBX: no provider address, no
-	// Record-Route.
-	for _, leak := range []string{wanIP, "secret-provider-route", "Record-Route"} {
-		if strings.Contains(final, leak) {
-			t.Errorf("PBX-bound 200 contains %q:\n%s", leak, final)
-		}
-	}
-	if !strings.Contains(final, "c=IN IP4 "+lanIP) {
-		t.Errorf("PBX SDP should carry our LAN address:\n%s", final)
-	}
-	ack := fmt.Sprintf("ACK sip:0301234567@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKack1;rport\r\n"+
-		"From: <sip:200@%s>;tag=pbxcall1\r\nTo: %s\r\nCall-ID: call1@%s\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-		lan, pAddr, pbxIP, headerOf(final, "To"), pbxIP)
-	if _, err := pbx.WriteToUDPAddrPort([]byte(ack), lan); err != nil {
-		t.Fatal(err)
-	}
-	// The first ACK is sipgo's, for the 407; ours for the 200 follows.
-	await(t, "the ACK at the provider", func() bool { return len(prov.received("ACK")) == 2 })
-	if ack := prov.received("ACK")[1]; !strings.HasPrefix(ack, "ACK sip:callee@"+wanIP) || !strings.Contains(ack, "secret-provider-route") {
-		t.Errorf("ACK must go to the callee's Contact via the provider's route set:\n%s", ack)
-	}
-
-	// The PBX hangs up: the provider gets a BYE, the ports come back.
-	bye := fmt.Sprintf("BYE sip:0301234567@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKbye1;rport\r\n"+
-		"From: <sip:200@%s>;tag=pbxcall1\r\nTo: %s\r\nCall-ID: call1@%s\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-		lan, pAddr, pbxIP, headerOf(final, "To"), pbxIP)
-	if _, err := pbx.WriteToUDPAddrPort([]byte(bye), lan); err != nil {
-		t.Fatal(err)
-	}
-	if res, _ := readFinal(t, pbx); !strings.HasPrefix(res, "SIP/2.0 200") {
-		t.Errorf("BYE answered %q", firstLine(res))
-	}
-	await(t, "the BYE at the provider", func() bool { return len(prov.received("BYE")) == 1 })
-	await(t, "the call to end", func() bool { return srv.b2bua.Active() == 0 })
-	if c := srv.media.Counts(); c.LAN.InUse != 0 || c.WAN.InUse != 0 {
-		t.Errorf("ports still in use after the call: %+v", c)
-	}
-}
-
 func headerOf(msg, name string) string {
 	for _, l := range strings.Split(msg, "\r\n") {
 		if v, ok := strings.CutPrefix(l, name+": "); ok {
@@ -351,53 +249,5 @@ func placeCall(t *testing.T, prov *fakeProvider, pbx *net.UDPConn, lan netip.Add
 	}
 	if res, _ := readFinal(t, pbx); !strings.HasPrefix(res, "SIP/2.0 200") {
 		t.Errorf("BYE answered %q", firstLine(res))
-	}
-}
-
-// An RFC 4028 refresh as an offerless re-INVITE from the provider is
-// answered with the SDP the provider leg already has, unchanged, and the
-// PBX is not bothered.
-func TestB2BUAOfferlessReinviteAnsweredLocally(t *testing.T) {
-	prov := startFakeProvider(t)
-	srv, lan := startB2BUA(t, prov)
-	pbx := listenOn(t, pbxIP)
-	pAddr := pbx.LocalAddr().(*net.UDPAddr).AddrPort()
-	if _, err := pbx.WriteToUDPAddrPort([]byte(pbxInvite(pAddr, "0301234567", "refresh")), lan); err != nil {
-		t.Fatal(err)
-	}
-	if final, _ := readFinal(t, pbx); !strings.HasPrefix(final, "SIP/2.0 200") {
-		t.Fatalf("call setup: %q", firstLine(final))
-	}
-	inv := prov.received("INVITE")[1]
-	callID, from := headerOf(inv, "Call-ID"), headerOf(inv, "From")
-	offered := inv[strings.Index(inv, "\r\n\r\n")+4:]
-	wan := srv.conn.LocalAddrPort()
-	reinvite := fmt.Sprintf("INVITE sip:4930123456@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bKrefresh1;rport\r\n"+
-		"From: <sip:0301234567@sip.provider.test>;tag=prov\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: 7 INVITE\r\n"+
-		"Session-Expires: 1800;refresher=uas\r\nSupported: timer\r\nMax-Forwards: 70\r\nContact: <sip:callee@%s:%d>\r\nContent-Length: 0\r\n\r\n",
-		wan, wanIP, prov.port(), from, callID, wanIP, prov.port())
-	before := len(prov.got)
-	if _, err := prov.conn.WriteToUDPAddrPort([]byte(reinvite), wan); err != nil {
-		t.Fatal(err)
-	}
-	var answer string
-	await(t, "the 200 to the refresh", func() bool {
-		prov.mu.Lock()
-		defer prov.mu.Unlock()
-		for _, m := range prov.got[before:] {
-			if strings.HasPrefix(m, "SIP/2.0 200") && strings.Contains(m, "CSeq: 7 INVITE") {
-				answer = m
-				return true
-			}
-		}
-		return false
-	})
-	body := answer[strings.Index(answer, "\r\n\r\n")+4:]
-	if body != offered {
-		t.Errorf("refresh answered with different SDP (a change the far end would act on):\n%s\nwant what we offered:\n%s", body, offered)
-	}
-	pbx.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	if n, _, err := pbx.ReadFromUDPAddrPort(make([]byte, 4096)); err == nil {
-		t.Errorf("the PBX got a %d-byte message for a refresh it need not see", n)
 	}
 }

@@ -1,11 +1,13 @@
-package linkmanager
+// Package admin is the local HTTP endpoint: health, readiness, /status
+// and Prometheus metrics, all built from snapshots and call-ended events
+// the daemon hands it.
+package admin
 
 import (
-	"fmt"
-	"slices"
-	"strings"
 	"time"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -73,44 +75,50 @@ func flowOf(d rtpbridge.Direction) Flow {
 	return Flow{Packets: d.Packets, Lost: d.Lost, Jitter: d.Jitter.Seconds(), Dropped: d.Foreign + d.Malformed}
 }
 
-// Ready reports whether the daemon can carry calls: the SIP socket is
-// served, every trunk that registers is registered, and we are not
-// draining. The reason names what is missing.
-func (s *Server) Ready() (bool, string) {
-	if s.draining.Load() {
-		return false, "shutting down"
-	}
-	select {
-	case <-s.conn.Ready():
-	default:
-		return false, "SIP socket not served yet"
-	}
-	var missing []string
-	for _, t := range s.trunkList() {
-		if t.conf.Register && !t.reg.Status().Registered {
-			missing = append(missing, t.conf.Name)
-		}
-	}
-	if len(missing) > 0 {
-		return false, "not registered: " + strings.Join(missing, ", ")
-	}
-	return true, ""
+// Source is the daemon as the admin endpoint sees it: readiness and a
+// snapshot taken when asked. Admin never reads another package's fields.
+type Source interface {
+	Ready() (bool, string)
+	Snapshot() Snapshot
 }
 
-// Snapshot gathers the status.
-func (s *Server) Snapshot() Status {
-	st := Status{NAT: string(s.keeper.NAT()), Draining: s.draining.Load(), Trunks: []TrunkStatus{}, Calls: []CallStatus{}}
-	st.Ready, st.Reason = s.Ready()
-	if m, ok := s.keeper.Public(); ok {
-		st.Public, st.PublicSrc = m.Addr.String(), string(m.Source)
+// Snapshot is the daemon's state at one instant, gathered by its owner.
+type Snapshot struct {
+	Ready    bool
+	Reason   string
+	Draining bool
+	Public   stunkeeper.Mapping // zero when unknown
+	NAT      string
+	STUN     stunkeeper.Stats
+	Trunks   []trunk.RegStatus
+	Sockets  []SocketDrops
+	// The B2BUA side; nil without a PBX socket.
+	Calls *b2bua.Snapshot
+	Media *MediaCounts
+}
+
+// SocketDrops is what one SIP socket dropped before parsing.
+type SocketDrops struct {
+	Name      string // "internet" or "pbx"
+	Source    uint64 // from an address not allowed
+	Malformed uint64
+}
+
+// MediaCounts is the relay's own counters.
+type MediaCounts struct {
+	Pools     rtpbridge.BridgeCounts
+	NoSession uint64 // packets for no session
+}
+
+// status turns a snapshot into what /status reports.
+func status(s Snapshot) Status {
+	st := Status{Ready: s.Ready, Reason: s.Reason, NAT: s.NAT, Draining: s.Draining, Trunks: []TrunkStatus{}, Calls: []CallStatus{}}
+	if s.Public.Addr.IsValid() {
+		st.Public, st.PublicSrc = s.Public.Addr.String(), string(s.Public.Source)
 	}
-	for _, t := range s.trunkList() {
-		r := t.reg.Status()
-		ts := TrunkStatus{Name: t.conf.Name, Register: t.conf.Register, Registered: r.Registered, Since: r.Since,
-			LastError: r.LastError, Keepalive: t.conf.Keepalive, Failures: r.Failures}
-		if m := t.keepalive.Load(); m != nil {
-			ts.Keepalive = *m
-		}
+	for _, r := range s.Trunks {
+		ts := TrunkStatus{Name: r.Trunk, Register: r.Register, Registered: r.Registered, Since: r.Since,
+			LastError: r.LastError, Keepalive: r.Keepalive, Failures: r.Failures}
 		if r.Registered {
 			ts.Contact, ts.Expires = r.Contact.String(), r.Expires.Seconds()
 		}
@@ -119,59 +127,31 @@ func (s *Server) Snapshot() Status {
 		}
 		if r.Public.IsValid() {
 			ts.Public, ts.PublicSrc = r.Public.String(), string(stunkeeper.SourceRegistrar)
-		} else if m, ok := s.keeper.Public(); ok {
-			ts.Public, ts.PublicSrc = m.Addr.String(), string(m.Source)
+		} else if s.Public.Addr.IsValid() {
+			ts.Public, ts.PublicSrc = s.Public.Addr.String(), string(s.Public.Source)
 		}
 		st.Trunks = append(st.Trunks, ts)
 	}
-	if b := s.b2bua; b != nil {
-		st.Calls = b.callStatus()
-		c := s.media.Counts()
-		st.Ports = &PortStatus{LAN: c.LAN, WAN: c.WAN}
+	if s.Calls != nil {
+		st.Calls = callStatus(s.Calls.Calls)
+	}
+	if s.Media != nil {
+		st.Ports = &PortStatus{LAN: s.Media.Pools.LAN, WAN: s.Media.Pools.WAN}
 	}
 	return st
 }
 
-func (b *B2BUA) callStatus() []CallStatus {
-	b.mu.Lock()
-	seen := map[*call]bool{}
-	for _, c := range b.calls {
-		seen[c] = true
-	}
-	b.mu.Unlock()
-	out := make([]CallStatus, 0, len(seen))
-	for c := range seen {
-		ms := c.media.Stats()
-		c.mu.Lock()
-		codec, answer := c.codec, c.answer
-		c.mu.Unlock()
-		cs := CallStatus{ID: c.id, Direction: c.dir, Trunk: c.trunk, From: c.from, To: c.to, Codec: codec,
-			Started: c.start, PBXToNet: flowOf(ms.AtoB), NetToPBX: flowOf(ms.BtoA)}
-		if !answer.IsZero() {
+func callStatus(calls []b2bua.CallInfo) []CallStatus {
+	out := make([]CallStatus, 0, len(calls))
+	for _, c := range calls {
+		cs := CallStatus{ID: c.ID, Direction: c.Direction, Trunk: c.Trunk, From: c.From, To: c.To, Codec: c.Codec,
+			Started: c.Started, PBXToNet: flowOf(c.Media.AtoB), NetToPBX: flowOf(c.Media.BtoA)}
+		if !c.Answered.IsZero() {
 			cs.Answered = true
-			cs.Duration = time.Since(answer).Seconds()
-			cs.OneWay = ms.OneWay()
+			cs.Duration = time.Since(c.Answered).Seconds()
+			cs.OneWay = c.Media.OneWay()
 		}
 		out = append(out, cs)
 	}
-	slices.SortFunc(out, func(a, b CallStatus) int { return a.Started.Compare(b.Started) })
 	return out
-}
-
-// codecName names a payload type for people: static types by name,
-// dynamic ones by number.
-func codecName(pt string) string {
-	switch pt {
-	case "0":
-		return "PCMU"
-	case "8":
-		return "PCMA"
-	case "9":
-		return "G722"
-	case "18":
-		return "G729"
-	case "":
-		return ""
-	}
-	return fmt.Sprintf("PT %s", pt)
 }

@@ -1,9 +1,15 @@
-package linkmanager
+// Package b2bua bridges calls between the PBX and the providers. It sees
+// trunks only through Router (outbound) and Inbound (inbound), and media
+// only through Media; it publishes the end of every call to OnCallEnded
+// and its live state through Snapshot. It needs no root, no lab and no
+// Server: two sipgo clients and a fake router and media will do.
+package b2bua
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/linkmanager/linkmanager/linkmanager/sdp"
+	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
@@ -25,6 +32,65 @@ type PBXOptions struct {
 	Password string
 }
 
+// Route is where an outbound call goes, as the trunk that takes the
+// number decides it.
+type Route struct {
+	Trunk    string         // name, for logs and metrics
+	Dst      netip.AddrPort // next hop
+	Number   string         // the dialled number in the trunk's format
+	Domain   string         // the provider's domain: Request-URI, From and To
+	User     string         // our account: the From user
+	AuthUser string         // digest user for a challenge; empty: none
+	Password string
+	// Contact is our address as this trunk's registrar knows it; nil:
+	// the Internet side's default.
+	Contact func() netip.AddrPort
+	// Latching is the relay's source rule for the Internet leg (the
+	// trunk's rtp_latching); zero: the relay's default.
+	Latching rtpbridge.Latching
+}
+
+// Router picks the trunk for a dialled number. Its errors wrap
+// ErrNoRoute or ErrUnresolved.
+type Router interface {
+	Route(dialled string) (Route, error)
+}
+
+// Inbound is what the trunk that accepted a provider's INVITE tells us.
+type Inbound struct {
+	Trunk    string
+	DID      string                // the number called, as configured
+	Contact  func() netip.AddrPort // as in Route
+	Latching rtpbridge.Latching    // as in Route
+}
+
+// Side is one network's SIP stack: the client that sends from its socket
+// and our address there (the public one on the Internet side).
+type Side struct {
+	Client  *sipgo.Client
+	Contact func() netip.AddrPort
+}
+
+// CallEnded is published once per call, after it has left the table.
+type CallEnded struct {
+	Direction string // "outbound" (PBX to provider) or "inbound"
+	Trunk     string
+	Answered  bool
+	Reason    string
+	Media     rtpbridge.Stats
+}
+
+// Config builds a B2BUA.
+type Config struct {
+	Logger      *zap.Logger
+	LAN, WAN    Side
+	PBX         PBXOptions
+	Router      Router
+	Media       Media
+	RingTimeout time.Duration   // 0: DefaultRingTimeout
+	OnCallEnded func(CallEnded) // optional; called without any lock held
+}
+
 // B2BUA bridges calls between the PBX and the providers. Each call has a
 // dialog on each side that shares nothing but the numbers and the
 // (rewritten) SDP: the provider never sees a LAN address, the PBX never
@@ -34,22 +100,46 @@ type B2BUA struct {
 	lan         *side
 	wan         *side
 	pbx         atomic.Pointer[pbxState] // swapped by a reload
-	bridgeMedia *rtpbridge.Bridge
+	media       Media
+	router      Router
 	ringTimeout time.Duration
-	trunks      func() []*trunk
+	onEnded     func(CallEnded)
 
 	mu       sync.Mutex
-	calls    map[string]*call // guarded by mu; by the Call-ID of either leg
-	stopping bool             // guarded by mu; no new background work
-	wg       sync.WaitGroup   // background work per call (hang-ups, 2xx retransmits)
+	calls    map[string]*call       // guarded by mu; by the Call-ID of either leg
+	ended    [2]rtpbridge.Direction // guarded by mu; media totals of ended calls, by leg the packets came from
+	stopping bool                   // guarded by mu; no new background work
+	wg       sync.WaitGroup         // background work per call (hang-ups, 2xx retransmits)
 	drain    atomic.Bool
 	changed  chan struct{} // guarded by mu; closed and replaced when a call ends
-	metrics  *metrics
 }
 
-// waitIdle returns when no call is left, or with ctx's error. It logs the
+// New builds a B2BUA; it does nothing until its handlers are called.
+func New(cfg Config) (*B2BUA, error) {
+	if cfg.LAN.Client == nil || cfg.WAN.Client == nil || cfg.Router == nil || cfg.Media == nil {
+		return nil, ErrConfig
+	}
+	b := &B2BUA{
+		log:         cmp.Or(cfg.Logger, zap.NewNop()),
+		ringTimeout: cmp.Or(cfg.RingTimeout, DefaultRingTimeout),
+		router:      cfg.Router,
+		media:       cfg.Media,
+		onEnded:     cfg.OnCallEnded,
+		calls:       map[string]*call{},
+		changed:     make(chan struct{}),
+		lan:         &side{name: "pbx", leg: rtpbridge.LegA, client: cfg.LAN.Client, contact: cfg.LAN.Contact},
+		wan:         &side{name: "provider", leg: rtpbridge.LegB, client: cfg.WAN.Client, contact: cfg.WAN.Contact},
+	}
+	b.SetPBX(cfg.PBX)
+	return b, nil
+}
+
+// Drain refuses new calls with 503 from now on.
+func (b *B2BUA) Drain() { b.drain.Store(true) }
+
+// WaitIdle returns when no call is left, or with ctx's error. It logs the
 // calls still up every few seconds so an admin sees why a stop waits.
-func (b *B2BUA) waitIdle(ctx context.Context) error {
+func (b *B2BUA) WaitIdle(ctx context.Context) error {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -93,7 +183,11 @@ type pbxState struct {
 	auth *pbxAuth // nil: the PBX is trusted by address alone
 }
 
-func (b *B2BUA) setPBX(o PBXOptions) {
+// SetPBX switches the PBX settings (a reload); Listen stays what New got.
+func (b *B2BUA) SetPBX(o PBXOptions) {
+	if old := b.pbx.Load(); old != nil {
+		o.Listen = old.Listen
+	}
 	st := &pbxState{PBXOptions: o}
 	if o.Username != "" {
 		st.auth = newPBXAuth(o.Username, o.Password)
@@ -110,11 +204,14 @@ func (b *B2BUA) sideOf(l rtpbridge.Leg) *side {
 
 // wanFor is the Internet side as seen by one trunk: its Contact is what
 // that trunk's registrar sees, which is what the provider can reach.
-func (b *B2BUA) wanFor(t *trunk) *side {
+func (b *B2BUA) wanFor(contact func() netip.AddrPort) *side {
+	if contact == nil {
+		return b.wan
+	}
 	s := *b.wan
 	s.contact = func() netip.AddrPort {
-		if st := t.reg.Status(); st.Contact.IsValid() {
-			return st.Contact
+		if a := contact(); a.IsValid() {
+			return a
 		}
 		return b.wan.contact()
 	}
@@ -131,21 +228,41 @@ func (b *B2BUA) track(c *call) {
 	}
 }
 
-func (b *B2BUA) lookup(callID string) (*call, rtpbridge.Leg, bool) {
+// callByID is the call with a leg of this Call-ID.
+func (b *B2BUA) callByID(callID string) (*call, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	c, ok := b.calls[callID]
-	if !ok {
-		return nil, 0, false
+	return c, ok
+}
+
+// lookup finds the dialog a request we received belongs to: by Call-ID
+// and both tags (RFC 3261 §12.2.2), ours in To and the peer's in From.
+// While the call rings, that may be one of the early dialogs (forks) of
+// our INVITE; once a 2xx picked one, a request naming another fork, or no
+// dialog at all, finds nothing.
+func (b *B2BUA) lookup(req *sip.Request) (*call, rtpbridge.Leg, *dialog, bool) {
+	if req.CallID() == nil {
+		return nil, 0, nil, false
 	}
+	c, ok := b.callByID(req.CallID().Value())
+	if !ok {
+		return nil, 0, nil, false
+	}
+	id := dialogID{callID: req.CallID().Value(), local: sipmsg.Tag(req.To()), remote: sipmsg.Tag(req.From())}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for l, d := range c.legs {
-		if d != nil && d.callID == callID {
-			return c, rtpbridge.Leg(l), true
+		if d != nil && d.id() == id {
+			return c, rtpbridge.Leg(l), d, true
 		}
 	}
-	return nil, 0, false
+	if uac := c.legs[c.uac]; uac != nil && !uac.confirmed() {
+		if f := c.forks[id.remote]; f != nil && f.id() == id {
+			return c, c.uac, f, true
+		}
+	}
+	return nil, 0, nil, false
 }
 
 // finish ends a call once: it frees the relay ports and logs one line with
@@ -161,26 +278,23 @@ func (b *B2BUA) finish(c *call, reason string) {
 	c.mu.Unlock()
 	close(c.done)
 	// Close first: the relay stops and the statistics are final. Then
-	// move the call from the table to the metrics' totals under both
-	// locks (metrics first, as Collect takes them), so a scrape never
-	// sees it twice or not at all.
+	// move the call from the table to the media totals under one lock,
+	// so a Snapshot never sees it twice or not at all.
 	c.media.Close()
 	st := c.media.Stats()
-	if b.metrics != nil {
-		b.metrics.mu.Lock()
-	}
 	b.mu.Lock()
 	for _, d := range legs {
 		if d != nil && b.calls[d.callID] == c {
 			delete(b.calls, d.callID)
 		}
 	}
+	addDirection(&b.ended[0], st.AtoB)
+	addDirection(&b.ended[1], st.BtoA)
 	close(b.changed)
 	b.changed = make(chan struct{})
 	b.mu.Unlock()
-	if b.metrics != nil {
-		b.metrics.callEndedLocked(c.dir, !answer.IsZero(), reason, st)
-		b.metrics.mu.Unlock()
+	if b.onEnded != nil {
+		b.onEnded(CallEnded{Direction: c.dir, Trunk: c.trunk, Answered: !answer.IsZero(), Reason: reason, Media: st})
 	}
 	fields := []zap.Field{zap.String("reason", reason), zap.Object("media", st)}
 	if !answer.IsZero() {
@@ -192,12 +306,23 @@ func (b *B2BUA) finish(c *call, reason string) {
 	c.log.Info("call ended", fields...)
 }
 
-// hangup sends BYE on both legs of an answered call and ends it.
+// hangup sends BYE on both legs of an answered call and ends it. A call
+// still being set up is the INVITE handler's: it is told to give up
+// (CANCEL towards the callee, 503 to the caller) and hangup waits until
+// it has ended the call. BYE is only for confirmed dialogs (RFC 3261 §15).
 func (b *B2BUA) hangup(c *call, reason string) {
 	c.mu.Lock()
-	legs, ended := c.legs, c.ended
+	legs, ended, setup := c.legs, c.ended, c.setup
+	if setup && c.abortReason == "" {
+		c.abortReason = reason
+	}
 	c.mu.Unlock()
 	if ended {
+		return
+	}
+	if setup {
+		c.abortOnce.Do(func() { close(c.abort) })
+		<-c.done
 		return
 	}
 	var wg sync.WaitGroup
@@ -211,9 +336,10 @@ func (b *B2BUA) hangup(c *call, reason string) {
 	b.finish(c, reason)
 }
 
-// onMediaTimeout is rtpbridge's callback for a call whose media died.
-func (b *B2BUA) onMediaTimeout(s *rtpbridge.Session) {
-	c, _, ok := b.lookup(s.ID())
+// OnMediaTimeout is the media's callback for a call whose media died; id
+// is what NewSession got.
+func (b *B2BUA) OnMediaTimeout(id string) {
+	c, ok := b.callByID(id)
 	if !ok {
 		return
 	}
@@ -251,9 +377,9 @@ func (b *B2BUA) Active() int {
 	return len(seen)
 }
 
-// onPBXInvite handles an INVITE from the LAN: toll fraud starts here, so
+// OnPBXInvite handles an INVITE from the LAN: toll fraud starts here, so
 // only the PBX's addresses may call out.
-func (b *B2BUA) onPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
+func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 	src, err := netip.ParseAddrPort(req.Source())
 	pbx := b.pbx.Load()
 	if err != nil || !pbx.allowed(src.Addr()) {
@@ -262,8 +388,8 @@ func (b *B2BUA) onPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.reply(tx, req, nil, sip.StatusForbidden, "Forbidden", nil)
 		return
 	}
-	if tagOf(req.To()) != "" {
-		b.reinvite(req, tx)
+	if sipmsg.Tag(req.To()) != "" {
+		b.OnReinvite(req, tx)
 		return
 	}
 	if pbx.auth != nil {
@@ -273,49 +399,46 @@ func (b *B2BUA) onPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 	}
-	dialled := req.Recipient.User
-	t := b.trunkForNumber(dialled)
-	if t == nil {
+	r, err := b.router.Route(req.Recipient.User)
+	switch {
+	case errors.Is(err, ErrUnresolved):
+		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Trunk Not Resolved", nil, sip.NewHeader("Retry-After", "10"))
+		return
+	case err != nil:
 		b.reply(tx, req, nil, sip.StatusNotFound, "No Trunk For Number", nil)
 		return
 	}
-	dst := t.dst.Load()
-	if dst == nil {
-		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Trunk Not Resolved", nil, sip.NewHeader("Retry-After", "10"))
-		return
-	}
-	number := normalizeNumber(dialled, t.format, t.country)
-	wan := b.wanFor(t)
 	b.bridge(b.lan, req, tx, bridgeParams{
-		to:    wan,
-		ruri:  sip.Uri{Scheme: "sip", User: number, Host: t.conf.Domain},
-		from:  sip.Uri{Scheme: "sip", User: t.conf.Username, Host: t.conf.Domain},
-		at:    sip.Uri{Scheme: "sip", User: number, Host: t.conf.Domain},
-		dst:   *dst,
-		user:  t.reg.authUser(),
-		pass:  t.conf.Password,
-		trunk: t.conf.Name,
-		latch: t.opts.Latching,
+		to:    b.wanFor(r.Contact),
+		ruri:  sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		from:  sip.Uri{Scheme: "sip", User: r.User, Host: r.Domain},
+		at:    sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		dst:   r.Dst,
+		user:  r.AuthUser,
+		pass:  r.Password,
+		trunk: r.Trunk,
+		latch: r.Latching,
 		dir:   "outbound",
 	})
 }
 
-// onProviderInvite bridges a call for one of our DIDs to the PBX.
-func (b *B2BUA) onProviderInvite(t *trunk, did string, req *sip.Request, tx sip.ServerTransaction) {
+// OnProviderInvite bridges a call for one of our DIDs to the PBX. The
+// caller (the trunk layer) has checked the source and the number.
+func (b *B2BUA) OnProviderInvite(in Inbound, req *sip.Request, tx sip.ServerTransaction) {
 	caller := ""
 	if f := req.From(); f != nil {
 		caller = f.Address.User
 	}
 	pbx := b.pbx.Load()
 	lanIP := pbx.Listen.Addr().String()
-	b.bridge(b.wanFor(t), req, tx, bridgeParams{
+	b.bridge(b.wanFor(in.Contact), req, tx, bridgeParams{
 		to:    b.lan,
-		ruri:  sip.Uri{Scheme: "sip", User: did, Host: pbx.Addr.Addr().String(), Port: int(pbx.Addr.Port())},
+		ruri:  sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String(), Port: int(pbx.Addr.Port())},
 		from:  sip.Uri{Scheme: "sip", User: caller, Host: lanIP},
-		at:    sip.Uri{Scheme: "sip", User: did, Host: pbx.Addr.Addr().String()},
+		at:    sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String()},
 		dst:   pbx.Addr,
-		trunk: t.conf.Name,
-		latch: t.opts.Latching,
+		trunk: in.Trunk,
+		latch: in.Latching,
 		dir:   "inbound",
 	})
 }
@@ -330,26 +453,12 @@ func (p *pbxState) allowed(ip netip.Addr) bool {
 	return false
 }
 
-// trunkForNumber picks the first trunk whose outbound prefixes match;
-// a trunk without prefixes takes every number.
-func (b *B2BUA) trunkForNumber(number string) *trunk {
-	for _, t := range b.trunks() {
-		if len(t.prefixes) == 0 {
-			return t
-		}
-		for _, p := range t.prefixes {
-			if strings.HasPrefix(number, p) {
-				return t
-			}
-		}
-	}
-	return nil
-}
-
-// onBye ends a call from either side: answer, then hang up the other leg.
-func (b *B2BUA) onBye(req *sip.Request, tx sip.ServerTransaction) {
-	c, leg, ok := b.lookup(req.CallID().Value())
-	if !ok {
+// OnBye ends a call from either side: answer, then hang up the other leg.
+func (b *B2BUA) OnBye(req *sip.Request, tx sip.ServerTransaction) {
+	c, leg, d, ok := b.lookup(req)
+	if !ok || d != c.legOf(leg) {
+		// A BYE on an early dialog is not the callee's to send (RFC 3261
+		// §15); the caller CANCELs instead.
 		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
 		return
 	}
@@ -360,34 +469,49 @@ func (b *B2BUA) onBye(req *sip.Request, tx sip.ServerTransaction) {
 	b.finish(c, "bye from "+b.sideOf(leg).name)
 }
 
-// onAck confirms an answered call; media was already running.
-func (b *B2BUA) onAck(req *sip.Request, tx sip.ServerTransaction) {
-	if c, _, ok := b.lookup(req.CallID().Value()); ok {
+// OnAck confirms an answered call; media was already running.
+func (b *B2BUA) OnAck(req *sip.Request, tx sip.ServerTransaction) {
+	if c, _, _, ok := b.lookup(req); ok {
 		c.confirm()
 	}
 }
 
-// onStrayResponse sees responses no transaction wanted. A 2xx to an
+// OnStrayResponse sees responses no transaction wanted. A 2xx to an
 // INVITE arriving again means our ACK was lost: send it again, or the
-// callee hangs up.
-func (b *B2BUA) onStrayResponse(res *sip.Response) {
+// callee hangs up. A 2xx from another fork of our INVITE (a To tag that is
+// not the one we took) opens a dialog we do not want: ACK it, then BYE it
+// (RFC 3261 §13.2.2.4).
+func (b *B2BUA) OnStrayResponse(res *sip.Response) {
 	cs := res.CSeq()
 	if cs == nil || cs.MethodName != sip.INVITE || !res.IsSuccess() || res.CallID() == nil {
 		return
 	}
-	c, leg, ok := b.lookup(res.CallID().Value())
+	c, ok := b.callByID(res.CallID().Value())
 	if !ok {
 		return
 	}
-	c.mu.Lock()
-	d := c.legs[leg]
-	c.mu.Unlock()
+	// In a response our tag is in From.
+	id := dialogID{callID: res.CallID().Value(), local: sipmsg.Tag(res.From()), remote: sipmsg.Tag(res.To())}
+	d, extra := c.dialogFor(id, res)
+	if d == nil {
+		return
+	}
 	d.mu.Lock()
 	var ack *sip.Request
 	if d.lastAck != nil && d.lastAck.CSeq().SeqNo == cs.SeqNo {
 		ack = d.lastAck.Clone()
 	}
+	drop := extra && d.lastAck == nil && !d.dropped
+	if drop {
+		d.dropped = true
+	}
 	d.mu.Unlock()
+	if drop {
+		c.log.Info("second 2xx from another fork; hanging it up", zap.String("to_tag", id.remote))
+		b.ack(d, cs.SeqNo)
+		b.goCall(func() { b.bye(d) })
+		return
+	}
 	if ack == nil {
 		return
 	}
@@ -396,24 +520,21 @@ func (b *B2BUA) onStrayResponse(res *sip.Response) {
 	}
 }
 
-// onUpdate relays UPDATE (RFC 3311: session timers, early hold) like a
+// OnUpdate relays UPDATE (RFC 3311: session timers, early hold) like a
 // re-INVITE.
-func (b *B2BUA) onUpdate(req *sip.Request, tx sip.ServerTransaction) {
-	b.reinvite(req, tx)
+func (b *B2BUA) OnUpdate(req *sip.Request, tx sip.ServerTransaction) {
+	b.OnReinvite(req, tx)
 }
 
-// reinvite relays a mid-call INVITE or UPDATE (hold, resume, codec
+// OnReinvite relays a mid-call INVITE or UPDATE (hold, resume, codec
 // change, RFC 4028 session refresh) to the other leg with its SDP
 // rewritten, and the answer back. The relay ports stay the same.
-func (b *B2BUA) reinvite(req *sip.Request, tx sip.ServerTransaction) {
-	c, leg, ok := b.lookup(req.CallID().Value())
+func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
+	c, leg, in, ok := b.lookup(req)
 	if !ok {
 		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
 		return
 	}
-	c.mu.Lock()
-	in := c.legs[leg]
-	c.mu.Unlock()
 	out := c.other(leg)
 	if req.Method == sip.INVITE && len(req.Body()) == 0 {
 		// An offerless re-INVITE, typically an RFC 4028 session refresh:
@@ -483,7 +604,7 @@ func (b *B2BUA) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 				c.log.Warn("bad SDP in re-INVITE answer", zap.Error(err))
 			}
 			if req.Method == sip.INVITE {
-				b.ack(out, fwd, res)
+				b.ack(out, fwd.CSeq().SeqNo)
 			}
 			b.reply(tx, req, in, sip.StatusOK, "OK", in.sent(answer))
 			return

@@ -1,4 +1,4 @@
-package linkmanager
+package sharedconn
 
 import (
 	"bytes"
@@ -31,14 +31,14 @@ const rejectLogEvery = 10 * time.Second
 // 40k refused INVITEs through sipgo's transactions once drew 213,430
 // retransmitted 403s and ~430 MiB of heap. The PBX side uses it so a
 // misconfigured PBX learns why; the Internet side stays silent.
-func (c *SharedConn) SetReject(code int, reason string, perSecond float64) {
+func (c *Conn) SetReject(code int, reason string, perSecond float64) {
 	c.reject.Store(&rejecter{code: code, reason: reason, answer: rate.NewLimiter(rate.Limit(perSecond), max(1, int(2*perSecond)))})
 }
 
 // rejectStateless answers b (a refused request from from) if the budget
 // allows, and logs at most once per rejectLogEvery. Parsing happens only
 // within the budget, so a flood costs a counter increment per packet.
-func (c *SharedConn) rejectStateless(r *rejecter, b []byte, from netip.AddrPort) {
+func (c *Conn) rejectStateless(r *rejecter, b []byte, from netip.AddrPort) {
 	r.quiet.Add(1)
 	now := c.now()
 	if last := r.logged.Load(); now.Sub(time.Unix(0, last)) >= rejectLogEvery && r.logged.CompareAndSwap(last, now.UnixNano()) {

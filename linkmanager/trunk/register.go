@@ -1,4 +1,4 @@
-package linkmanager
+package trunk
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/icholy/digest"
 	"go.uber.org/zap"
 
+	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
@@ -32,34 +33,22 @@ const (
 	initialPublicWait = 2 * time.Second
 )
 
-// txFunc runs one non-INVITE client transaction to dst and returns its
+// TxFunc runs one non-INVITE client transaction to dst and returns its
 // final response. The production one is sipgo's Client.Do pinned to the
 // shared socket; tests pass a fake registrar.
-type txFunc func(ctx context.Context, req *sip.Request, dst netip.AddrPort) (*sip.Response, error)
+type TxFunc func(ctx context.Context, req *sip.Request, dst netip.AddrPort) (*sip.Response, error)
 
-// publicAddrs is what the registration needs from the STUN keeper.
-type publicAddrs interface {
+// PublicAddrs is what the registration needs from the STUN keeper.
+type PublicAddrs interface {
 	Public() (stunkeeper.Mapping, bool)
 	Subscribe() (<-chan stunkeeper.Mapping, func())
 	Observe(stunkeeper.Mapping)
 }
 
-// trunkConf is the part of a trunk's configuration the SIP code uses.
-type trunkConf struct {
-	Name         string
-	Domain       string // AOR domain and Request-URI of REGISTER
-	Username     string
-	AuthUsername string
-	Password     string
-	Expires      time.Duration
-	Register     bool
-	Keepalive    string
-	DIDs         []string
-}
-
 // RegStatus is a snapshot of one trunk's registration.
 type RegStatus struct {
 	Trunk      string
+	Register   bool // configured to register at all
 	Registered bool
 	Since      time.Time      // when the current registration was first confirmed
 	Contact    netip.AddrPort // the public address in the registered Contact
@@ -77,10 +66,10 @@ type RegStatus struct {
 // Its single goroutine (run) owns all mutable fields except status, which
 // readers get through Status().
 type registration struct {
-	conf    trunkConf
-	do      txFunc
+	conf    Options
+	do      TxFunc
 	resolve func(ctx context.Context) (netip.AddrPort, error)
-	keeper  publicAddrs
+	keeper  PublicAddrs
 	local   netip.AddrPort
 	log     *zap.Logger
 	now     func() time.Time
@@ -109,8 +98,8 @@ type registration struct {
 	status RegStatus // guarded by mu
 }
 
-func newRegistration(conf trunkConf, do txFunc, resolve func(context.Context) (netip.AddrPort, error),
-	keeper publicAddrs, local netip.AddrPort, log *zap.Logger) *registration {
+func newRegistration(conf Options, do TxFunc, resolve func(context.Context) (netip.AddrPort, error),
+	keeper PublicAddrs, local netip.AddrPort, log *zap.Logger) *registration {
 	return &registration{
 		conf:      conf,
 		do:        do,
@@ -410,8 +399,8 @@ func (r *registration) authUser() string {
 func (r *registration) buildRegister(contact, stale netip.AddrPort, expires time.Duration) *sip.Request {
 	aor := sip.Uri{Scheme: "sip", User: r.conf.Username, Host: r.conf.Domain}
 	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: r.conf.Domain})
-	req.AppendHeader(newVia(contact))
-	req.AppendHeader(&sip.FromHeader{Address: aor, Params: params("tag", r.fromTag)})
+	req.AppendHeader(sipmsg.NewVia(contact))
+	req.AppendHeader(&sip.FromHeader{Address: aor, Params: sipmsg.Params("tag", r.fromTag)})
 	req.AppendHeader(&sip.ToHeader{Address: aor, Params: sip.NewParams()})
 	cid := sip.CallIDHeader(r.callID)
 	req.AppendHeader(&cid)
@@ -424,7 +413,7 @@ func (r *registration) buildRegister(contact, stale netip.AddrPort, expires time
 		// Remove the binding of our old address in the same request, so
 		// the provider never forks calls to a dead address.
 		req.AppendHeader(&sip.ContactHeader{Address: contactURI(r.conf.Username, stale),
-			Params: params("expires", "0")})
+			Params: sipmsg.Params("expires", "0")})
 	}
 	req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(expires/time.Second))))
 	req.AppendHeader(sip.NewHeader("User-Agent", r.ua))
@@ -462,16 +451,6 @@ func resetTimer(t *time.Timer, d time.Duration) {
 	default:
 	}
 	t.Reset(d)
-}
-
-func newVia(sentBy netip.AddrPort) *sip.ViaHeader {
-	params := sip.NewParams()
-	params.Add("branch", sip.GenerateBranch())
-	// rport (RFC 3581) makes the registrar answer to our NAT mapping and
-	// tell us what that mapping is.
-	params.Add("rport", "")
-	return &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP",
-		Host: sentBy.Addr().String(), Port: int(sentBy.Port()), Params: params}
 }
 
 func contactURI(user string, a netip.AddrPort) sip.Uri {
@@ -532,20 +511,13 @@ func grantedExpires(res *sip.Response, contact netip.AddrPort, asked time.Durati
 	return asked
 }
 
+// challenge is sipmsg.Challenge as an authentication failure.
 func challenge(res *sip.Response) (*digest.Challenge, string, error) {
-	name, reply := "WWW-Authenticate", "Authorization"
-	if res.StatusCode == sip.StatusProxyAuthRequired {
-		name, reply = "Proxy-Authenticate", "Proxy-Authorization"
-	}
-	h := res.GetHeader(name)
-	if h == nil {
-		return nil, "", fmt.Errorf("%w: %d without %s", ErrAuth, res.StatusCode, name)
-	}
-	chal, err := digest.ParseChallenge(h.Value())
+	chal, hdr, err := sipmsg.Challenge(res)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: bad %s: %w", ErrAuth, name, err)
+		return nil, "", fmt.Errorf("%w: %w", ErrAuth, err)
 	}
-	return chal, reply, nil
+	return chal, hdr, nil
 }
 
 func minExpires(res *sip.Response) (time.Duration, error) {
@@ -577,13 +549,4 @@ func retryAfter(res *sip.Response) time.Duration {
 		return 0
 	}
 	return time.Duration(n) * time.Second
-}
-
-// params builds header parameters from key, value pairs.
-func params(kv ...string) sip.HeaderParams {
-	p := sip.NewParams()
-	for i := 0; i+1 < len(kv); i += 2 {
-		p.Add(kv[i], kv[i+1])
-	}
-	return p
 }

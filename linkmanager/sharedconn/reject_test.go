@@ -1,4 +1,4 @@
-package linkmanager
+package sharedconn
 
 import (
 	"fmt"
@@ -23,7 +23,7 @@ func TestSharedConnStatelessRejectIsBounded(t *testing.T) {
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
 	core, logs := observer.New(zap.InfoLevel)
 	sock := listenLoopback(t)
-	c := NewSharedConn(sock, zap.New(core), now)
+	c := New(sock, zap.New(core), now)
 	pbx := netip.MustParseAddrPort("192.0.2.20:5060")
 	c.SetRequestFilter(func(from netip.AddrPort) bool { return from == pbx })
 	const perSecond = 5

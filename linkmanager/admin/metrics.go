@@ -1,4 +1,4 @@
-package linkmanager
+package admin
 
 import (
 	"strings"
@@ -6,25 +6,26 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
-// metrics holds what cannot be read from a snapshot at scrape time: call
-// counts and the media of calls that have ended. Everything else (trunks,
-// STUN, pools, sockets, live calls) is read when Prometheus scrapes, so no
-// state is kept twice.
-type metrics struct {
+// Metrics holds what cannot be read from a snapshot at scrape time: call
+// counts, fed by the B2BUA's call-ended events. Everything else (trunks,
+// STUN, pools, sockets, calls and their media) is read from snapshots
+// when Prometheus scrapes, so no state is kept twice.
+type Metrics struct {
 	mu     sync.Mutex
-	calls  map[string]uint64      // guarded by mu; by direction
-	failed map[string]uint64      // guarded by mu; by cause
-	ended  [2]rtpbridge.Direction // guarded by mu; totals of ended calls: PBX→provider, provider→PBX
+	calls  map[string]uint64 // guarded by mu; by direction
+	failed map[string]uint64 // guarded by mu; by cause
 
 	loss   *prometheus.HistogramVec
 	jitter *prometheus.HistogramVec
 }
 
-func newMetrics() *metrics {
-	return &metrics{
+// NewMetrics makes the call counters; feed them CallEnded.
+func NewMetrics() *Metrics {
+	return &Metrics{
 		calls:  map[string]uint64{},
 		failed: map[string]uint64{},
 		loss: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -45,25 +46,25 @@ const (
 	dirNetToPBX = "provider_to_pbx"
 )
 
-// callEndedLocked counts a finished call; the caller holds m.mu. A call
-// that was never answered counts as failed, by cause: the SIP status it
-// got, or our reason.
-func (m *metrics) callEndedLocked(dir string, answered bool, reason string, st rtpbridge.Stats) {
-	m.calls[dir]++
-	if !answered {
-		m.failed[causeOf(reason)]++
+// CallEnded counts a finished call. A call that was never answered
+// counts as failed, by cause: the SIP status it got, or our reason.
+func (m *Metrics) CallEnded(e b2bua.CallEnded) {
+	m.mu.Lock()
+	m.calls[e.Direction]++
+	if !e.Answered {
+		m.failed[causeOf(e.Reason)]++
 	}
-	addDirection(&m.ended[0], st.AtoB)
-	addDirection(&m.ended[1], st.BtoA)
-	if answered {
-		for _, d := range []struct {
-			name string
-			d    rtpbridge.Direction
-		}{{dirPBXToNet, st.AtoB}, {dirNetToPBX, st.BtoA}} {
-			if exp := int64(d.d.Packets) + d.d.Lost; exp > 0 && d.d.Packets > 0 {
-				m.loss.WithLabelValues(d.name).Observe(max(0, float64(d.d.Lost)) / float64(exp))
-				m.jitter.WithLabelValues(d.name).Observe(d.d.Jitter.Seconds())
-			}
+	m.mu.Unlock()
+	if !e.Answered {
+		return
+	}
+	for _, d := range []struct {
+		name string
+		d    rtpbridge.Direction
+	}{{dirPBXToNet, e.Media.AtoB}, {dirNetToPBX, e.Media.BtoA}} {
+		if exp := int64(d.d.Packets) + d.d.Lost; exp > 0 && d.d.Packets > 0 {
+			m.loss.WithLabelValues(d.name).Observe(max(0, float64(d.d.Lost)) / float64(exp))
+			m.jitter.WithLabelValues(d.name).Observe(d.d.Jitter.Seconds())
 		}
 	}
 }
@@ -78,16 +79,10 @@ func causeOf(reason string) string {
 	return strings.ReplaceAll(strings.TrimSpace(reason), " ", "_")
 }
 
-func addDirection(sum *rtpbridge.Direction, d rtpbridge.Direction) {
-	sum.Packets += d.Packets
-	sum.Bytes += d.Bytes
-	sum.Foreign += d.Foreign
-	sum.Malformed += d.Malformed
-}
-
-// collector exports a Server's state to Prometheus.
+// collector exports snapshots and the call counters to Prometheus.
 type collector struct {
-	s *Server
+	src Source
+	m   *Metrics
 }
 
 var (
@@ -130,39 +125,29 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	s := c.s
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	counter := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
-	for _, t := range s.trunkList() {
-		st := t.reg.Status()
-		gauge(descRegistered, boolFloat(st.Registered), t.conf.Name)
-		gauge(descRegFailures, float64(st.Failures), t.conf.Name)
+	s := c.src.Snapshot()
+	for _, st := range s.Trunks {
+		gauge(descRegistered, boolFloat(st.Registered), st.Trunk)
+		gauge(descRegFailures, float64(st.Failures), st.Trunk)
 	}
-	ks := s.keeper.Stats()
-	counter(descAddrChanges, float64(ks.Changes))
-	gauge(descSTUNRTT, ks.LastRTT.Seconds())
-	counter(descSTUNRequests, float64(ks.Requests))
-	counter(descSTUNFailures, float64(ks.Timeouts))
-	for _, sc := range []struct {
-		name string
-		c    *SharedConn
-	}{{"internet", s.conn}, {"pbx", s.lan}} {
-		if sc.c == nil {
-			continue
-		}
-		st := sc.c.Stats()
-		counter(descSIPDropped, float64(st.DroppedSource), sc.name, "source_not_allowed")
-		counter(descSIPDropped, float64(st.DroppedMalformed), sc.name, "malformed")
+	counter(descAddrChanges, float64(s.STUN.Changes))
+	gauge(descSTUNRTT, s.STUN.LastRTT.Seconds())
+	counter(descSTUNRequests, float64(s.STUN.Requests))
+	counter(descSTUNFailures, float64(s.STUN.Timeouts))
+	for _, sc := range s.Sockets {
+		counter(descSIPDropped, float64(sc.Source), sc.Name, "source_not_allowed")
+		counter(descSIPDropped, float64(sc.Malformed), sc.Name, "malformed")
 	}
-	b := s.b2bua
-	if b == nil {
+	if s.Calls == nil || s.Media == nil {
 		return
 	}
-	m := s.metrics
+	m := c.m
 	m.mu.Lock()
 	for dir, n := range m.calls {
 		counter(descCalls, float64(n), dir)
@@ -170,44 +155,24 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for cause, n := range m.failed {
 		counter(descCallsFailed, float64(n), cause)
 	}
-	sums := m.ended
-	for _, cs := range b.liveMedia() { // takes b.mu: the same order as finish
-		addDirection(&sums[0], cs.AtoB)
-		addDirection(&sums[1], cs.BtoA)
-	}
 	m.mu.Unlock()
-	gauge(descCallsActive, float64(b.Active()))
+	sums := [2]rtpbridge.Direction{s.Calls.Media.AtoB, s.Calls.Media.BtoA}
+	gauge(descCallsActive, float64(len(s.Calls.Calls)))
 	for i, dir := range []string{dirPBXToNet, dirNetToPBX} {
 		counter(descRTPPackets, float64(sums[i].Packets), dir)
 		counter(descRTPBytes, float64(sums[i].Bytes), dir)
 	}
 	counter(descRTPDropped, float64(sums[0].Foreign+sums[1].Foreign), "foreign_source")
 	counter(descRTPDropped, float64(sums[0].Malformed+sums[1].Malformed), "malformed")
-	counter(descRTPDropped, float64(s.media.NoSessionDrops()), "no_session")
-	pc := s.media.Counts()
+	counter(descRTPDropped, float64(s.Media.NoSession), "no_session")
 	for _, p := range []struct {
 		name string
 		c    rtpbridge.PoolCounts
-	}{{"lan", pc.LAN}, {"internet", pc.WAN}} {
+	}{{"lan", s.Media.Pools.LAN}, {"internet", s.Media.Pools.WAN}} {
 		gauge(descPorts, float64(p.c.InUse), p.name, "in_use")
 		gauge(descPorts, float64(p.c.Quarantined), p.name, "quarantined")
 		gauge(descPorts, float64(p.c.Free), p.name, "free")
 	}
-}
-
-// liveMedia is the media so far of the calls still up.
-func (b *B2BUA) liveMedia() []rtpbridge.Stats {
-	b.mu.Lock()
-	seen := map[*call]bool{}
-	for _, c := range b.calls {
-		seen[c] = true
-	}
-	b.mu.Unlock()
-	out := make([]rtpbridge.Stats, 0, len(seen))
-	for c := range seen {
-		out = append(out, c.media.Stats())
-	}
-	return out
 }
 
 func boolFloat(b bool) float64 {
@@ -217,11 +182,11 @@ func boolFloat(b bool) float64 {
 	return 0
 }
 
-// Registry returns a Prometheus registry with the daemon's metrics and the
-// Go runtime's. Each call makes a new one: there is no global registry.
-func (s *Server) Registry(extra ...prometheus.Collector) *prometheus.Registry {
+// registry is a Prometheus registry with the daemon's metrics and extra.
+// Each call makes a new one: there is no global registry.
+func registry(src Source, m *Metrics, extra ...prometheus.Collector) *prometheus.Registry {
 	r := prometheus.NewRegistry()
-	r.MustRegister(collector{s}, s.metrics.loss, s.metrics.jitter)
+	r.MustRegister(collector{src: src, m: m}, m.loss, m.jitter)
 	r.MustRegister(extra...)
 	return r
 }

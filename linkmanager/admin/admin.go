@@ -1,4 +1,4 @@
-package linkmanager
+package admin
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 // binds loopback by default: it tells anyone who can reach it the
 // company's numbers and call activity.
 type Admin struct {
-	srv  *Server
+	src  Source
 	http *http.Server
 	log  *zap.Logger
 }
@@ -32,14 +32,14 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Message }
 
-// NewAdmin builds the admin server for s; Serve runs it on a listener
-// the caller opened.
-func NewAdmin(s *Server, log *zap.Logger) *Admin {
+// New builds the admin server over src and the call counters m; Serve
+// runs it on a listener the caller opened.
+func New(src Source, m *Metrics, log *zap.Logger) *Admin {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	a := &Admin{srv: s, log: log.Named("admin")}
-	reg := s.Registry(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a := &Admin{src: src, log: log.Named("admin")}
+	reg := registry(src, m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("GET /healthz", a.handle(a.healthz))
 	mux.Handle("GET /readyz", a.handle(a.readyz))
@@ -107,7 +107,7 @@ func (a *Admin) healthz(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) error {
-	if ok, why := a.srv.Ready(); !ok {
+	if ok, why := a.src.Ready(); !ok {
 		return &apiError{Status: http.StatusServiceUnavailable, Message: why}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -115,7 +115,7 @@ func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *Admin) status(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, a.srv.Snapshot())
+	writeJSON(w, http.StatusOK, status(a.src.Snapshot()))
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package linkmanager
+package b2bua
 
 import (
 	"strings"
@@ -52,25 +52,5 @@ func TestPBXAuth(t *testing.T) {
 	ok, again := a.check(old)
 	if ok || !strings.Contains(again, "stale=true") {
 		t.Errorf("replayed credentials after %v: ok=%v challenge %q, want a stale challenge", nonceLifetime, ok, again)
-	}
-}
-
-func TestNormalizeNumber(t *testing.T) {
-	for _, tc := range []struct{ in, format, cc, want string }{
-		{"0301234567", "e164", "49", "+49301234567"},
-		{"0049301234567", "e164", "49", "+49301234567"},
-		{"+49301234567", "e164", "49", "+49301234567"},
-		{"00441234567", "e164", "49", "+441234567"},
-		{"+49301234567", "national", "49", "0301234567"},
-		{"0049301234567", "national", "49", "0301234567"},
-		{"0301234567", "national", "49", "0301234567"},
-		{"+441234567", "national", "49", "00441234567"},
-		{"0301234567", "as-is", "49", "0301234567"},
-		{"110", "e164", "49", "110"}, // emergency and short codes stay as dialled
-		{"200", "national", "49", "200"},
-	} {
-		if got := normalizeNumber(tc.in, tc.format, tc.cc); got != tc.want {
-			t.Errorf("normalizeNumber(%q, %s, %s) = %q, want %q", tc.in, tc.format, tc.cc, got, tc.want)
-		}
 	}
 }

@@ -1,4 +1,4 @@
-package linkmanager
+package sharedconn
 
 import (
 	"errors"
@@ -22,9 +22,9 @@ func listenLoopback(t *testing.T) *net.UDPConn {
 	return c
 }
 
-// readOne reads one datagram through the SharedConn with a deadline, so a
+// readOne reads one datagram through the Conn with a deadline, so a
 // wrongly swallowed packet fails the test instead of hanging it.
-func readOne(t *testing.T, c *SharedConn) (string, net.Addr, error) {
+func readOne(t *testing.T, c *Conn) (string, net.Addr, error) {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	buf := make([]byte, 2048)
@@ -34,7 +34,7 @@ func readOne(t *testing.T, c *SharedConn) (string, net.Addr, error) {
 
 func TestSharedConnDemux(t *testing.T) {
 	sock := listenLoopback(t)
-	c := NewSharedConn(sock, nil, nil)
+	c := New(sock, nil, nil)
 	provider, stranger := listenLoopback(t), listenLoopback(t)
 	providerAddr := provider.LocalAddr().(*net.UDPAddr).AddrPort()
 	c.SetRequestFilter(func(from netip.AddrPort) bool { return from == providerAddr })
@@ -86,7 +86,7 @@ func TestSharedConnDemux(t *testing.T) {
 
 func TestSharedConnSendTracksFlows(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	c := NewSharedConn(listenLoopback(t), nil, func() time.Time { return now })
+	c := New(listenLoopback(t), nil, func() time.Time { return now })
 	peer := listenLoopback(t).LocalAddr().(*net.UDPAddr).AddrPort()
 	var hooked netip.AddrPort
 	c.SetOnSend(func(to netip.AddrPort) { hooked = to })
@@ -123,7 +123,7 @@ func TestSharedConnAbsorbsTransientReadErrors(t *testing.T) {
 	sock := listenLoopback(t)
 	flaky := &flakyConn{UDPConn: sock}
 	flaky.failures.Store(5)
-	c := NewSharedConn(flaky, nil, nil)
+	c := New(flaky, nil, nil)
 	peer := listenLoopback(t)
 	if _, err := peer.WriteTo([]byte("SIP/2.0 200 OK\r\n\r\n"), sock.LocalAddr()); err != nil {
 		t.Fatal(err)
@@ -195,7 +195,7 @@ func TestSharedConnListeningBetweenReads(t *testing.T) {
 	var now atomic.Int64
 	now.Store(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC).UnixNano())
 	sock := listenLoopback(t)
-	c := NewSharedConn(sock, nil, func() time.Time { return time.Unix(0, now.Load()) })
+	c := New(sock, nil, func() time.Time { return time.Unix(0, now.Load()) })
 	const stall = 10 * time.Second
 	if c.Listening(stall) {
 		t.Fatal("listening before the first read")

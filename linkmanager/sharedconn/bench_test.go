@@ -1,4 +1,4 @@
-package linkmanager
+package sharedconn
 
 import (
 	"net"
@@ -41,7 +41,7 @@ func BenchmarkSharedConnDrop(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c := NewSharedConn(sock, nil, nil)
+	c := New(sock, nil, nil)
 	defer c.Close()
 	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {

@@ -1,4 +1,8 @@
-package linkmanager
+// Package trunk is one provider account: its registration, the keepalive
+// of the NAT flow to its registrar, who may send us requests for it, and
+// which numbers it takes, in what form. The daemon sees it only through
+// its methods: Status, Allows, MatchDID, Route.
+package trunk
 
 import (
 	"context"
@@ -15,35 +19,35 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 )
 
-// prober sends one STUN Binding request to dst and returns the mapping
+// Prober sends one STUN Binding request to dst and returns the mapping
 // it reports.
-type prober func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error)
+type Prober func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error)
 
-// trunk is one provider account: its registration and the keepalive of
+// Trunk is one provider account: its registration and the keepalive of
 // the NAT flow to its registrar. Linux NAT times each 5-tuple on its own,
 // so STUN to a STUN server does not keep the registrar's flow open; without
 // this the provider's INVITEs die at the router after the UDP timeout.
-type trunk struct {
-	conf     trunkConf
-	opts     TrunkOptions // as configured; a reload compares them
-	host     string       // where requests go: the outbound proxy, else the registrar
-	port     int          // 0: SRV, then 5060
-	also     string       // the registrar's host when a proxy is used: it may send to us too
-	prefixes []string     // dialled-number prefixes this trunk takes; none: all
-	format   string       // number_format: e164, national or as-is
-	country  string       // country calling code for format
+type Trunk struct {
+	conf     Options  // as configured; a reload compares them
+	host     string   // where requests go: the outbound proxy, else the registrar
+	port     int      // 0: SRV, then 5060
+	also     string   // the registrar's host when a proxy is used: it may send to us too
+	prefixes []string // dialled-number prefixes this trunk takes; none: all
+	format   string   // number_format: e164, national or as-is
+	country  string   // country calling code for format
 	interval time.Duration
 
 	reg      *registration
-	do       txFunc
-	probe    prober
+	do       TxFunc
+	probe    Prober
 	send     func([]byte, netip.AddrPort) error
 	lastSent func(netip.AddrPort) time.Time
 	log      *zap.Logger
 	now      func() time.Time
-	lookup   resolver
+	lookup   Resolver
 
 	dst       atomic.Pointer[netip.AddrPort] // resolved registrar
 	keepalive atomic.Pointer[string]         // method in use (auto resolves to one)
@@ -51,19 +55,19 @@ type trunk struct {
 	mu      sync.Mutex
 	sources map[netip.Addr]bool // guarded by mu; addresses allowed to send requests
 
-	stop func()        // set by Server.startTrunk
+	stop func()        // set by Start
 	done chan struct{} // closed when Run has returned
 }
 
-// resolver is the DNS the trunk needs; net.Resolver satisfies it.
-type resolver interface {
+// Resolver is the DNS the trunk needs; net.Resolver satisfies it.
+type Resolver interface {
 	LookupSRV(ctx context.Context, service, proto, name string) (string, []*net.SRV, error)
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
-// Run registers (if configured) and keeps the registrar flow alive until
+// run registers (if configured) and keeps the registrar flow alive until
 // ctx ends, then unregisters.
-func (t *trunk) Run(ctx context.Context) error {
+func (t *Trunk) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	if t.conf.Register {
 		g.Go(func() error { return t.reg.run(ctx) })
@@ -75,7 +79,7 @@ func (t *trunk) Run(ctx context.Context) error {
 // resolveRegistrar follows RFC 3263 loosely: an IP literal as is; a
 // name with a port by A lookup; a name without a port by SRV
 // _sip._udp, then A on 5060.
-func (t *trunk) resolveRegistrar(ctx context.Context) (netip.AddrPort, error) {
+func (t *Trunk) resolveRegistrar(ctx context.Context) (netip.AddrPort, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	dst, ips, err := t.resolveHost(ctx, t.host, t.port)
@@ -93,7 +97,7 @@ func (t *trunk) resolveRegistrar(ctx context.Context) (netip.AddrPort, error) {
 }
 
 // resolveHost returns where to send and every address the host has.
-func (t *trunk) resolveHost(ctx context.Context, host string, port int) (netip.AddrPort, []netip.Addr, error) {
+func (t *Trunk) resolveHost(ctx context.Context, host string, port int) (netip.AddrPort, []netip.Addr, error) {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if port == 0 {
 			port = 5060
@@ -121,7 +125,7 @@ func (t *trunk) resolveHost(ctx context.Context, host string, port int) (netip.A
 
 // setDst records the registrar and who may send us requests for this
 // trunk: every address its name resolved to.
-func (t *trunk) setDst(dst netip.AddrPort, sources ...netip.Addr) netip.AddrPort {
+func (t *Trunk) setDst(dst netip.AddrPort, sources ...netip.Addr) netip.AddrPort {
 	t.dst.Store(&dst)
 	t.mu.Lock()
 	for _, ip := range sources {
@@ -133,7 +137,7 @@ func (t *trunk) setDst(dst netip.AddrPort, sources ...netip.Addr) netip.AddrPort
 
 // Allows reports whether a request from ip belongs to this trunk's
 // provider.
-func (t *trunk) Allows(ip netip.Addr) bool {
+func (t *Trunk) Allows(ip netip.Addr) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.sources[ip]
@@ -142,7 +146,7 @@ func (t *trunk) Allows(ip netip.Addr) bool {
 // MatchDID returns the configured DID that user (from the Request-URI or
 // To) hits: exactly, or as a prefix ending in "*" followed by extension
 // digits.
-func (t *trunk) MatchDID(users ...string) (string, bool) {
+func (t *Trunk) MatchDID(users ...string) (string, bool) {
 	for _, u := range users {
 		if u == "" {
 			continue
@@ -172,11 +176,11 @@ func allDigits(s string) bool {
 // setKeepalive publishes the method in use. It stores a pointer to its
 // own copy: the loop keeps assigning its local variable, so a pointer to
 // that would be read and written at once.
-func (t *trunk) setKeepalive(m string) { t.keepalive.Store(&m) }
+func (t *Trunk) setKeepalive(m string) { t.keepalive.Store(&m) }
 
 // keepaliveLoop sends a keepalive to the registrar whenever the socket has
 // sent it nothing for one interval.
-func (t *trunk) keepaliveLoop(ctx context.Context) error {
+func (t *Trunk) keepaliveLoop(ctx context.Context) error {
 	method := t.conf.Keepalive
 	t.setKeepalive(method)
 	if method == config.KeepaliveOff {
@@ -244,7 +248,7 @@ func (t *trunk) keepaliveLoop(ctx context.Context) error {
 
 // optionsPing sends OPTIONS; its response's Via tells us what the
 // registrar sees.
-func (t *trunk) optionsPing(parent context.Context, dst netip.AddrPort) {
+func (t *Trunk) optionsPing(parent context.Context, dst netip.AddrPort) {
 	ctx, cancel := context.WithTimeout(parent, 5*time.Second)
 	defer cancel()
 	res, err := t.do(ctx, t.buildOptions(dst), dst)
@@ -259,7 +263,7 @@ func (t *trunk) optionsPing(parent context.Context, dst netip.AddrPort) {
 	}
 }
 
-func (t *trunk) buildOptions(dst netip.AddrPort) *sip.Request {
+func (t *Trunk) buildOptions(dst netip.AddrPort) *sip.Request {
 	// The keepalive goroutine must not read the registration's own
 	// fields; its status snapshot is locked.
 	from := t.reg.local
@@ -272,8 +276,8 @@ func (t *trunk) buildOptions(dst netip.AddrPort) *sip.Request {
 	}
 	aor := sip.Uri{Scheme: "sip", User: t.conf.Username, Host: t.conf.Domain}
 	req := sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: t.conf.Domain})
-	req.AppendHeader(newVia(from))
-	req.AppendHeader(&sip.FromHeader{Address: aor, Params: params("tag", sip.GenerateTagN(12))})
+	req.AppendHeader(sipmsg.NewVia(from))
+	req.AppendHeader(&sip.FromHeader{Address: aor, Params: sipmsg.Params("tag", sip.GenerateTagN(12))})
 	req.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", Host: t.conf.Domain}, Params: sip.NewParams()})
 	cid := sip.CallIDHeader(sip.GenerateTagN(24) + "@linkmanager")
 	req.AppendHeader(&cid)
@@ -284,3 +288,47 @@ func (t *trunk) buildOptions(dst netip.AddrPort) *sip.Request {
 	req.SetBody(nil)
 	return req
 }
+
+// normalizeNumber rewrites a dialled number into the form a trunk wants.
+// National numbers start with one 0, international ones with 00 or +.
+func normalizeNumber(number, format, cc string) string {
+	digits := number
+	switch {
+	case strings.HasPrefix(number, "+"):
+		digits = number[1:]
+	case strings.HasPrefix(number, "00"):
+		digits = number[2:]
+	case strings.HasPrefix(number, "0"):
+		digits = cc + number[1:]
+	default:
+		return number // an extension or a short code: leave it alone
+	}
+	switch format {
+	case "e164":
+		return "+" + digits
+	case "national":
+		if rest, ok := strings.CutPrefix(digits, cc); ok && cc != "" {
+			return "0" + rest
+		}
+		return "00" + digits
+	}
+	return number
+}
+
+// takes reports whether this trunk's outbound prefixes match number; a
+// trunk without prefixes takes every number.
+func (t *Trunk) takes(number string) bool {
+	if len(t.prefixes) == 0 {
+		return true
+	}
+	for _, p := range t.prefixes {
+		if strings.HasPrefix(number, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// RegisteredContact is our address as the registrar knows it; invalid
+// when not registered.
+func (t *Trunk) RegisteredContact() netip.AddrPort { return t.reg.Status().Contact }

@@ -1,4 +1,4 @@
-package linkmanager
+package b2bua
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/linkmanager/linkmanager/linkmanager/sdp"
+	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
@@ -53,6 +54,7 @@ type dialog struct {
 	version   uint64       // guarded by mu; o= version of the SDP we send on this side
 	lastAck   *sip.Request // guarded by mu; resent when the peer retransmits its 2xx
 	lastSDP   []byte       // guarded by mu; the SDP we last sent on this leg
+	dropped   bool         // guarded by mu; a fork we ACKed only to hang it up
 }
 
 // sent records the SDP we sent on this leg and returns it.
@@ -80,10 +82,25 @@ func (d *dialog) confirmed() bool {
 	return d.remoteTag != ""
 }
 
-func (d *dialog) setRemoteTag(tag string) {
+// dialogID identifies a dialog: Call-ID and both tags (RFC 3261 §12).
+type dialogID struct{ callID, local, remote string }
+
+func (d *dialog) id() dialogID {
 	d.mu.Lock()
-	d.remoteTag = tag
-	d.mu.Unlock()
+	defer d.mu.Unlock()
+	return dialogID{callID: d.callID, local: d.localTag, remote: d.remoteTag}
+}
+
+// forkFor is the dialog of our INVITE with the peer that answered with
+// tag: a forking proxy brings one per callee (RFC 3261 §12.1.2), each
+// with its own tag, target and route set. It starts from the INVITE's
+// state: CSeq, and the SDP we sent.
+func (d *dialog) forkFor(tag string) *dialog {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return &dialog{side: d.side, callID: d.callID, localTag: d.localTag, local: d.local, remote: d.remote,
+		dst: d.dst, remoteTag: tag, target: d.target, routes: d.routes, cseq: d.cseq, version: d.version,
+		lastSDP: d.lastSDP}
 }
 
 // nextVersion is the o= version for the next SDP we send on this leg.
@@ -107,7 +124,7 @@ type call struct {
 	// offer is still a hold).
 	offerHeld bool
 	log       *zap.Logger
-	media     *rtpbridge.Session
+	media     Session
 	index     int // relayed m-line
 	start     time.Time
 	answer    time.Time
@@ -115,14 +132,87 @@ type call struct {
 	done      chan struct{} // closed by finish
 	acked     chan struct{} // closed when the caller ACKs our 2xx
 	ackedOnce sync.Once
+	abort     chan struct{} // closed by hangup while the INVITE handler still owns the call
+	abortOnce sync.Once
 
-	mu    sync.Mutex
-	legs  [2]*dialog // by rtpbridge.Leg; guarded by mu
-	ended bool       // guarded by mu
+	uac rtpbridge.Leg // the leg of our INVITE
+
+	mu sync.Mutex
+	// legs are the call's two dialogs, by rtpbridge.Leg; guarded by mu.
+	// On the UAC leg it is the INVITE's until a 2xx picks a fork.
+	legs  [2]*dialog
+	forks map[string]*dialog // guarded by mu; the UAC leg's dialogs by remote tag
+	ended bool               // guarded by mu
+	// setup: the INVITE handler owns the call until it has answered it
+	// or ended it; abortReason is why hangup told it to give up.
+	setup       bool   // guarded by mu
+	abortReason string // guarded by mu
+}
+
+// setupDone hands the answered call from the INVITE handler to hangup.
+func (c *call) setupDone() {
+	c.mu.Lock()
+	c.setup = false
+	c.mu.Unlock()
+}
+
+// fork returns the UAC leg's dialog for the tag of res (a 1xx or 2xx to
+// our INVITE), made on first sight, with what res says of target and
+// route set; nil for a response without a tag.
+func (c *call) fork(res *sip.Response) *dialog {
+	tag := sipmsg.Tag(res.To())
+	if tag == "" {
+		return nil
+	}
+	c.mu.Lock()
+	d, ok := c.forks[tag]
+	if !ok {
+		d = c.legs[c.uac].forkFor(tag)
+		c.forks[tag] = d
+	}
+	c.mu.Unlock()
+	d.learnTarget(res, true)
+	return d
+}
+
+// answered makes the fork d the call's dialog on the UAC leg.
+func (c *call) answered(d *dialog) {
+	c.mu.Lock()
+	c.legs[c.uac] = d
+	c.mu.Unlock()
+}
+
+// dialogFor finds the dialog a response to our INVITE belongs to: one of
+// the legs, or a fork of the UAC leg (extra: not the one the call took),
+// made now if res is the first we hear of it. Nil when none fits.
+func (c *call) dialogFor(id dialogID, res *sip.Response) (d *dialog, extra bool) {
+	c.mu.Lock()
+	for _, l := range c.legs {
+		if l != nil && l.id() == id {
+			c.mu.Unlock()
+			return l, false
+		}
+	}
+	uac := c.legs[c.uac]
+	c.mu.Unlock()
+	// Only once a 2xx picked a fork is another one extra: before, the
+	// INVITE's transaction has the response, and a retransmission will
+	// follow.
+	if uac == nil || id.remote == "" || !uac.confirmed() || uac.callID != id.callID || uac.localTag != id.local {
+		return nil, false
+	}
+	return c.fork(res), true
 }
 
 // confirm records the caller's ACK for our 2xx.
 func (c *call) confirm() { c.ackedOnce.Do(func() { close(c.acked) }) }
+
+// legOf is the call's dialog on leg.
+func (c *call) legOf(leg rtpbridge.Leg) *dialog {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.legs[leg]
+}
 
 // other returns the dialog on the far side of d.
 func (c *call) other(leg rtpbridge.Leg) *dialog {
@@ -168,7 +258,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		b.reply(tx, req, nil, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
 		return
 	}
-	media, err := b.bridgeMedia.NewSessionWith(callID, rtpbridge.SessionOptions{Latching: [2]rtpbridge.Latching{rtpbridge.LegB: p.latch}})
+	media, err := b.media.NewSession(callID, p.latch)
 	if err != nil {
 		log.Warn("call refused: no relay ports", zap.Error(err))
 		code, reason := statusFor(err)
@@ -177,7 +267,8 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now(),
 		from: req.From().Address.User, to: p.at.User,
-		acked: make(chan struct{}), done: make(chan struct{})}
+		acked: make(chan struct{}), done: make(chan struct{}), abort: make(chan struct{}), uac: p.to.leg,
+		forks: map[string]*dialog{}, setup: true}
 	c.offerHeld = held(offer.Media[idx])
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
@@ -226,11 +317,24 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			b.cancel(out, invite)
 			cancelled = nil
 			continue
+		case <-c.abort:
+			// Shutdown (or a media timeout) while ringing: the callee
+			// gets a CANCEL, the caller a 503; neither dialog is
+			// confirmed, so no BYE.
+			c.mu.Lock()
+			reason := c.abortReason
+			c.mu.Unlock()
+			log.Info("call abandoned while ringing", zap.String("reason", reason))
+			b.cancel(out, invite)
+			b.reply(tx, req, in_, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
+			b.awaitCancelled(c, otx, out, invite)
+			b.finish(c, reason)
+			return
 		case <-ring.C:
 			log.Info("ring timeout", zap.Duration("after", b.ringTimeout))
 			b.cancel(out, invite)
 			b.reply(tx, req, in_, sip.StatusRequestTimeout, "Request Timeout", nil)
-			b.awaitCancelled(otx, out, invite)
+			b.awaitCancelled(c, otx, out, invite)
 			b.finish(c, "ring timeout")
 			return
 		case <-otx.Done():
@@ -242,26 +346,34 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			switch {
 			case code == 100:
 			case code < 200:
-				out.setRemoteTag(tagOf(res.To()))
+				c.fork(res)
 				body, err := b.answerSDP(c, in.leg, p.to.leg, res.Body())
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))
 				}
 				b.reply(tx, req, in_, code, res.Reason, in_.sent(body))
 			case code < 300:
-				out.setRemoteTag(tagOf(res.To()))
-				out.learnTarget(res, true)
+				if d := c.fork(res); d != nil {
+					out = d
+					c.answered(out)
+				}
 				// Point the relay at the answerer, which sends the pinhole
 				// packet, before the ACK: the callee may start sending the
 				// instant our ACK reaches it, and if its RTP reaches the
 				// NAT first the router gives our port to that flow
 				// (nat-findings.md, finding 4).
 				body, sdpErr := b.answerSDP(c, in.leg, p.to.leg, res.Body())
-				b.ack(out, invite, res)
+				b.ack(out, invite.CSeq().SeqNo)
 				// sipgo keeps the transaction for 32 s and swallows 2xx
 				// retransmissions; ended, they reach onStrayResponse,
 				// which sends our ACK again.
 				otx.Terminate()
+				select {
+				case <-cancelled:
+					// The CANCEL and this 2xx arrived together.
+					cancelled = nil
+				default:
+				}
 				if cancelled == nil {
 					// The far side answered while our CANCEL was on its
 					// way: the caller is gone, so hang up at once.
@@ -279,6 +391,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				c.mu.Lock()
 				c.answer = time.Now()
 				c.mu.Unlock()
+				c.setupDone()
 				media.Established()
 				ok := b.reply(tx, req, in_, sip.StatusOK, "OK", in_.sent(body))
 				log.Info("call answered", zap.Duration("setup", time.Since(c.start)))
@@ -330,7 +443,7 @@ func held(m sdp.Media) bool {
 	return m.Hold || m.Direction == "recvonly" || m.Direction == "inactive"
 }
 
-func setRemote(s *rtpbridge.Session, leg rtpbridge.Leg, m sdp.Media) error {
+func setRemote(s Session, leg rtpbridge.Leg, m sdp.Media) error {
 	// T.38 (m=image ... udptl) is relayed like audio but is not RTP.
 	s.SetRaw(strings.EqualFold(m.Proto, "udptl"))
 	if m.Hold && m.Addr.IsUnspecified() || m.Port == 0 {
@@ -400,7 +513,7 @@ func (b *B2BUA) answerSDP(c *call, to, from rtpbridge.Leg, body []byte) ([]byte,
 // uasDialog records the dialog an incoming INVITE opens.
 func uasDialog(s *side, req *sip.Request) *dialog {
 	d := &dialog{side: s, callID: req.CallID().Value(), localTag: sip.GenerateTagN(12),
-		remoteTag: tagOf(req.From()), local: req.To().Address, remote: req.From().Address}
+		remoteTag: sipmsg.Tag(req.From()), local: req.To().Address, remote: req.From().Address}
 	if c := req.Contact(); c != nil {
 		d.target = c.Address
 	}
@@ -414,22 +527,6 @@ func uasDialog(s *side, req *sip.Request) *dialog {
 		d.dst = src
 	}
 	return d
-}
-
-func tagOf(h interface{ Value() string }) string {
-	switch v := h.(type) {
-	case *sip.ToHeader:
-		if v != nil {
-			t, _ := v.Params.Get("tag")
-			return t
-		}
-	case *sip.FromHeader:
-		if v != nil {
-			t, _ := v.Params.Get("tag")
-			return t
-		}
-	}
-	return ""
 }
 
 // learnTarget records the peer's Contact and, for a UAC, the route set
@@ -460,11 +557,11 @@ func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	req := sip.NewRequest(method, d.target)
-	req.AppendHeader(newVia(d.side.contact()))
+	req.AppendHeader(sipmsg.NewVia(d.side.contact()))
 	for _, r := range d.routes {
 		req.AppendHeader(&sip.RouteHeader{Address: r})
 	}
-	req.AppendHeader(&sip.FromHeader{Address: d.local, Params: params("tag", d.localTag)})
+	req.AppendHeader(&sip.FromHeader{Address: d.local, Params: sipmsg.Params("tag", d.localTag)})
 	to := &sip.ToHeader{Address: d.remote, Params: sip.NewParams()}
 	if d.remoteTag != "" {
 		to.Params.Add("tag", d.remoteTag)
@@ -484,7 +581,7 @@ func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request 
 			Host: d.side.contact().Addr().String(), Port: int(d.side.contact().Port())}})
 	}
 	if method == sip.INVITE {
-		req.AppendHeader(sip.NewHeader("Allow", allowed))
+		req.AppendHeader(sip.NewHeader("Allow", sipmsg.Allowed))
 	}
 	if body != nil {
 		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
@@ -497,7 +594,7 @@ func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request 
 // authorize answers a 401/407 to an INVITE with a copy carrying
 // credentials, a new branch and the next CSeq.
 func (d *dialog) authorize(req *sip.Request, res *sip.Response, user, pass string) (*sip.Request, error) {
-	chal, hdr, err := challenge(res)
+	chal, hdr, err := sipmsg.Challenge(res)
 	if err != nil {
 		return nil, err
 	}
@@ -508,7 +605,7 @@ func (d *dialog) authorize(req *sip.Request, res *sip.Response, user, pass strin
 	}
 	next := req.Clone()
 	next.RemoveHeader("Via")
-	next.PrependHeader(newVia(d.side.contact()))
+	next.PrependHeader(sipmsg.NewVia(d.side.contact()))
 	d.mu.Lock()
 	d.cseq++
 	next.CSeq().SeqNo = d.cseq
@@ -524,11 +621,12 @@ func (b *B2BUA) send(ctx context.Context, d *dialog, req *sip.Request) (sip.Clie
 	return d.side.client.TransactionRequest(ctx, req, sipgo.ClientRequestBuild)
 }
 
-// ack confirms a 2xx (RFC 3261 §13.2.2.4): end to end, so it is ours to
-// send, to the target the 2xx named.
-func (b *B2BUA) ack(d *dialog, invite *sip.Request, res *sip.Response) {
+// ack confirms a 2xx to the INVITE with CSeq number cseq (RFC 3261
+// §13.2.2.4): end to end, so it is ours to send, to the target the 2xx
+// named.
+func (b *B2BUA) ack(d *dialog, cseq uint32) {
 	ack := d.newRequest(sip.ACK, nil)
-	ack.CSeq().SeqNo = invite.CSeq().SeqNo
+	ack.CSeq().SeqNo = cseq
 	d.mu.Lock()
 	d.lastAck = ack
 	d.mu.Unlock()
@@ -564,7 +662,7 @@ func (b *B2BUA) cancel(d *dialog, invite *sip.Request) {
 
 // awaitCancelled waits briefly for the final answer to a cancelled
 // INVITE, hanging up if it was a 2xx that crossed our CANCEL.
-func (b *B2BUA) awaitCancelled(tx sip.ClientTransaction, d *dialog, invite *sip.Request) {
+func (b *B2BUA) awaitCancelled(c *call, tx sip.ClientTransaction, d *dialog, invite *sip.Request) {
 	t := time.NewTimer(5 * time.Second)
 	defer t.Stop()
 	for {
@@ -575,9 +673,10 @@ func (b *B2BUA) awaitCancelled(tx sip.ClientTransaction, d *dialog, invite *sip.
 			return
 		case res := <-tx.Responses():
 			if res.StatusCode >= 200 && res.StatusCode < 300 {
-				d.setRemoteTag(tagOf(res.To()))
-				d.learnTarget(res, true)
-				b.ack(d, invite, res)
+				if f := c.fork(res); f != nil {
+					d = f
+				}
+				b.ack(d, invite.CSeq().SeqNo)
 				b.bye(d)
 				return
 			}
@@ -606,7 +705,11 @@ func (b *B2BUA) bye(d *dialog) {
 func (b *B2BUA) reply(tx sip.ServerTransaction, req *sip.Request, d *dialog, code int, reason string, body []byte, extra ...sip.Header) *sip.Response {
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
 	if d != nil && code > 100 {
-		if to := res.To(); to != nil && !to.Params.Has("tag") {
+		// sipgo puts a fresh random To tag on every response to a request
+		// without one; the dialog's responses must all carry the tag its
+		// later requests use (RFC 3261 §8.2.6.2, §12.1.1). A request in a
+		// dialog already names our tag, which sipgo copied.
+		if to := res.To(); to != nil && sipmsg.Tag(req.To()) == "" {
 			to.Params.Add("tag", d.localTag)
 		}
 		if code < 300 {

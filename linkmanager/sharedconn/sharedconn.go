@@ -1,4 +1,6 @@
-package linkmanager
+// Package sharedconn is the one UDP socket that carries SIP and STUN, seen
+// by sipgo as a net.PacketConn.
+package sharedconn
 
 import (
 	"bytes"
@@ -14,20 +16,20 @@ import (
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
-// SharedConn is the Internet-facing UDP socket (65002 by default) seen
+// Conn is the Internet-facing UDP socket (65002 by default) seen
 // through the net.PacketConn interface that sipgo's UDP transport needs.
 //
 // One socket carries SIP and STUN because the NAT mapping that STUN reveals
 // and keeps alive must be the very mapping SIP uses; a second socket would
-// get a different public port. The caller owns the socket; SharedConn only
-// reads and writes it, and closing SharedConn closes it.
+// get a different public port. The caller owns the socket; Conn only
+// reads and writes it, and closing Conn closes it.
 //
 // ReadFrom returns only SIP the daemon is willing to process. It hands STUN
 // to the STUN handler, swallows CRLF keepalives, drops requests from sources
 // that are not the providers (toll fraud: nobody else may send us calls), and
 // absorbs transient read errors, because sipgo stops its UDP listener for
 // good on any read error except net.ErrClosed.
-type SharedConn struct {
+type Conn struct {
 	conn udpConn
 	log  *zap.Logger
 
@@ -47,10 +49,10 @@ type SharedConn struct {
 	reading   atomic.Bool  // inside ReadFrom: the SIP stack is listening
 	returned  atomic.Int64 // c.now() in Unix ns when ReadFrom last returned a message
 
-	stats sharedConnCounters
+	stats counters
 }
 
-// udpConn is the part of *net.UDPConn SharedConn uses; tests inject
+// udpConn is the part of *net.UDPConn Conn uses; tests inject
 // read errors through it.
 type udpConn interface {
 	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
@@ -62,15 +64,15 @@ type udpConn interface {
 	SetWriteDeadline(t time.Time) error
 }
 
-type sharedConnCounters struct {
+type counters struct {
 	sipIn, stunIn, stunUnmatched, keepaliveIn atomic.Uint64
 	droppedSource, droppedMalformed           atomic.Uint64
 	rejected                                  atomic.Uint64
 	readErrors, writeErrors                   atomic.Uint64
 }
 
-// SharedConnStats is a snapshot of what the socket saw.
-type SharedConnStats struct {
+// Stats is a snapshot of what the socket saw.
+type Stats struct {
 	SIPIn            uint64 // SIP messages passed to the SIP stack
 	STUNIn           uint64 // STUN packets matched by the STUN handler
 	STUNUnmatched    uint64 // STUN-looking packets nobody was waiting for
@@ -82,16 +84,16 @@ type SharedConnStats struct {
 	WriteErrors      uint64
 }
 
-// NewSharedConn wraps conn. The now func is injectable for tests; nil means
+// New wraps conn. The now func is injectable for tests; nil means
 // time.Now.
-func NewSharedConn(conn udpConn, log *zap.Logger, now func() time.Time) *SharedConn {
+func New(conn udpConn, log *zap.Logger, now func() time.Time) *Conn {
 	if log == nil {
 		log = zap.NewNop()
 	}
 	if now == nil {
 		now = time.Now
 	}
-	return &SharedConn{
+	return &Conn{
 		conn:     conn,
 		log:      log.Named("sipconn"),
 		lastSent: make(map[netip.AddrPort]time.Time),
@@ -102,27 +104,27 @@ func NewSharedConn(conn udpConn, log *zap.Logger, now func() time.Time) *SharedC
 
 // SetSTUNHandler sets who receives STUN packets. It reports whether it
 // consumed the packet; the buffer is reused after it returns.
-func (c *SharedConn) SetSTUNHandler(h func(b []byte, from netip.AddrPort) bool) {
+func (c *Conn) SetSTUNHandler(h func(b []byte, from netip.AddrPort) bool) {
 	c.stunHandler.Store(&h)
 }
 
 // SetRequestFilter sets which sources may send SIP, requests and
 // responses alike: a response from anyone else cannot belong to a
 // transaction this socket started with a provider.
-func (c *SharedConn) SetRequestFilter(allow func(from netip.AddrPort) bool) {
+func (c *Conn) SetRequestFilter(allow func(from netip.AddrPort) bool) {
 	c.allowRequest.Store(&allow)
 }
 
 // SetOnSend registers a hook run after every successful write, so the STUN
 // keeper can measure idle time from the socket's last write.
-func (c *SharedConn) SetOnSend(f func(to netip.AddrPort)) {
+func (c *Conn) SetOnSend(f func(to netip.AddrPort)) {
 	c.onSend.Store(&f)
 }
 
 // Ready is closed once the SIP stack has started reading. sipgo registers
 // the socket in its connection pool before its first read; a request sent
 // earlier would make sipgo bind a new socket on the same port and fail.
-func (c *SharedConn) Ready() <-chan struct{} { return c.ready }
+func (c *Conn) Ready() <-chan struct{} { return c.ready }
 
 // Listening reports whether the SIP stack is reading: waiting in ReadFrom
 // now, or back in it within stall of the last message it was handed. A
@@ -130,7 +132,7 @@ func (c *SharedConn) Ready() <-chan struct{} { return c.ready }
 // A single sample of "inside ReadFrom" is not enough: on a busy socket the
 // reader is between two reads at any instant with fair odds, and two such
 // samples in a row would have systemd kill a healthy daemon with calls up.
-func (c *SharedConn) Listening(stall time.Duration) bool {
+func (c *Conn) Listening(stall time.Duration) bool {
 	if c.reading.Load() {
 		return true
 	}
@@ -139,9 +141,9 @@ func (c *SharedConn) Listening(stall time.Duration) bool {
 }
 
 // Stats returns a snapshot of the counters.
-func (c *SharedConn) Stats() SharedConnStats {
+func (c *Conn) Stats() Stats {
 	s := &c.stats
-	return SharedConnStats{
+	return Stats{
 		SIPIn: s.sipIn.Load(), STUNIn: s.stunIn.Load(), STUNUnmatched: s.stunUnmatched.Load(),
 		KeepalivesIn: s.keepaliveIn.Load(), DroppedSource: s.droppedSource.Load(), Rejected: s.rejected.Load(),
 		DroppedMalformed: s.droppedMalformed.Load(), ReadErrors: s.readErrors.Load(),
@@ -151,19 +153,19 @@ func (c *SharedConn) Stats() SharedConnStats {
 
 // LastSent reports when the socket last sent to dst (zero if never). The
 // NAT times each flow separately, so keepalives are per destination.
-func (c *SharedConn) LastSent(dst netip.AddrPort) time.Time {
+func (c *Conn) LastSent(dst netip.AddrPort) time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.lastSent[dst]
 }
 
 // LocalAddrPort is the bound address.
-func (c *SharedConn) LocalAddrPort() netip.AddrPort {
+func (c *Conn) LocalAddrPort() netip.AddrPort {
 	return c.conn.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // ReadFrom implements net.PacketConn for sipgo.
-func (c *SharedConn) ReadFrom(p []byte) (int, net.Addr, error) {
+func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
 	c.readyOnce.Do(func() { close(c.ready) })
 	c.reading.Store(true)
 	defer c.reading.Store(false)
@@ -220,7 +222,7 @@ func (c *SharedConn) ReadFrom(p []byte) (int, net.Addr, error) {
 }
 
 // WriteTo implements net.PacketConn for sipgo.
-func (c *SharedConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+func (c *Conn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	var dst netip.AddrPort
 	switch a := addr.(type) {
 	case *net.UDPAddr:
@@ -236,7 +238,7 @@ func (c *SharedConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 }
 
 // Send writes b to dst. It is the STUN keeper's send func.
-func (c *SharedConn) Send(b []byte, dst netip.AddrPort) error {
+func (c *Conn) Send(b []byte, dst netip.AddrPort) error {
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	if _, err := c.conn.WriteToUDPAddrPort(b, dst); err != nil {
 		c.stats.writeErrors.Add(1)
@@ -252,19 +254,19 @@ func (c *SharedConn) Send(b []byte, dst netip.AddrPort) error {
 }
 
 // Close closes the socket; sipgo's reader then ends with net.ErrClosed.
-func (c *SharedConn) Close() error { return c.conn.Close() }
+func (c *Conn) Close() error { return c.conn.Close() }
 
 // LocalAddr implements net.PacketConn.
-func (c *SharedConn) LocalAddr() net.Addr { return c.conn.LocalAddr() }
+func (c *Conn) LocalAddr() net.Addr { return c.conn.LocalAddr() }
 
 // SetDeadline implements net.PacketConn.
-func (c *SharedConn) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }
+func (c *Conn) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }
 
 // SetReadDeadline implements net.PacketConn.
-func (c *SharedConn) SetReadDeadline(t time.Time) error { return c.conn.SetReadDeadline(t) }
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.conn.SetReadDeadline(t) }
 
 // SetWriteDeadline implements net.PacketConn.
-func (c *SharedConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
 
 type packetKind int
 

@@ -1,4 +1,4 @@
-package linkmanager
+package trunk
 
 import (
 	"context"
@@ -26,9 +26,9 @@ type keepaliveRig struct {
 	stunOK   bool
 }
 
-func (r *keepaliveRig) trunk(method string) *trunk {
-	t := &trunk{
-		conf: trunkConf{Name: "provider", Domain: "sip.provider.test", Username: "4930123456", Keepalive: method},
+func (r *keepaliveRig) trunk(method string) *Trunk {
+	t := &Trunk{
+		conf: Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456", Keepalive: method},
 		host: registrarAddr.Addr().String(), port: int(registrarAddr.Port()), interval: 10 * time.Second,
 		log: zap.NewNop(), now: time.Now, sources: map[netip.Addr]bool{},
 	}
@@ -80,7 +80,7 @@ func (r *keepaliveRig) sentOptions() int {
 }
 
 // runFor runs the keepalive loop for d of fake time.
-func runFor(t *trunk, d time.Duration) {
+func runFor(t *Trunk, d time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { t.keepaliveLoop(ctx); close(done) }()
@@ -170,5 +170,24 @@ func TestKeepaliveMethodReadWhileSwitching(t *testing.T) {
 	<-done
 	if got := *tr.keepalive.Load(); got != config.KeepaliveOptions {
 		t.Errorf("keepalive = %s, want options", got)
+	}
+}
+func TestNormalizeNumber(t *testing.T) {
+	for _, tc := range []struct{ in, format, cc, want string }{
+		{"0301234567", "e164", "49", "+49301234567"},
+		{"0049301234567", "e164", "49", "+49301234567"},
+		{"+49301234567", "e164", "49", "+49301234567"},
+		{"00441234567", "e164", "49", "+441234567"},
+		{"+49301234567", "national", "49", "0301234567"},
+		{"0049301234567", "national", "49", "0301234567"},
+		{"0301234567", "national", "49", "0301234567"},
+		{"+441234567", "national", "49", "00441234567"},
+		{"0301234567", "as-is", "49", "0301234567"},
+		{"110", "e164", "49", "110"}, // emergency and short codes stay as dialled
+		{"200", "national", "49", "200"},
+	} {
+		if got := normalizeNumber(tc.in, tc.format, tc.cc); got != tc.want {
+			t.Errorf("normalizeNumber(%q, %s, %s) = %q, want %q", tc.in, tc.format, tc.cc, got, tc.want)
+		}
 	}
 }

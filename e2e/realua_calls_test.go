@@ -300,24 +300,22 @@ func (c *realCall) run(t *testing.T, l *Lab) {
 			}
 		}
 	}
-	if err := c.holder.hold(); err != nil {
-		t.Errorf("hold by %s: %v", c.holder.ep().Name, err)
+	// reinvite runs the holder's hold or resume and awaits the final
+	// response to its k-th re-INVITE, which must be 200.
+	reinvite := func(what string, act func() error, k int) WireSIP {
+		if err := act(); err != nil {
+			t.Errorf("%s by %s: %v", what, c.holder.ep().Name, err)
+		}
+		res, err := waitFinal(c.holder.ep(), "INVITE", k)
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		} else if res.Code != 200 {
+			t.Errorf("the %s re-INVITE from %s was answered %q, want 200", what, c.holder.ep().Name, res.First)
+		}
+		return res
 	}
-	holdRes, err := waitFinal(c.holder.ep(), "INVITE", 1)
-	if err != nil {
-		t.Errorf("hold: %v", err)
-	} else if holdRes.Code != 200 {
-		t.Errorf("the hold re-INVITE from %s was answered %q, want 200", c.holder.ep().Name, holdRes.First)
-	}
-	if err := c.holder.resume(); err != nil {
-		t.Errorf("resume by %s: %v", c.holder.ep().Name, err)
-	}
-	resumeRes, err := waitFinal(c.holder.ep(), "INVITE", 2)
-	if err != nil {
-		t.Errorf("resume: %v", err)
-	} else if resumeRes.Code != 200 {
-		t.Errorf("the resume re-INVITE from %s was answered %q, want 200", c.holder.ep().Name, resumeRes.First)
-	}
+	reinvite("hold", c.holder.hold, 1)
+	resumeRes := reinvite("resume", c.holder.resume, 2)
 	afterResume := time.Now()
 	if resumeRes.Code == 200 {
 		afterResume = resumeRes.T
@@ -477,7 +475,7 @@ func tagOf(m WireSIP, header, compact string) string {
 // peer's tag exactly as the initial exchange set them (RFC 3261 §12). A
 // B2BUA that puts a fresh tag on each response or uses a third tag in its
 // BYE fails here, whatever the UA then answers.
-func checkDialogTags(t *testing.T, msgs []WireSIP, at Endpoint) {
+func checkDialogTags(t testing.TB, msgs []WireSIP, at Endpoint) {
 	t.Helper()
 	ip := netip.MustParseAddr(at.IP)
 	// the initial INVITE: the one answered 2xx (not one challenged 407)
@@ -535,7 +533,7 @@ func checkDialogTags(t *testing.T, msgs []WireSIP, at Endpoint) {
 // checkInDialogAnswered asserts that every in-dialog request (BYE,
 // re-INVITE, UPDATE, ...) at sent or received got a 2xx final response in
 // at's capture, naming each 481.
-func checkInDialogAnswered(t *testing.T, msgs []WireSIP, at Endpoint) {
+func checkInDialogAnswered(t testing.TB, msgs []WireSIP, at Endpoint) {
 	t.Helper()
 	ip := netip.MustParseAddr(at.IP)
 	reqs := distinct(msgs, func(m WireSIP) bool {

@@ -281,10 +281,13 @@ func (c *realCall) run(t *testing.T, l *Lab) {
 	}
 	// a missing direction is an error, not the end: the dialog checks
 	// below still tell their part
+	hears := map[string]bool{}
 	for _, p := range parties {
 		if err := waitRTP(p.ep(), PTPCMA, start, realAudioMin); err != nil {
 			t.Errorf("audio before hold: %v", err)
+			continue
 		}
+		hears[p.ep().Name] = true
 	}
 	// DTMF both ways, one digit at a time: each awaited at the receiver
 	// (end packets of that event).
@@ -294,6 +297,9 @@ func (c *realCall) run(t *testing.T, l *Lab) {
 			if err := from.digit(d); err != nil {
 				t.Errorf("DTMF %c: %v", d, err)
 				continue
+			}
+			if !hears[to.ep().Name] {
+				continue // no RTP path that way: checkRealDTMF reports it
 			}
 			if err := waitEvent(t, live, to.ep(), c.media[to.ep().Name].SrcIP, digitEvent(d)); err != nil {
 				t.Errorf("DTMF %c from %s: %v", d, from.ep().Name, err)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the e2e lab and the demo need on a Debian machine (as root).
-# The packaged kamailio and coturn services are kept from starting: the lab
+# The packaged kamailio and coturn services (and any other) are kept from starting: the lab
 # runs its own instances inside its namespaces, and a packaged one in the
 # root namespace would hold ports and confuse captures.
 set -euo pipefail
-pkgs=(iproute2 procps kamailio coturn sip-tester conntrack iptables nftables tcpdump buildah systemd make)
+# baresip (the PBX) and linphone-cli (linphone-daemon, the remote phone): the real
+# user agents of realua_test.go.
+pkgs=(iproute2 procps kamailio coturn sip-tester conntrack iptables nftables tcpdump buildah systemd make baresip linphone-cli)
 if [[ $(id -u) -ne 0 ]]; then
 	echo "install-deps.sh: run as root (apt-get install)" >&2
 	exit 1

@@ -34,6 +34,7 @@ PROVIDER_IP=$INET_NET.50
 STUN1_IP=$INET_NET.60
 STUN2_IP=$INET_NET.61
 PHONE_IP=$INET_NET.70
+PHONE_GW=$INET_NET.254 # owned by nobody: the phone's default route (liblinphone needs one)
 NAT_UDP_TIMEOUT=${LAB_NAT_UDP_TIMEOUT:-20}
 
 # Kamailio credentials (contract).
@@ -99,6 +100,10 @@ net_up() {
 	ip -n "$(ns "$p" stun)" addr add $STUN1_IP/24 dev eth0
 	ip -n "$(ns "$p" stun)" addr add $STUN2_IP/24 dev eth0
 	ip -n "$(ns "$p" phone)" addr add $PHONE_IP/24 dev eth0
+	# liblinphone writes c=IN IP4 127.0.0.1 into its SDP when its namespace has no
+	# default route: give the phone one, to an address nobody owns. Nothing beyond
+	# 198.51.100.0/24 becomes reachable (the LAN stays behind the NAT).
+	ip -n "$(ns "$p" phone)" route add default via $PHONE_GW dev eth0
 	# Internet hosts get no route to 192.168.100.0/24: the LAN is reachable only through the NAT.
 
 	# The router: MASQUERADE (port-preserving), stateful FORWARD.

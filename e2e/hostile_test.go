@@ -370,3 +370,111 @@ func TestHostileRTPSprayer(t *testing.T) {
 		t.Error("the call ended one-way")
 	}
 }
+
+// Issue 9 item 6: a rogue host on the LAN floods the PBX socket with
+// INVITEs. Refused through sipgo's transactions, 40k of them once drew
+// 213,430 retransmitted 403s (5.3x) and a warning line each. Now a
+// stranger gets at most a few stateless 403s per second, none of them
+// retransmitted, and the log grows by a few lines; the PBX can still call.
+func TestHostileLANInviteFlood(t *testing.T) {
+	t.Parallel()
+	const (
+		rogueIP = "192.168.100.66"
+		flood   = 5000
+	)
+	l, d := callLab(t, DaemonConfig{LogLevel: "info"})
+	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueIP+"/24", "dev", "eth0"); err != nil {
+		t.Fatalf("rogue LAN address: %v\n%s", err, out)
+	}
+	conn, err := l.ListenUDP(NSPBX, rogueIP+":5060")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var (
+		answers  atomic.Int64
+		mu       sync.Mutex
+		perCall  = map[string]int{}
+		badCodes []string
+		wg       sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() { // every answer the rogue host gets
+		defer wg.Done()
+		buf := make([]byte, 4096)
+		for {
+			n, _, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			answers.Add(1)
+			msg := string(buf[:n])
+			first, _, _ := strings.Cut(msg, "\r\n")
+			mu.Lock()
+			if !strings.HasPrefix(first, "SIP/2.0 403") {
+				badCodes = append(badCodes, first)
+			}
+			for _, line := range strings.Split(msg, "\r\n") {
+				if v, ok := strings.CutPrefix(line, "Call-ID: "); ok {
+					perCall[v]++
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	logBefore := len(d.Log())
+	dst := netip.AddrPortFrom(netip.MustParseAddr(DaemonIP), 5060)
+	start := time.Now()
+	for i := range flood { // bounded: 5,000 INVITEs at about 10,000/s
+		inv := fmt.Sprintf("INVITE sip:+905551234%d@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bK-fl%d\r\n"+
+			"From: <sip:rogue@%s>;tag=f%d\r\nTo: <sip:+905551234@%s>\r\nCall-ID: flood-%d@%s\r\nCSeq: 1 INVITE\r\n"+
+			"Contact: <sip:rogue@%s:5060>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+			i%10, DaemonIP, rogueIP, i, rogueIP, i, DaemonIP, i, rogueIP, rogueIP)
+		if _, err := conn.WriteToUDPAddrPort([]byte(inv), dst); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 49 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	elapsed := time.Since(start)
+	// sipgo's Timer G would retransmit a transaction's 403 at 0.5, 1 and
+	// 2 s: wait past that before counting.
+	time.Sleep(4 * time.Second)
+	conn.Close()
+	wg.Wait()
+	window := time.Since(start)
+	grown := len(d.Log()) - logBefore
+	mu.Lock()
+	twice := 0
+	for _, n := range perCall {
+		if n > 1 {
+			twice++
+		}
+	}
+	mu.Unlock()
+	t.Logf("%d INVITEs in %v from %s: %d answers (%d Call-IDs answered more than once) in %v; log grew by %d bytes",
+		flood, elapsed.Round(time.Millisecond), rogueIP, answers.Load(), twice, window.Round(time.Millisecond), grown)
+	// The budget: 5 per second, a burst of 10.
+	if max := int64(10 + 5*window.Seconds() + 5); answers.Load() > max {
+		t.Errorf("the rogue host got %d answers to %d INVITEs in %v; want at most %d (a few stateless 403s per second)", answers.Load(), flood, window, max)
+	}
+	if answers.Load() == 0 {
+		t.Error("the rogue host got no 403 at all: a misconfigured PBX would never learn why")
+	}
+	if twice > 0 {
+		t.Errorf("%d refused INVITEs were answered more than once: retransmitted by a transaction", twice)
+	}
+	if len(badCodes) > 0 {
+		t.Errorf("answers other than 403: %q", badCodes[:min(3, len(badCodes))])
+	}
+	if grown > 16<<10 {
+		t.Errorf("the daemon's log grew by %d bytes during the flood; want < 16 KiB:\n%s", grown, tail(d.Log(), 5))
+	}
+	// The real PBX still calls out, with audio.
+	r := placeCall(t, l, outbound, "uac-pcap.xml", "uas-pcap.xml", 8500*time.Millisecond, 0)
+	defer r.ExplainOnFailure(t)
+	requireCompleted(t, r, 200)
+	checkTwoWay(t, r, outbound, 1)
+	stopDaemon(t, d)
+}

@@ -149,6 +149,10 @@ func (s *Server) sipStack(name string, local netip.AddrPort, slogger *slog.Logge
 	return ua, srv, client, nil
 }
 
+// pbxRejectsPerSecond bounds the stateless 403s to LAN hosts outside
+// pbx.allow: enough for a misconfigured PBX to see why, too few to amplify.
+const pbxRejectsPerSecond = 5
+
 // newB2BUA sets up the LAN side: its own user agent on the PBX socket, so
 // LAN and Internet transactions never share a socket by accident.
 func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) error {
@@ -191,6 +195,12 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 		media.Close()
 		return fmt.Errorf("linkmanager: %w", err)
 	}
+	// Only pbx.allow may talk to the LAN socket at all. Anyone else gets
+	// one stateless 403, a few per second at most, and never a
+	// transaction: refused through sipgo, 40k INVITEs from a rogue LAN
+	// host once drew 213,430 retransmitted 403s and ~430 MiB of heap.
+	opts.PBXConn.SetRequestFilter(func(from netip.AddrPort) bool { return b.AllowsPBX(from.Addr()) })
+	opts.PBXConn.SetReject(403, "Forbidden", pbxRejectsPerSecond)
 	srv.OnInvite(b.OnPBXInvite)
 	srv.OnAck(b.OnAck)
 	srv.OnBye(b.OnBye)

@@ -195,6 +195,10 @@ func (b *B2BUA) SetPBX(o PBXOptions) {
 	b.pbx.Store(st)
 }
 
+// AllowsPBX reports whether ip is in pbx.allow: the only hosts that may
+// send the LAN socket anything (the daemon filters them before sipgo).
+func (b *B2BUA) AllowsPBX(ip netip.Addr) bool { return b.pbx.Load().allowed(ip) }
+
 func (b *B2BUA) sideOf(l rtpbridge.Leg) *side {
 	if l == rtpbridge.LegA {
 		return b.lan

@@ -361,6 +361,15 @@ func TestHostileRTPSprayer(t *testing.T) {
 		t.Errorf("the attackers received %d packets from the relay (Internet %d, LAN %d): the call's audio leaked", n, inet.got.Load(), lan.got.Load())
 	}
 	checkTwoWay(t, r, outbound, 1)
+	m, err := l.AdminGet("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused, takeovers := metricValue(m, `linkmanager_rtp_latch_events_total{event="refused"}`), metricValue(m, `linkmanager_rtp_latch_events_total{event="takeover"}`)
+	t.Logf("/metrics: %.0f refused, %.0f takeovers", refused, takeovers)
+	if refused < 100 || takeovers != 0 {
+		t.Errorf("/metrics counts %.0f refused media packets and %.0f takeovers; want >= 100 and 0", refused, takeovers)
+	}
 	stopDaemon(t, d)
 	// The daemon refused them and said so.
 	e := d.WaitSeen(t, 5*time.Second, func(e map[string]any) bool { return e["msg"] == "call ended" })

@@ -48,7 +48,7 @@ func (s *Server) Snapshot() admin.Snapshot {
 			continue
 		}
 		st := sc.c.Stats()
-		snap.Sockets = append(snap.Sockets, admin.SocketDrops{Name: sc.name, Source: st.DroppedSource, Malformed: st.DroppedMalformed})
+		snap.Sockets = append(snap.Sockets, admin.SocketDrops{Name: sc.name, Source: st.DroppedSource, Rejected: st.Rejected, Malformed: st.DroppedMalformed})
 	}
 	if s.b2bua != nil {
 		calls := s.b2bua.Snapshot()

@@ -112,6 +112,10 @@ var (
 		"RTP bytes relayed, by direction.", []string{"direction"}, nil)
 	descRTPDropped = prometheus.NewDesc("linkmanager_rtp_dropped_total",
 		"RTP packets dropped, by reason.", []string{"reason"}, nil)
+	descSIPRejected = prometheus.NewDesc("linkmanager_sip_rejected_total",
+		"Requests from hosts that may not send to a socket answered with a stateless 403 (part of source_not_allowed drops).", []string{"socket"}, nil)
+	descRTPLatch = prometheus.NewDesc("linkmanager_rtp_latch_events_total",
+		"Media source decisions: refused (a source the latching rule never accepts, e.g. an injector or sprayer), takeover (the latched source replaced after its silence).", []string{"event"}, nil)
 	descPorts = prometheus.NewDesc("linkmanager_port_pool_pairs",
 		"RTP/RTCP port pairs of the relay pools, by pool and state.", []string{"pool", "state"}, nil)
 )
@@ -119,7 +123,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch} {
 		ch <- d
 	}
 }
@@ -143,6 +147,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for _, sc := range s.Sockets {
 		counter(descSIPDropped, float64(sc.Source), sc.Name, "source_not_allowed")
 		counter(descSIPDropped, float64(sc.Malformed), sc.Name, "malformed")
+		counter(descSIPRejected, float64(sc.Rejected), sc.Name)
 	}
 	if s.Calls == nil || s.Media == nil {
 		return
@@ -165,6 +170,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRTPDropped, float64(sums[0].Foreign+sums[1].Foreign), "foreign_source")
 	counter(descRTPDropped, float64(sums[0].Malformed+sums[1].Malformed), "malformed")
 	counter(descRTPDropped, float64(s.Media.NoSession), "no_session")
+	counter(descRTPLatch, float64(sums[0].Refused+sums[1].Refused), "refused")
+	counter(descRTPLatch, float64(sums[0].Relatched+sums[1].Relatched), "takeover")
 	for _, p := range []struct {
 		name string
 		c    rtpbridge.PoolCounts

@@ -101,6 +101,7 @@ type Snapshot struct {
 type SocketDrops struct {
 	Name      string // "internet" or "pbx"
 	Source    uint64 // from an address not allowed
+	Rejected  uint64 // of those, answered with a stateless 403
 	Malformed uint64
 }
 

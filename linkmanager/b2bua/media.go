@@ -34,5 +34,7 @@ func addDirection(sum *rtpbridge.Direction, d rtpbridge.Direction) {
 	sum.Packets += d.Packets
 	sum.Bytes += d.Bytes
 	sum.Foreign += d.Foreign
+	sum.Refused += d.Refused
+	sum.Relatched += d.Relatched
 	sum.Malformed += d.Malformed
 }

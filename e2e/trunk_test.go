@@ -7,6 +7,7 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -202,10 +203,34 @@ func TestTrunkPortMovedByDroppedInvite(t *testing.T) {
 }
 
 // (e) No STUN server answers: registration works from the registrar's received/rport.
+//
+// The provider must never see the LAN address (issue 9 item 13): before
+// anyone has told the daemon its public address, its first REGISTER used
+// to carry 192.168.100.2 in Contact and Via. Everything the provider got
+// from the daemon is checked.
 func TestTrunkSTUNServerDown(t *testing.T) {
 	t.Parallel()
 	l := newLab(t, WithoutSTUNServer())
+	capt := l.StartCapture(NSProvider, "eth0", "udp port 5060")
 	_, e := startRegistered(t, l, DaemonConfig{})
+	var leaks []string
+	msgs := SIPMessages(pcapPackets(t, capt.Stop()))
+	seen := 0
+	for _, m := range msgs {
+		if m.Src.Addr() != netip.MustParseAddr(WANIP1) {
+			continue
+		}
+		seen++
+		if strings.Contains(m.Text, "192.168.100.") {
+			leaks = append(leaks, m.First)
+		}
+	}
+	if seen == 0 {
+		t.Error("no SIP from the daemon at the provider: the check proves nothing")
+	}
+	if len(leaks) > 0 {
+		t.Errorf("%d of %d SIP messages the provider got from the daemon name a LAN address: %q", len(leaks), seen, leaks)
+	}
 	if got := Field(e, "public_addr"); got != daemonPublic {
 		t.Errorf("public_addr = %q, want %s", got, daemonPublic)
 	}

@@ -266,6 +266,17 @@ func (r *registration) register(ctx context.Context, want netip.AddrPort) (netip
 		return netip.AddrPort{}, fmt.Errorf("%w: %w", ErrResolve, err)
 	}
 	r.dst = dst
+	if !want.IsValid() && !r.seen.IsValid() {
+		if _, ok := r.keeper.Public(); !ok {
+			// Nobody has told us our public address yet (no STUN
+			// answer): ask the registrar before registering, so the
+			// provider never sees the LAN address in Contact or Via.
+			if err := r.learnPublic(ctx, dst); err != nil {
+				r.fail(err)
+				return netip.AddrPort{}, err
+			}
+		}
+	}
 	contact := r.contactFor(want)
 	var stale netip.AddrPort
 	if r.contact.IsValid() && r.contact != contact {
@@ -455,6 +466,56 @@ func resetTimer(t *time.Timer, d time.Duration) {
 
 func contactURI(user string, a netip.AddrPort) sip.Uri {
 	return sip.Uri{Scheme: "sip", User: user, Host: a.Addr().String(), Port: int(a.Port())}
+}
+
+// unknownHost is the Via sent-by of a probe sent before we know our public
+// address: a name that cannot resolve (RFC 6761), so no LAN address leaves
+// the house, and rport (RFC 3581) makes the registrar answer to where the
+// packet came from and say where that was.
+const unknownHost = "linkmanager.invalid"
+
+// learnPublic sends one OPTIONS to the registrar with an unknown sent-by and
+// takes its received/rport as the public address. Any answer will do, a
+// 405 or 404 too.
+func (r *registration) learnPublic(ctx context.Context, dst netip.AddrPort) error {
+	req := probeOptions(r.conf, r.local.Port(), r.ua)
+	tctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	res, err := r.do(tctx, req, dst)
+	if err != nil {
+		return fmt.Errorf("%w: learning the public address from %s: %w", ErrNoAnswer, dst, err)
+	}
+	seen := viaReceived(res)
+	if !seen.IsValid() {
+		return fmt.Errorf("%w: %s did not say where our OPTIONS came from (no received/rport in its Via)", ErrNoAnswer, dst)
+	}
+	r.seen = seen
+	r.keeper.Observe(stunkeeper.Mapping{Addr: seen, Via: dst, Source: stunkeeper.SourceRegistrar, At: r.now()})
+	r.log.Info("public address learned from the registrar", zap.Stringer("public_addr", seen), zap.Stringer("registrar", dst))
+	return nil
+}
+
+// probeTimeout bounds learnPublic: a UDP transaction gives up after 32 s,
+// far too long to hold the first REGISTER.
+const probeTimeout = 5 * time.Second
+
+// probeOptions is an out-of-dialog OPTIONS whose Via names no address.
+func probeOptions(conf Options, port uint16, ua string) *sip.Request {
+	via := sipmsg.NewVia(netip.AddrPortFrom(netip.IPv4Unspecified(), port))
+	via.Host = unknownHost
+	aor := sip.Uri{Scheme: "sip", User: conf.Username, Host: conf.Domain}
+	req := sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: conf.Domain})
+	req.AppendHeader(via)
+	req.AppendHeader(&sip.FromHeader{Address: aor, Params: sipmsg.Params("tag", sip.GenerateTagN(12))})
+	req.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", Host: conf.Domain}, Params: sip.NewParams()})
+	cid := sip.CallIDHeader(sip.GenerateTagN(24) + "@linkmanager")
+	req.AppendHeader(&cid)
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.OPTIONS})
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+	req.AppendHeader(sip.NewHeader("User-Agent", ua))
+	req.SetBody(nil)
+	return req
 }
 
 // viaReceived is the address the server saw our request come from: the

@@ -41,6 +41,7 @@ type fakeRegistrar struct {
 	extra    []sip.Header
 	requests []*sip.Request
 	at       []time.Time
+	options  []*sip.Request // OPTIONS probes
 }
 
 func newFakeRegistrar(t *testing.T) *fakeRegistrar {
@@ -52,6 +53,21 @@ func (f *fakeRegistrar) do(ctx context.Context, req *sip.Request, dst netip.Addr
 	defer f.mu.Unlock()
 	if dst != registrarAddr {
 		f.t.Errorf("request sent to %v, want the registrar %v", dst, registrarAddr)
+	}
+	if req.Method == sip.OPTIONS {
+		// The public-address probe, answered as Kamailio does (200 with
+		// received/rport); kept apart so REGISTER counts stay exact.
+		f.options = append(f.options, req.Clone())
+		if f.silent {
+			f.mu.Unlock()
+			<-ctx.Done()
+			f.mu.Lock()
+			return nil, ctx.Err()
+		}
+		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+		res.Via().Params.Add("received", f.source.Addr().String())
+		res.Via().Params.Add("rport", fmt.Sprint(f.source.Port()))
+		return res, nil
 	}
 	f.requests = append(f.requests, req.Clone())
 	f.at = append(f.at, time.Now())
@@ -202,6 +218,10 @@ func contacts(req *sip.Request) []string {
 	return out
 }
 
+// Issue 9 item 13: with no STUN answer the provider must still never see
+// the LAN address. An OPTIONS probe with an unresolvable sent-by learns the
+// public address from the registrar's received/rport first; the first
+// REGISTER already carries it, and no request names 192.168.100.2.
 func TestRegisterDigestAndReceivedContact(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f, k := newFakeRegistrar(t), &fakeKeeper{}
@@ -211,23 +231,27 @@ func TestRegisterDigestAndReceivedContact(t *testing.T) {
 		synctest.Wait()
 
 		reqs, _ := f.snapshot()
-		// Each transaction is challenged once (401, then digest). The
-		// first authenticated REGISTER comes from the LAN address; the
-		// second re-registers with what the registrar saw and drops the
-		// LAN binding.
+		f.mu.Lock()
+		probes := append([]*sip.Request(nil), f.options...)
+		f.mu.Unlock()
+		if len(probes) != 1 || probes[0].Via().Host != unknownHost || !probes[0].Via().Params.Has("rport") {
+			t.Fatalf("OPTIONS probes = %d (first Via %v), want 1 with sent-by %s and rport", len(probes), viaOf(probes), unknownHost)
+		}
+		for _, r := range append(append([]*sip.Request(nil), reqs...), probes...) {
+			if strings.Contains(r.String(), "192.168.100.2") {
+				t.Errorf("%s names the LAN address:\n%s", r.Method, r)
+			}
+		}
+		// One transaction, challenged once (401, then digest), already
+		// with the address the registrar sees.
 		authed := withAuth(reqs)
-		if len(reqs) != 4 || len(authed) != 2 {
-			t.Fatalf("got %d REGISTERs (%d authenticated), want 4 (2)", len(reqs), len(authed))
+		if len(reqs) != 2 || len(authed) != 1 {
+			t.Fatalf("got %d REGISTERs (%d authenticated), want 2 (1)", len(reqs), len(authed))
 		}
-		if c := contacts(authed[0]); len(c) != 1 || !strings.Contains(c[0], "@192.168.100.2:65002") {
-			t.Errorf("first authenticated REGISTER Contact = %v, want the LAN address", c)
+		if c := contacts(authed[0]); len(c) != 1 || !strings.Contains(c[0], "@198.51.100.1:65002") {
+			t.Errorf("first authenticated REGISTER Contact = %v, want the public address", c)
 		}
-		c := contacts(authed[1])
-		if len(c) != 2 || !strings.Contains(c[0], "@198.51.100.1:65002") ||
-			!strings.Contains(c[1], "@192.168.100.2:65002") || !strings.Contains(c[1], "expires=0") {
-			t.Errorf("corrected REGISTER Contact = %v, want the NAT address and the LAN one with expires=0", c)
-		}
-		if v := authed[1].Via(); v.Host != "198.51.100.1" || v.Port != 65002 || !v.Params.Has("rport") {
+		if v := authed[0].Via(); v.Host != "198.51.100.1" || v.Port != 65002 || !v.Params.Has("rport") {
 			t.Errorf("Via = %v, want sent-by the public address with rport", v)
 		}
 		branches := map[string]bool{}
@@ -253,6 +277,13 @@ func TestRegisterDigestAndReceivedContact(t *testing.T) {
 		}
 		h.stop(t)
 	})
+}
+
+func viaOf(reqs []*sip.Request) *sip.ViaHeader {
+	if len(reqs) == 0 {
+		return nil
+	}
+	return reqs[0].Via()
 }
 
 func TestRegisterRefreshBeforeExpiry(t *testing.T) {

@@ -19,7 +19,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/linkmanager/linkmanager/linkmanager/config"
-	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 )
 
 // Prober sends one STUN Binding request to dst and returns the mapping
@@ -266,7 +265,8 @@ func (t *Trunk) optionsPing(parent context.Context, dst netip.AddrPort) {
 func (t *Trunk) buildOptions(dst netip.AddrPort) *sip.Request {
 	// The keepalive goroutine must not read the registration's own
 	// fields; its status snapshot is locked.
-	from := t.reg.local
+	req := probeOptions(t.conf, t.reg.local.Port(), t.reg.ua)
+	var from netip.AddrPort
 	if s := t.reg.Status(); s.Contact.IsValid() {
 		from = s.Contact
 	} else if s.Public.IsValid() {
@@ -274,18 +274,11 @@ func (t *Trunk) buildOptions(dst netip.AddrPort) *sip.Request {
 	} else if m, ok := t.reg.keeper.Public(); ok {
 		from = m.Addr
 	}
-	aor := sip.Uri{Scheme: "sip", User: t.conf.Username, Host: t.conf.Domain}
-	req := sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: t.conf.Domain})
-	req.AppendHeader(sipmsg.NewVia(from))
-	req.AppendHeader(&sip.FromHeader{Address: aor, Params: sipmsg.Params("tag", sip.GenerateTagN(12))})
-	req.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", Host: t.conf.Domain}, Params: sip.NewParams()})
-	cid := sip.CallIDHeader(sip.GenerateTagN(24) + "@linkmanager")
-	req.AppendHeader(&cid)
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.OPTIONS})
-	mf := sip.MaxForwardsHeader(70)
-	req.AppendHeader(&mf)
-	req.AppendHeader(sip.NewHeader("User-Agent", t.reg.ua))
-	req.SetBody(nil)
+	// Unknown: the probe's unresolvable sent-by, never the LAN address.
+	if from.IsValid() {
+		via := req.Via()
+		via.Host, via.Port = from.Addr().String(), int(from.Port())
+	}
 	return req
 }
 

@@ -358,7 +358,7 @@ func trunkOptions(ts []config.Trunk) []trunk.Options {
 		out = append(out, trunk.Options{
 			Name: t.Name, Host: t.ProxyAddr.Host, Port: t.ProxyAddr.Port, RegistrarHost: t.RegistrarAddr.Host,
 			Domain: t.Domain, Username: t.Username, AuthUsername: t.AuthUsername, Password: t.Password,
-			Expires: time.Duration(t.Expires), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,
+			Expires: time.Duration(t.Expires), RefreshMax: time.Duration(t.RefreshMax), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,
 			Prefixes: t.OutboundPrefixes, NumberFormat: t.NumberFormat, CountryCode: t.CountryCode,
 			Latching: t.RTPLatching,
 		})

@@ -36,6 +36,12 @@ const (
 	DefaultExpires      = 300 * time.Second
 	MinExpires          = 60 * time.Second
 	MaxExpires          = 3600 * time.Second
+	// DefaultRefreshMax caps the time between two REGISTERs whatever the
+	// registrar granted: a provider that restarts and forgets its
+	// registrations answers OPTIONS as before, so only the next REGISTER
+	// brings inbound calls back (214 s of 480s once, measured).
+	DefaultRefreshMax = 120 * time.Second
+	MinRefreshMax     = 30 * time.Second
 	DefaultKeepalive    = KeepaliveAuto
 	DefaultNumberFormat = NumberAsIs
 
@@ -164,6 +170,7 @@ type Trunk struct {
 	// clears this field, so a loaded Config still passes Validate.
 	PasswordFile string   `yaml:"password_file"`
 	Expires      Duration `yaml:"expires"`   // registration lifetime we ask for; default 300s, 60s..3600s
+	RefreshMax   Duration `yaml:"refresh_max"` // at most this between two REGISTERs; default 120s, 30s..expires
 	Register     *bool    `yaml:"register"`  // send REGISTER; default true. Never nil after SetDefaults.
 	Keepalive    string   `yaml:"keepalive"` // auto|stun|options|crlf|off; default auto
 	// Request-URI/To users routed to the PBX: digits with an optional
@@ -292,6 +299,7 @@ func (t *Trunk) setDefaults() {
 	}
 	setString(&t.AuthUsername, t.Username)
 	setDuration(&t.Expires, DefaultExpires)
+	setDuration(&t.RefreshMax, DefaultRefreshMax)
 	if t.Register == nil {
 		r := true
 		t.Register = &r

@@ -174,6 +174,7 @@ func (k *checker) trunk(f string, t *Trunk) {
 	}
 
 	k.duration(f+".expires", t.Expires, MinExpires, MaxExpires, "300s suits most providers")
+	k.duration(f+".refresh_max", t.RefreshMax, MinRefreshMax, MaxExpires, "120s bounds how long a provider that lost our registration can miss inbound calls")
 	if time.Duration(t.Expires)%time.Second != 0 {
 		k.add(f+".expires", fmt.Sprintf("%s is not a whole number of seconds", t.Expires), "SIP Expires counts seconds; use e.g. 300s")
 	}

@@ -21,6 +21,7 @@ type Options struct {
 	AuthUsername  string
 	Password      string
 	Expires       time.Duration
+	RefreshMax    time.Duration // at most this between two REGISTERs; 0: as granted
 	Register      bool
 	Keepalive     string
 	DIDs          []string
@@ -34,7 +35,7 @@ type Options struct {
 func (a Options) Same(b Options) bool {
 	return a.Name == b.Name && a.Host == b.Host && a.Port == b.Port && a.RegistrarHost == b.RegistrarHost &&
 		a.Domain == b.Domain && a.Username == b.Username && a.AuthUsername == b.AuthUsername &&
-		a.Password == b.Password && a.Expires == b.Expires && a.Register == b.Register &&
+		a.Password == b.Password && a.Expires == b.Expires && a.RefreshMax == b.RefreshMax && a.Register == b.Register &&
 		a.Keepalive == b.Keepalive && slices.Equal(a.DIDs, b.DIDs) && slices.Equal(a.Prefixes, b.Prefixes) &&
 		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode && a.Latching == b.Latching
 }

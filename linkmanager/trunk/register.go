@@ -77,7 +77,11 @@ type registration struct {
 	ua      string
 
 	// observed carries registrar-seen addresses from the keepalive loop.
-	observed      chan netip.AddrPort
+	observed chan netip.AddrPort
+	// revived says the registrar answers again after the keepalive saw it
+	// silent: it may have restarted and forgotten us, and a registration
+	// in backoff need not wait out its timer (see Revived).
+	revived       chan struct{}
 	attempted     chan struct{} // closed after the first REGISTER attempt ends
 	attemptedOnce sync.Once
 	// keepBinding skips the unregister on stop: a reload's successor
@@ -111,6 +115,7 @@ func newRegistration(conf Options, do TxFunc, resolve func(context.Context) (net
 		jitter:    rand.Float64,
 		ua:        "linkmanager",
 		observed:  make(chan netip.AddrPort, 4),
+		revived:   make(chan struct{}, 1),
 		attempted: make(chan struct{}),
 		callID:    sip.GenerateTagN(24) + "@linkmanager",
 		fromTag:   sip.GenerateTagN(12),
@@ -141,6 +146,15 @@ func (r *registration) Observe(a netip.AddrPort) {
 	}
 }
 
+// Revived tells run that the registrar answers a keepalive again after
+// it had stopped answering. It never blocks.
+func (r *registration) Revived() {
+	select {
+	case r.revived <- struct{}{}:
+	default:
+	}
+}
+
 // run registers, keeps the registration fresh and unregisters when ctx
 // ends. It returns only when ctx is done.
 func (r *registration) run(ctx context.Context) error {
@@ -166,6 +180,10 @@ func (r *registration) run(ctx context.Context) error {
 				want = c
 				resetTimer(timer, 0)
 			}
+			continue
+		case <-r.revived:
+			r.log.Info("registrar answers again: registering now")
+			resetTimer(timer, 0)
 			continue
 		case a := <-r.observed:
 			if r.contact.IsValid() && a != r.contact {
@@ -438,7 +456,11 @@ func (r *registration) refreshIn(granted time.Duration) time.Duration {
 	if granted <= 0 {
 		granted = r.conf.Expires
 	}
-	return granted - min(granted/4, time.Minute)
+	d := granted - min(granted/4, time.Minute)
+	if r.conf.RefreshMax > 0 {
+		d = min(d, r.conf.RefreshMax)
+	}
+	return d
 }
 
 // retryIn is exponential backoff with ±25% jitter, honouring Retry-After.

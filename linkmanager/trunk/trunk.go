@@ -188,6 +188,17 @@ func (t *Trunk) keepaliveLoop(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	stunFailures := 0
+	// silent: the last keepalive went unanswered. When the registrar
+	// answers again it may have restarted (and forgotten us) or the link
+	// was down (and the REGISTER is in backoff): re-register at once.
+	silent := false
+	answered := func(ok bool) {
+		if ok && silent {
+			t.log.Info("registrar answers the keepalive again")
+			t.reg.Revived()
+		}
+		silent = !ok
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -218,12 +229,16 @@ func (t *Trunk) keepaliveLoop(ctx context.Context) error {
 						zap.String("keepalive", method), zap.String("why", "registrar answers STUN on its SIP port"))
 				}
 				t.reg.Observe(mapped)
+				answered(true)
 				break
 			}
 			if ctx.Err() != nil {
 				return nil
 			}
 			stunFailures++
+			if method == config.KeepaliveSTUN {
+				answered(false)
+			}
 			// A registrar that never answered STUN, or stopped doing so,
 			// gets OPTIONS instead: unless the admin insisted on STUN.
 			if t.conf.Keepalive == config.KeepaliveAuto && (method == config.KeepaliveAuto || stunFailures >= 3) {
@@ -231,10 +246,10 @@ func (t *Trunk) keepaliveLoop(ctx context.Context) error {
 				t.setKeepalive(method)
 				t.log.Info("keepalive method chosen",
 					zap.String("keepalive", method), zap.String("why", "registrar does not answer STUN"))
-				t.optionsPing(ctx, *dst)
+				answered(t.optionsPing(ctx, *dst))
 			}
 		case config.KeepaliveOptions:
-			t.optionsPing(ctx, *dst)
+			answered(t.optionsPing(ctx, *dst))
 		case config.KeepaliveCRLF:
 			// RFC 5626 §4.4.1 double CRLF: cheap, but tells us nothing.
 			if err := t.send([]byte("\r\n\r\n"), *dst); err != nil {
@@ -245,9 +260,9 @@ func (t *Trunk) keepaliveLoop(ctx context.Context) error {
 	}
 }
 
-// optionsPing sends OPTIONS; its response's Via tells us what the
-// registrar sees.
-func (t *Trunk) optionsPing(parent context.Context, dst netip.AddrPort) {
+// optionsPing sends OPTIONS and reports whether it was answered; the
+// response's Via tells us what the registrar sees.
+func (t *Trunk) optionsPing(parent context.Context, dst netip.AddrPort) bool {
 	ctx, cancel := context.WithTimeout(parent, 5*time.Second)
 	defer cancel()
 	res, err := t.do(ctx, t.buildOptions(dst), dst)
@@ -255,11 +270,12 @@ func (t *Trunk) optionsPing(parent context.Context, dst netip.AddrPort) {
 		if parent.Err() == nil { // not just stopping
 			t.log.Warn("keepalive OPTIONS unanswered", zap.Error(err))
 		}
-		return
+		return false
 	}
 	if a := viaReceived(res); a.IsValid() {
 		t.reg.Observe(a)
 	}
+	return true
 }
 
 func (t *Trunk) buildOptions(dst netip.AddrPort) *sip.Request {

@@ -191,3 +191,109 @@ func TestNormalizeNumber(t *testing.T) {
 		}
 	}
 }
+
+// revivalRig is a trunk with its registration and its keepalive loop
+// running against the fake registrar, on fake time.
+func revivalRig(t *testing.T, f *fakeRegistrar, conf Options) (*Trunk, func()) {
+	tr := &Trunk{
+		conf: conf, host: registrarAddr.Addr().String(), port: int(registrarAddr.Port()), interval: 10 * time.Second,
+		log: zap.NewNop(), now: time.Now, sources: map[netip.Addr]bool{}, do: f.do,
+		probe: func(context.Context, netip.AddrPort) (netip.AddrPort, error) { return netip.AddrPort{}, errors.New("no STUN") },
+		lastSent: func(netip.AddrPort) time.Time { return time.Time{} },
+	}
+	tr.reg = newRegistration(conf, f.do, tr.resolveRegistrar, &fakeKeeper{}, lanAddr, zap.NewNop())
+	tr.reg.jitter = func() float64 { return 0.5 }
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); tr.reg.run(ctx) }()
+	go func() { defer wg.Done(); tr.keepaliveLoop(ctx) }()
+	return tr, func() { cancel(); wg.Wait() }
+}
+
+// firstAuthedAfter is when the first authenticated REGISTER at or after
+// since went out (zero if none).
+func firstAuthedAfter(f *fakeRegistrar, since time.Time) time.Time {
+	reqs, at := f.snapshot()
+	for i, r := range reqs {
+		if !at[i].Before(since) && r.GetHeader("Authorization") != nil {
+			return at[i]
+		}
+	}
+	return time.Time{}
+}
+
+// Issue 9 item 12: after a WAN outage the registration sat in backoff
+// (52.7 s measured) although the registrar answered OPTIONS 8.5 s after the
+// link came back. A keepalive answered after silence re-registers at once.
+func TestRegistrarRevivalCutsBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeRegistrar(t)
+		conf := Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456", Password: "lab-secret",
+			Expires: 300 * time.Second, Register: true, Keepalive: config.KeepaliveOptions}
+		tr, stop := revivalRig(t, f, conf)
+		defer stop()
+		time.Sleep(5 * time.Second)
+		if !tr.Status().Registered {
+			t.Fatal("not registered at the start")
+		}
+		// An outage from t=10 s to t=440 s: the refresh at 240 s fails
+		// (10 s each) and backs off 2, 4, … 64 s; the attempt at 426 s
+		// fails at 436 s and the next is due at 564 s, 124 s after the
+		// registrar is back at 440 s.
+		time.Sleep(5 * time.Second)
+		f.set(func(f *fakeRegistrar) { f.silent = true })
+		time.Sleep(430 * time.Second)
+		back := time.Now()
+		f.set(func(f *fakeRegistrar) { f.silent = false })
+		time.Sleep(60 * time.Second)
+		synctest.Wait()
+		got := firstAuthedAfter(f, back)
+		if got.IsZero() {
+			t.Fatal("no REGISTER within 60 s of the registrar's return")
+		}
+		// One keepalive interval plus the transaction that was pending.
+		if d := got.Sub(back); d > 16*time.Second {
+			t.Errorf("registered %v after the registrar came back; want within a keepalive interval (10 s)", d)
+		} else {
+			t.Logf("registered %v after the registrar came back", d)
+		}
+		if !tr.Status().Registered {
+			t.Error("not registered after the outage")
+		}
+	})
+}
+
+// Issue 9 item 11: a provider that restarts loses its location table and
+// still answers OPTIONS, so only the next REGISTER restores inbound calls.
+// refresh_max bounds that wait whatever the registrar granted.
+func TestRefreshMaxBoundsTheSilentLoss(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		refreshMax time.Duration
+		want       time.Duration // between two authenticated REGISTERs
+	}{
+		{"capped at refresh_max", 120 * time.Second, 120 * time.Second},
+		{"uncapped: as granted", 0, 3540 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFakeRegistrar(t)
+				conf := Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456", Password: "lab-secret",
+					Expires: 3600 * time.Second, RefreshMax: tc.refreshMax, Register: true, Keepalive: config.KeepaliveOptions}
+				_, stop := revivalRig(t, f, conf)
+				defer stop()
+				time.Sleep(tc.want + 30*time.Second)
+				synctest.Wait()
+				first := firstAuthedAfter(f, time.Time{})
+				second := firstAuthedAfter(f, first.Add(time.Second))
+				if first.IsZero() || second.IsZero() {
+					t.Fatalf("REGISTERs at %v, %v: want two", first, second)
+				}
+				if d := second.Sub(first); d != tc.want {
+					t.Errorf("refresh after %v, want %v", d, tc.want)
+				}
+			})
+		})
+	}
+}

@@ -33,15 +33,15 @@ const (
 	// only safe on generous routers.
 	MaxSTUNInterval = 60 * time.Second
 
-	DefaultExpires      = 300 * time.Second
-	MinExpires          = 60 * time.Second
-	MaxExpires          = 3600 * time.Second
+	DefaultExpires = 300 * time.Second
+	MinExpires     = 60 * time.Second
+	MaxExpires     = 3600 * time.Second
 	// DefaultRefreshMax caps the time between two REGISTERs whatever the
 	// registrar granted: a provider that restarts and forgets its
 	// registrations answers OPTIONS as before, so only the next REGISTER
 	// brings inbound calls back (214 s of 480s once, measured).
-	DefaultRefreshMax = 120 * time.Second
-	MinRefreshMax     = 30 * time.Second
+	DefaultRefreshMax   = 120 * time.Second
+	MinRefreshMax       = 30 * time.Second
 	DefaultKeepalive    = KeepaliveAuto
 	DefaultNumberFormat = NumberAsIs
 
@@ -169,10 +169,10 @@ type Trunk struct {
 	// paths are relative to the config file. Load reads it into Password and
 	// clears this field, so a loaded Config still passes Validate.
 	PasswordFile string   `yaml:"password_file"`
-	Expires      Duration `yaml:"expires"`   // registration lifetime we ask for; default 300s, 60s..3600s
+	Expires      Duration `yaml:"expires"`     // registration lifetime we ask for; default 300s, 60s..3600s
 	RefreshMax   Duration `yaml:"refresh_max"` // at most this between two REGISTERs; default 120s, 30s..expires
-	Register     *bool    `yaml:"register"`  // send REGISTER; default true. Never nil after SetDefaults.
-	Keepalive    string   `yaml:"keepalive"` // auto|stun|options|crlf|off; default auto
+	Register     *bool    `yaml:"register"`    // send REGISTER; default true. Never nil after SetDefaults.
+	Keepalive    string   `yaml:"keepalive"`   // auto|stun|options|crlf|off; default auto
 	// Request-URI/To users routed to the PBX: digits with an optional
 	// leading "+"; a trailing "*" makes it a prefix (extension digits follow).
 	DIDs []string `yaml:"dids"`

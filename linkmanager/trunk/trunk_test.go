@@ -198,7 +198,9 @@ func revivalRig(t *testing.T, f *fakeRegistrar, conf Options) (*Trunk, func()) {
 	tr := &Trunk{
 		conf: conf, host: registrarAddr.Addr().String(), port: int(registrarAddr.Port()), interval: 10 * time.Second,
 		log: zap.NewNop(), now: time.Now, sources: map[netip.Addr]bool{}, do: f.do,
-		probe: func(context.Context, netip.AddrPort) (netip.AddrPort, error) { return netip.AddrPort{}, errors.New("no STUN") },
+		probe: func(context.Context, netip.AddrPort) (netip.AddrPort, error) {
+			return netip.AddrPort{}, errors.New("no STUN")
+		},
 		lastSent: func(netip.AddrPort) time.Time { return time.Time{} },
 	}
 	tr.reg = newRegistration(conf, f.do, tr.resolveRegistrar, &fakeKeeper{}, lanAddr, zap.NewNop())

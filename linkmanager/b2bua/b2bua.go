@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -397,7 +398,8 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	if pbx.auth != nil {
-		if ok, chal := pbx.auth.check(req); !ok {
+		src, _, _ := net.SplitHostPort(req.Source())
+		if ok, chal := pbx.auth.check(req, src); !ok {
 			b.reply(tx, req, nil, sip.StatusProxyAuthRequired, "Proxy Authentication Required", nil,
 				sip.NewHeader("Proxy-Authenticate", chal))
 			return

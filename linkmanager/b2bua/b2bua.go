@@ -192,6 +192,11 @@ func (b *B2BUA) SetPBX(o PBXOptions) {
 	st := &pbxState{PBXOptions: o}
 	if o.Username != "" {
 		st.auth = newPBXAuth(o.Username, o.Password)
+	} else {
+		// Said at start and on every reload while it stays so: the
+		// admin must know what IP-only trust allows.
+		b.log.Warn("the PBX is trusted by its address alone: any LAN host that can send from an address in pbx.allow can place calls; set pbx.username and pbx.password_file (digest)",
+			zap.Stringers("allow", o.Allow))
 	}
 	b.pbx.Store(st)
 }

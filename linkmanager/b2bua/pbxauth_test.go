@@ -1,12 +1,16 @@
 package b2bua
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // signedInvite answers chal the way a PBX would, for a call to number,
@@ -123,5 +127,35 @@ func TestPBXAuthNonceTableBounded(t *testing.T) {
 	}
 	if n := len(a.used); n > maxTrackedNonces {
 		t.Errorf("%d nonces tracked, want at most %d", n, maxTrackedNonces)
+	}
+}
+
+// Issue 9 item 3: IP-only trust is said plainly at start (and on reload).
+func TestIPOnlyTrustWarns(t *testing.T) {
+	ua, err := sipgo.NewUA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ua.Close()
+	client, err := sipgo.NewClient(ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, user string
+		warnings   int
+	}{{"address only", "", 1}, {"digest", "pbx", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			core, logs := observer.New(zap.WarnLevel)
+			_, err := New(Config{Logger: zap.New(core), LAN: Side{Client: client}, WAN: Side{Client: client},
+				Router: fakeRouter{}, Media: &fakeMedia{},
+				PBX: PBXOptions{Allow: []netip.Prefix{netip.MustParsePrefix("192.168.100.20/32")}, Username: tc.user, Password: "x"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := logs.FilterMessageSnippet("trusted by its address alone").Len(); n != tc.warnings {
+				t.Errorf("%d IP-only trust warnings, want %d", n, tc.warnings)
+			}
+		})
 	}
 }

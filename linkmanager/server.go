@@ -43,13 +43,20 @@ type Options struct {
 	PBX         b2bua.PBXOptions //
 	Media       rtpbridge.Config // relay pools and timers; OnTimeout is set by New
 	RingTimeout time.Duration    // 0: b2bua.DefaultRingTimeout
+
+	// NATWatch, if set, is the NAT self-test the caller runs; /status
+	// shows its last report with advice for the RTP pool RTPPorts.
+	NATWatch *stunkeeper.NATWatch
+	RTPPorts [2]int
 }
 
 // Server is the SIP side of the daemon on the shared Internet socket:
 // trunk registrations, keepalives and inbound requests from providers.
 type Server struct {
-	conn   *sharedconn.Conn
-	keeper *stunkeeper.Keeper
+	conn     *sharedconn.Conn
+	keeper   *stunkeeper.Keeper
+	natw     *stunkeeper.NATWatch // nil: no self-test
+	rtpPorts [2]int
 	log    *zap.Logger
 	ua     *sipgo.UserAgent
 	srv    *sipgo.Server
@@ -81,7 +88,7 @@ func New(opts Options) (*Server, error) {
 	}
 	slogger := SIPGoLogger(log)
 	local := opts.Conn.LocalAddrPort()
-	s := &Server{conn: opts.Conn, keeper: opts.Keeper, log: log.Named("sip"), metrics: admin.NewMetrics()}
+	s := &Server{conn: opts.Conn, keeper: opts.Keeper, natw: opts.NATWatch, rtpPorts: opts.RTPPorts, log: log.Named("sip"), metrics: admin.NewMetrics()}
 	// rport on the Internet side: the provider answers to our NAT
 	// mapping and tells us what it is.
 	ua, srv, client, err := s.sipStack("sip", local, slogger, sipgo.WithClientNAT())

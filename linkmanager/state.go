@@ -40,6 +40,12 @@ func (s *Server) Snapshot() admin.Snapshot {
 	if m, ok := s.keeper.Public(); ok {
 		snap.Public = m
 	}
+	if s.natw != nil {
+		if r, n, ok := s.natw.Last(); ok {
+			snap.NATTest, snap.NATTests = &r, n
+			snap.NATAdvice = r.Advice(s.rtpPorts[0], s.rtpPorts[1])
+		}
+	}
 	for _, sc := range []struct {
 		name string
 		c    *sharedconn.Conn

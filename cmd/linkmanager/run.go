@@ -142,6 +142,26 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	conn.SetSTUNHandler(keeper.HandlePacket)
 	conn.SetOnSend(keeper.NoteSent)
 
+	// The NAT self-test (RFC 5780) at start and after every change of the
+	// public address, on ephemeral sockets of its own: never 65002, whose
+	// mapping its probes could poison. It logs its verdict as one line.
+	var natw *stunkeeper.NATWatch
+	if len(cfg.STUN.Servers) > 0 {
+		ip := listen.Addr()
+		natw, err = stunkeeper.NewNATWatch(stunkeeper.NATWatchConfig{
+			Keeper:  keeper,
+			Servers: cfg.STUN.Servers,
+			Listen: func() (net.PacketConn, error) {
+				return net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
+			},
+			PortMin: cfg.RTP.PortMin, PortMax: cfg.RTP.PortMax,
+			Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("stun.servers: %w", err)
+		}
+	}
+
 	pbxUDP, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(pbxListen))
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
@@ -166,6 +186,8 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 		},
 		Media:       mediaConfig(cfg.RTP, pbxListen.Addr(), listen.Addr()),
 		RingTimeout: time.Duration(cfg.PBX.RingTimeout),
+		NATWatch:    natw,
+		RTPPorts:    [2]int{cfg.RTP.PortMin, cfg.RTP.PortMax},
 	})
 	if err != nil {
 		return err
@@ -195,6 +217,9 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	defer stopRun()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return srv.Run(gctx) })
+	if natw != nil {
+		g.Go(func() error { return natw.Run(gctx) })
+	}
 	if adminLn != nil {
 		adm := admin.New(srv, srv.Metrics(), log)
 		g.Go(func() error { return adm.Serve(adminLn) })

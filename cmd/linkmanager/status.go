@@ -84,7 +84,11 @@ func printStatus(w io.Writer, st admin.Status) {
 	} else {
 		pub += " (from " + st.PublicSrc + ")"
 	}
-	fmt.Fprintf(w, "public address: %s   NAT: %s\n\n", pub, st.NAT)
+	fmt.Fprintf(w, "public address: %s   NAT: %s\n", pub, st.NAT)
+	if n := st.NATTest; n != nil {
+		fmt.Fprintf(w, "NAT test: %s\n", n.Advice)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TRUNK\tREGISTERED\tCONTACT\tKEEPALIVE\tLAST ERROR")
 	for _, t := range st.Trunks {

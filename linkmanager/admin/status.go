@@ -20,9 +20,25 @@ type Status struct {
 	Public    string        `json:"public_addr,omitempty"`
 	PublicSrc string        `json:"public_addr_source,omitempty"` // stun | registrar
 	NAT       string        `json:"nat"`                          // endpoint-independent | symmetric | unknown
+	NATTest   *NATTest      `json:"nat_test,omitempty"`           // the last RFC 5780 self-test
 	Trunks    []TrunkStatus `json:"trunks"`
 	Calls     []CallStatus  `json:"calls"`
 	Ports     *PortStatus   `json:"ports,omitempty"`
+}
+
+// NATTest is the last NAT self-test (stunkeeper.NATWatch), in an admin's
+// words and in RFC 4787/5780 terms.
+type NATTest struct {
+	Verdict   string `json:"verdict"` // e.g. port-restricted cone, symmetric
+	Works     bool   `json:"works"`   // a remote that does not latch reaches the SDP address
+	Advice    string `json:"advice"`  // what to do, one line
+	Mapping   string `json:"mapping"`
+	Filtering string `json:"filtering"`
+	Hairpin   string `json:"hairpin"`
+	Server    string `json:"server,omitempty"`
+	Public    string `json:"public_addr,omitempty"` // the test socket's mapping
+	Note      string `json:"note,omitempty"`
+	Tests     uint64 `json:"tests"` // how many have run
 }
 
 // TrunkStatus is one provider account.
@@ -89,7 +105,12 @@ type Snapshot struct {
 	Draining bool
 	Public   stunkeeper.Mapping // zero when unknown
 	NAT      string
-	STUN     stunkeeper.Stats
+	// NATTest is the last self-test, nil before the first (or without
+	// STUN servers); NATAdvice its advice for the configured RTP pool.
+	NATTest   *stunkeeper.NATReport
+	NATAdvice string
+	NATTests  uint64
+	STUN      stunkeeper.Stats
 	Trunks   []trunk.RegStatus
 	Sockets  []SocketDrops
 	// The B2BUA side; nil without a PBX socket.
@@ -114,6 +135,13 @@ type MediaCounts struct {
 // status turns a snapshot into what /status reports.
 func status(s Snapshot) Status {
 	st := Status{Ready: s.Ready, Reason: s.Reason, NAT: s.NAT, Draining: s.Draining, Trunks: []TrunkStatus{}, Calls: []CallStatus{}}
+	if r := s.NATTest; r != nil {
+		st.NATTest = &NATTest{Verdict: string(r.Verdict), Works: r.Works(), Advice: s.NATAdvice, Mapping: string(r.Mapping),
+			Filtering: string(r.Filtering), Hairpin: string(r.Hairpin), Server: r.Server, Note: r.Note, Tests: s.NATTests}
+		if r.Public.IsValid() {
+			st.NATTest.Public = r.Public.String()
+		}
+	}
 	if s.Public.Addr.IsValid() {
 		st.Public, st.PublicSrc = s.Public.Addr.String(), string(s.Public.Source)
 	}

@@ -1,0 +1,65 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// statusJSON fetches /status from the daemon's admin API.
+func (l *Lab) statusJSON(t *testing.T) map[string]any {
+	t.Helper()
+	body, err := l.AdminGet("/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatalf("/status: %v\n%s", err, body)
+	}
+	return st
+}
+
+// Issue 11 item 1 in the daemon: the NAT self-test runs at start on its
+// own sockets and says, in one line and in /status, what the router is
+// and what to do. The lab's port-preserving MASQUERADE is a
+// port-restricted cone; with --random-fully the same router is symmetric,
+// and the advice names the pool's port forward.
+func TestNATVerdictInTheDaemon(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		mode, verdict, advice string
+		works                 bool
+	}{
+		{"preserve", "port-restricted cone", "no port forward needed", true},
+		{"random-fully", "symmetric", "inbound media needs a port forward of 55000–56000", false},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			t.Parallel()
+			l := newLab(t)
+			if tc.mode != "preserve" {
+				if err := l.SetNATMode(tc.mode); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d := l.StartDaemon(DaemonConfig{LogLevel: "info"}.YAML())
+			e := d.WaitSeen(t, 30*time.Second, func(e map[string]any) bool {
+				m, _ := e["msg"].(string)
+				return strings.HasPrefix(m, "NAT: ")
+			})
+			t.Logf("daemon: %v (mapping %v, filtering %v)", e["msg"], e["mapping"], e["filtering"])
+			if msg, _ := e["msg"].(string); !strings.Contains(msg, tc.verdict) || !strings.Contains(msg, tc.advice) {
+				t.Errorf("the daemon's NAT line is %q; want %q with %q", msg, tc.verdict, tc.advice)
+			}
+			st := l.statusJSON(t)
+			nt, _ := st["nat_test"].(map[string]any)
+			if nt == nil || nt["verdict"] != tc.verdict || nt["works"] != tc.works {
+				t.Errorf("/status nat_test = %v; want verdict %q, works %v", nt, tc.verdict, tc.works)
+			}
+			stopDaemon(t, d)
+		})
+	}
+}

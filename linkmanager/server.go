@@ -359,6 +359,11 @@ func (s *Server) Reload(o ReloadOptions) ([]string, error) {
 	if err := s.keeper.SetServers(o.STUNServers); err != nil {
 		return nil, fmt.Errorf("linkmanager: reload stun.servers: %w", err)
 	}
+	if s.natw != nil && len(o.STUNServers) > 0 {
+		if err := s.natw.SetServers(o.STUNServers); err != nil {
+			return nil, fmt.Errorf("linkmanager: reload stun.servers (NAT test): %w", err)
+		}
+	}
 	var changed []string
 	if b := s.b2bua; b != nil {
 		b.SetPBX(o.PBX)

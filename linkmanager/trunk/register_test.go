@@ -54,23 +54,13 @@ func (f *fakeRegistrar) do(ctx context.Context, req *sip.Request, dst netip.Addr
 	if dst != registrarAddr {
 		f.t.Errorf("request sent to %v, want the registrar %v", dst, registrarAddr)
 	}
+	// The public-address probe is kept apart so REGISTER counts stay exact.
 	if req.Method == sip.OPTIONS {
-		// The public-address probe, answered as Kamailio does (200 with
-		// received/rport); kept apart so REGISTER counts stay exact.
 		f.options = append(f.options, req.Clone())
-		if f.silent {
-			f.mu.Unlock()
-			<-ctx.Done()
-			f.mu.Lock()
-			return nil, ctx.Err()
-		}
-		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
-		res.Via().Params.Add("received", f.source.Addr().String())
-		res.Via().Params.Add("rport", fmt.Sprint(f.source.Port()))
-		return res, nil
+	} else {
+		f.requests = append(f.requests, req.Clone())
+		f.at = append(f.at, time.Now())
 	}
-	f.requests = append(f.requests, req.Clone())
-	f.at = append(f.at, time.Now())
 	if f.silent {
 		f.mu.Unlock()
 		<-ctx.Done()
@@ -81,6 +71,9 @@ func (f *fakeRegistrar) do(ctx context.Context, req *sip.Request, dst netip.Addr
 	via := res.Via()
 	via.Params.Add("received", f.source.Addr().String())
 	via.Params.Add("rport", fmt.Sprint(f.source.Port()))
+	if req.Method == sip.OPTIONS {
+		return res, nil // answered as Kamailio does: 200 with received/rport
+	}
 
 	h := req.GetHeader("Authorization")
 	if h == nil || !f.validAuth(req, h.Value()) {

@@ -103,18 +103,24 @@ func TestNATTestLabPortRestrictedCone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The daemon runs the same test at start on sockets of its own, so
+	// its dropped answers are there too, on other ephemeral ports: what
+	// matters is that none is on 65002 and that this run's are all on its
+	// filtering socket.
 	poison := 0
 	for _, e := range es {
 		if !e.Unreplied || (e.Orig.Src != STUN1IP && e.Orig.Src != STUN2IP) {
 			continue
 		}
-		poison++
-		if strconv.Itoa(e.Orig.Dport) != sm[2] {
+		switch strconv.Itoa(e.Orig.Dport) {
+		case sm[2]:
+			poison++
+		case sm[1], strconv.Itoa(DaemonSIPPort):
 			t.Errorf("a dropped STUN answer to port %d, not the filtering socket's %s: %s", e.Orig.Dport, sm[2], e.Raw)
 		}
 	}
 	if poison != 2 {
-		t.Errorf("%d dropped answers in conntrack, want filtering tests II and III's", poison)
+		t.Errorf("%d dropped answers on the filtering socket's port in conntrack, want filtering tests II and III's", poison)
 	}
 	if code := d.Stop(); code != 0 {
 		t.Errorf("daemon exited %d", code)

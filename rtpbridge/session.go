@@ -63,10 +63,10 @@ type Session struct {
 	// pairs and socks change only in Rebind, under mu; the readers see
 	// the other leg's socket through sock.out.
 	pairs   [2]*PortPair
-	socks   [2][2]*sock    // [leg][kind]
-	retired [2][]*sock     // sockets Rebind replaced, for Stats; guarded by mu
-	rebind  sync.Mutex     // serialises Rebind
-	rebinds atomic.Uint64  // completed Rebinds
+	socks   [2][2]*sock   // [leg][kind]
+	retired [2][]*sock    // sockets Rebind replaced, for Stats; guarded by mu
+	rebind  sync.Mutex    // serialises Rebind
+	rebinds atomic.Uint64 // completed Rebinds
 
 	wg        sync.WaitGroup
 	closed    chan struct{}

@@ -13,6 +13,13 @@ import "testing"
 func TestNATRaceRealUAOutbound(t *testing.T) {
 	t.Parallel()
 	l, d := callLab(t, DaemonConfig{})
+	realUAOutbound(t, l)
+	stopDaemon(t, d)
+}
+
+// realUAOutbound runs every real-UA scenario with baresip as the PBX
+// calling linphone at the phone through the daemon.
+func realUAOutbound(t *testing.T, l *Lab) {
 	for _, sc := range realScenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			phone := startPhone(t, l)
@@ -23,5 +30,4 @@ func TestNATRaceRealUAOutbound(t *testing.T) {
 			c.run(t, l)
 		})
 	}
-	stopDaemon(t, d)
 }

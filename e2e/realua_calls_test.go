@@ -828,16 +828,7 @@ var pbxAccount = BaresipSpec{AOR: "sip:" + DID + "@" + PBXIP}
 func TestRealUACallOutbound(t *testing.T) {
 	t.Parallel()
 	l, d := callLab(t, DaemonConfig{})
-	for _, sc := range realScenarios {
-		t.Run(sc.name, func(t *testing.T) {
-			phone := startPhone(t, l)
-			pbx := startBaresipParty(t, l, PBXCaller, pbxAccount)
-			c := &realCall{caller: pbx, callee: phone, target: "sip:" + PhoneNumber + "@" + DaemonIP + ":5060",
-				media: realRelay(), capture: []string{NSPBX, NSPhone, NSLM}}
-			c.roles(sc.holdByCaller, sc.hangCall)
-			c.run(t, l)
-		})
-	}
+	realUAOutbound(t, l)
 	stopDaemon(t, d)
 }
 

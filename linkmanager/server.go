@@ -181,6 +181,7 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	var b *b2bua.B2BUA
 	mc := opts.Media
 	mc.OnTimeout = func(ms *rtpbridge.Session) { b.OnMediaTimeout(ms.ID()) }
+	mc.OnNoInbound = func(ms *rtpbridge.Session, l rtpbridge.Leg) { b.OnNoInbound(ms.ID(), l) }
 	if mc.Logger == nil {
 		mc.Logger = log
 	}

@@ -19,7 +19,17 @@ const (
 	// measured in the NAT lab (RFC 6263 suggests 15 s too).
 	DefaultKeepaliveInterval = 15 * time.Second
 	DefaultClockRate         = 8000
+	// DefaultNoInboundAfter is how long leg B may hear nothing while we
+	// send before OnNoInbound fires: a remote that sends starts within
+	// tens of milliseconds of its answer, and a second leaves room for a
+	// slow one without leaving a one-way call unrepaired for long.
+	DefaultNoInboundAfter = time.Second
 )
+
+// noInboundMinSent is how many packets must have gone out of leg B since
+// its remote was set before its silence counts: proof that our side talks,
+// so the remote had something to answer and a pinhole to answer through.
+const noInboundMinSent = 10
 
 // Config configures a Bridge. Zero values mean the documented defaults.
 type Config struct {
@@ -56,6 +66,17 @@ type Config struct {
 	// when its media timeout expires, so the SIP layer can BYE both legs and
 	// Close the session. It may run while Close is in progress.
 	OnTimeout func(*Session)
+	// OnNoInbound is called at most once per port pair of leg B, from a
+	// timer goroutine, when the answered, unheld RTP session has sent at
+	// least 10 packets out of leg B since its remote was set and accepted
+	// none there for NoInboundAfter: the NAT race of nat-findings 4, where
+	// the router gave the public port to the remote's early flow. The SIP
+	// layer repairs it with Rebind and a re-INVITE, if the remote's SDP
+	// says it sends at all.
+	OnNoInbound func(*Session, Leg)
+	// NoInboundAfter is that silence. Default DefaultNoInboundAfter;
+	// negative disables the check.
+	NoInboundAfter time.Duration
 }
 
 // Bridge creates Sessions and tracks them so Close can end them all.
@@ -91,6 +112,9 @@ func New(cfg Config) (*Bridge, error) {
 	}
 	if cfg.KeepaliveInterval == 0 {
 		cfg.KeepaliveInterval = DefaultKeepaliveInterval
+	}
+	if cfg.NoInboundAfter == 0 {
+		cfg.NoInboundAfter = DefaultNoInboundAfter
 	}
 	if cfg.RelatchAfter == 0 {
 		cfg.RelatchAfter = DefaultRelatchAfter

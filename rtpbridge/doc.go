@@ -11,7 +11,13 @@
 //     our media leaves from a different public port and the call has one-way
 //     audio for its whole length. [Session.SetRemote] therefore sends one
 //     harmless packet on the WAN leg as soon as the provider's SDP address is
-//     known, and keepalives hold the mapping open while nobody talks.
+//     known, and keepalives hold the mapping open while nobody talks. A
+//     remote that starts sending before even that (its RTP leaves with its
+//     answer, which reaches us later, through the provider) still wins the
+//     race: then the answered leg hears nothing while we send, the
+//     relay reports it once per port pair ([Config.OnNoInbound]), and
+//     [Session.Rebind] moves the leg to a fresh pair whose pinhole leaves
+//     first, for the SIP layer to re-INVITE the remote with.
 //   - Symmetric RTP with latching that cannot be stolen. Each direction is
 //     sent from the socket the peer sends to, and to where the peer really
 //     sends from. Which sources may latch is a per-leg [Latching] rule:

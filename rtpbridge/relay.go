@@ -32,7 +32,11 @@ type sock struct {
 	leg  Leg
 	kind int
 	conn *net.UDPConn
-	out  *sock // same kind on the other leg: where our packets go out
+	// out is the same kind on the other leg: where our packets go out.
+	// Atomic because Rebind swaps the other leg's socket; nil on a socket
+	// Rebind retired, whose late packets must not reach the call.
+	out  atomic.Pointer[sock]
+	done chan struct{} // closed when the reader returns
 
 	// dst is where packets for this socket's peer are sent: the latched
 	// source, else the SDP address; nil means send nothing. peer is the
@@ -85,11 +89,12 @@ type sockStats struct {
 }
 
 func newSock(s *Session, leg Leg, kind int, c *net.UDPConn) *sock {
-	return &sock{s: s, leg: leg, kind: kind, conn: c, buf: make([]byte, bufSize)}
+	return &sock{s: s, leg: leg, kind: kind, conn: c, buf: make([]byte, bufSize), done: make(chan struct{})}
 }
 
 func (k *sock) run() {
 	defer k.s.wg.Done()
+	defer close(k.done)
 	for {
 		n, src, err := k.conn.ReadFromUDPAddrPort(k.buf)
 		if err != nil {
@@ -100,6 +105,9 @@ func (k *sock) run() {
 			case <-k.s.closed:
 				return
 			default:
+			}
+			if k.out.Load() == nil {
+				return // retired by Rebind, which interrupted the read
 			}
 			// Transient errors (e.g. a queued ICMP error) must not end the
 			// relay; the throttle keeps a persistent one from flooding.
@@ -190,7 +198,10 @@ func (k *sock) dropMalformed() bool {
 }
 
 func (k *sock) forward(b []byte, now int64) {
-	out := k.out
+	out := k.out.Load()
+	if out == nil {
+		return // retired by Rebind
+	}
 	dst := out.dst.Load()
 	if dst == nil {
 		k.unsent.Add(1)
@@ -325,6 +336,13 @@ func (k *sock) setRemoteLocked(addr netip.AddrPort) bool {
 	return false
 }
 
+// heard reports whether the socket has accepted any packet of its kind.
+func (k *sock) heard() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.st.packets > 0
+}
+
 func (k *sock) addTo(d *Direction, rtcp bool) {
 	k.mu.Lock()
 	st := k.st
@@ -341,10 +359,15 @@ func (k *sock) addTo(d *Direction, rtcp bool) {
 	if rtcp {
 		return
 	}
-	d.Packets, d.Bytes = st.packets, st.bytes
-	d.Lost = st.seq.lost()
-	d.Jitter = st.jitter.duration()
-	d.SSRC = st.ssrc
+	// Summed: a leg moved by Rebind has its retired sockets' counts too.
+	// Jitter and SSRC are of the latest socket that heard anything.
+	d.Packets += st.packets
+	d.Bytes += st.bytes
+	d.Lost += st.seq.lost()
+	if st.packets > 0 {
+		d.Jitter = st.jitter.duration()
+		d.SSRC = st.ssrc
+	}
 	if p := k.peer.Load(); p != nil {
 		d.Source = *p
 	}

@@ -59,9 +59,14 @@ type Session struct {
 	log   *zap.Logger
 	clock Clock
 	epoch time.Time
-	pairs [2]*PortPair
-	socks [2][2]*sock // [leg][kind]
-	ssrc  uint32      // of our own keepalive and pinhole packets
+	ssrc  uint32 // of our own keepalive and pinhole packets
+	// pairs and socks change only in Rebind, under mu; the readers see
+	// the other leg's socket through sock.out.
+	pairs   [2]*PortPair
+	socks   [2][2]*sock   // [leg][kind]
+	retired [2][]*sock    // sockets Rebind replaced, for Stats; guarded by mu
+	rebind  sync.Mutex    // serialises Rebind
+	rebinds atomic.Uint64 // completed Rebinds
 
 	wg        sync.WaitGroup
 	closed    chan struct{}
@@ -79,6 +84,12 @@ type Session struct {
 	mark        int64 // last Established/SetHold, in ns since epoch
 	timedOut    bool
 	kaSeq       uint16
+	// The no-inbound watch of leg B: since watchFrom (ns since epoch),
+	// when leg A's RTP socket had forwarded watchBase packets. fired: the
+	// current pair has been reported.
+	watchFrom int64
+	watchBase uint64
+	fired     bool
 }
 
 func newSession(b *Bridge, id string, lan, wan *PortPair, latching [2]Latching) *Session {
@@ -103,7 +114,7 @@ func newSession(b *Bridge, id string, lan, wan *PortPair, latching [2]Latching) 
 	}
 	for leg := range s.socks {
 		for kind := range s.socks[leg] {
-			s.socks[leg][kind].out = s.socks[1-leg][kind]
+			s.socks[leg][kind].out.Store(s.socks[1-leg][kind])
 		}
 	}
 	return s
@@ -132,6 +143,8 @@ func (s *Session) LocalPort(l Leg) uint16 {
 	if l != LegA && l != LegB {
 		return 0
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.pairs[l].port
 }
 
@@ -168,6 +181,9 @@ func (s *Session) SetRemote(l Leg, rtpAddr, rtcpAddr netip.AddrPort) error {
 		}
 		if l == LegB && changed {
 			s.sendKeepaliveLocked(k, addr, now)
+			if kind == kindRTP {
+				s.watchLocked(now)
+			}
 		}
 	}
 	s.armLocked(now)
@@ -185,6 +201,7 @@ func (s *Session) Established() {
 	}
 	s.established = true
 	s.mark = s.nowNS()
+	s.watchLocked(s.mark)
 	s.armLocked(s.mark)
 }
 
@@ -210,11 +227,19 @@ func (s *Session) SetRaw(raw bool) { s.raw.Store(raw) }
 // Stats returns a snapshot of the session's counters. It is valid after
 // Close too.
 func (s *Session) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return Stats{AtoB: s.direction(LegA), BtoA: s.direction(LegB)}
 }
 
+// Rebinds is how many times Rebind moved a leg to a new port pair.
+func (s *Session) Rebinds() uint64 { return s.rebinds.Load() }
+
 func (s *Session) direction(l Leg) Direction {
 	var d Direction
+	for _, k := range s.retired[l] {
+		k.addTo(&d, k.kind == kindRTCP)
+	}
 	s.socks[l][kindRTP].addTo(&d, false)
 	s.socks[l][kindRTCP].addTo(&d, true)
 	return d
@@ -283,6 +308,12 @@ func (s *Session) armLocked(now int64) {
 	if s.established && !s.timedOut {
 		next = min(next, s.lastActivityLocked()+s.timeoutLocked())
 	}
+	if s.watchingLocked() {
+		// Polled once per NoInboundAfter until it fires or leg B hears
+		// something: the condition depends on packet counts, and a timer
+		// per packet is what the relay never does.
+		next = min(next, max(s.watchFrom+int64(s.br.cfg.NoInboundAfter), now+int64(s.br.cfg.NoInboundAfter)/4))
+	}
 	if s.timer != nil {
 		s.timer.Stop()
 		s.timer = nil
@@ -309,14 +340,117 @@ func (s *Session) housekeep() {
 		s.timedOut = true
 		fire = true
 	}
+	noInbound := false
+	if s.watchingLocked() && now-s.watchFrom >= int64(s.br.cfg.NoInboundAfter) &&
+		s.socks[LegA][kindRTP].forwarded.Load()-s.watchBase >= noInboundMinSent {
+		s.fired, noInbound = true, true
+	}
 	s.armLocked(now)
 	s.mu.Unlock()
+	if noInbound {
+		s.log.Info("no media from leg B while we send", zap.Uint16("port", s.LocalPort(LegB)),
+			zap.Object("media", s.Stats()))
+		if f := s.br.cfg.OnNoInbound; f != nil {
+			f(s, LegB)
+		}
+	}
 	if fire {
 		s.log.Info("media timeout", zap.Bool("held", held), zap.Object("media", s.Stats()))
 		if f := s.br.cfg.OnTimeout; f != nil {
 			f(s)
 		}
 	}
+}
+
+// watchLocked (re)starts the no-inbound watch of leg B; a watch counts
+// only what is sent from now on.
+func (s *Session) watchLocked(now int64) {
+	s.watchFrom = now
+	s.watchBase = s.socks[LegA][kindRTP].forwarded.Load()
+}
+
+// watchingLocked reports whether leg B's silence may still be reported:
+// the call is answered, not held, RTP rather than T.38, leg B sends to an
+// SDP address, this pair has not been reported yet, and it has never
+// accepted an RTP packet.
+func (s *Session) watchingLocked() bool {
+	w := s.socks[LegB][kindRTP]
+	return s.br.cfg.NoInboundAfter > 0 && s.established && !s.held && !s.timedOut && !s.fired &&
+		!s.raw.Load() && w.dst.Load() != nil && !w.heard()
+}
+
+// Rebind moves leg l to a fresh port pair from its pool and returns the
+// new RTP port, for the re-INVITE that tells the remote. It repairs the
+// NAT race that OnNoInbound reports: on leg B the new pair sends its
+// pinhole packets to the remote's current address before it carries any
+// media, so the router's mapping for the new port is ours. The latch and
+// SDP addresses carry over; the old pair goes into quarantine like a
+// released one, so its late packets are drained and never reach the
+// call. Counters continue across the move.
+func (s *Session) Rebind(l Leg) (uint16, error) {
+	if l != LegA && l != LegB {
+		return 0, ErrInvalidLeg
+	}
+	s.rebind.Lock()
+	defer s.rebind.Unlock()
+	pool := s.br.cfg.LAN
+	if l == LegB {
+		pool = s.br.cfg.WAN
+	}
+	pp, err := pool.Allocate()
+	if err != nil {
+		return 0, s.br.poolErr(l.String(), err)
+	}
+	s.mu.Lock()
+	if s.isClosed {
+		s.mu.Unlock()
+		_ = pp.close(false)
+		return 0, ErrSessionClosed
+	}
+	now := s.nowNS()
+	old, oldPair := s.socks[l], s.pairs[l]
+	var fresh [2]*sock
+	for kind, c := range [2]*net.UDPConn{pp.rtp, pp.rtcp} {
+		o := old[kind]
+		k := newSock(s, l, kind, c)
+		k.mode, k.taint = o.mode, pp.taint[kind]
+		k.sdp, k.kaDst = o.sdp, o.kaDst
+		k.expect.Store(o.expect.Load())
+		k.dst.Store(o.dst.Load())
+		k.peer.Store(o.peer.Load())
+		k.lastTx.Store(o.lastTx.Load())
+		k.lastRx.Store(o.lastRx.Load())
+		k.out.Store(s.socks[1-l][kind])
+		if l == LegB && k.kaDst.IsValid() {
+			// First, before any media leaves from the new port.
+			s.sendKeepaliveLocked(k, k.kaDst, now)
+		}
+		fresh[kind] = k
+	}
+	for kind, k := range fresh {
+		s.wg.Add(1)
+		go k.run()
+		s.socks[1-l][kind].out.Store(k)
+		old[kind].out.Store(nil)
+	}
+	s.socks[l], s.pairs[l] = fresh, pp
+	s.retired[l] = append(s.retired[l], old[:]...)
+	s.fired = false
+	s.watchLocked(now)
+	s.armLocked(now)
+	s.mu.Unlock()
+
+	oldPair.interrupt()
+	for kind, k := range old {
+		<-k.done
+		if p := k.peer.Load(); p != nil {
+			oldPair.peers[kind] = *p
+		}
+	}
+	s.rebinds.Add(1)
+	s.log.Info("leg moved to a new port pair", zap.Stringer("leg", l), zap.Uint16("old", oldPair.port),
+		zap.Uint16("new", pp.port))
+	return pp.port, oldPair.Release()
 }
 
 // sendKeepaliveLocked sends the pinhole/keepalive packet: on RTP a bare

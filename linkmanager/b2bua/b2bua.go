@@ -79,6 +79,9 @@ type CallEnded struct {
 	Answered  bool
 	Reason    string
 	Media     rtpbridge.Stats
+	// NATRepaired: the provider leg's media never arrived, so the call
+	// moved that leg to a new port and re-INVITEd (repairNAT).
+	NATRepaired bool
 }
 
 // Config builds a B2BUA.
@@ -284,7 +287,7 @@ func (b *B2BUA) finish(c *call, reason string) {
 		return
 	}
 	c.ended = true
-	legs, answer := c.legs, c.answer
+	legs, answer, moved := c.legs, c.answer, c.natMoved
 	c.mu.Unlock()
 	close(c.done)
 	// Close first: the relay stops and the statistics are final. Then
@@ -304,7 +307,8 @@ func (b *B2BUA) finish(c *call, reason string) {
 	b.changed = make(chan struct{})
 	b.mu.Unlock()
 	if b.onEnded != nil {
-		b.onEnded(CallEnded{Direction: c.dir, Trunk: c.trunk, Answered: !answer.IsZero(), Reason: reason, Media: st})
+		b.onEnded(CallEnded{Direction: c.dir, Trunk: c.trunk, Answered: !answer.IsZero(), Reason: reason, Media: st,
+			NATRepaired: moved})
 	}
 	fields := []zap.Field{zap.String("reason", reason), zap.Object("media", st)}
 	if !answer.IsZero() {
@@ -565,6 +569,7 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		if c.index < len(offer.Media) {
 			setRemote(c.media, leg, offer.Media[c.index])
+			c.noteRemote(leg, offer.Media[c.index])
 			c.mu.Lock()
 			c.offerHeld = held(offer.Media[c.index])
 			c.mu.Unlock()

@@ -147,6 +147,11 @@ type call struct {
 	// or ended it; abortReason is why hangup told it to give up.
 	setup       bool   // guarded by mu
 	abortReason string // guarded by mu
+	// remoteSends: the last SDP from each leg's remote says it sends RTP;
+	// natRepaired: repairNAT ran, natMoved: its re-INVITE was accepted.
+	remoteSends [2]bool // guarded by mu
+	natRepaired bool    // guarded by mu
+	natMoved    bool    // guarded by mu
 }
 
 // setupDone hands the answered call from the INVITE handler to hangup.
@@ -275,6 +280,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	if err := setRemote(media, in.leg, offer.Media[idx]); err != nil {
 		log.Warn("bad media address in offer", zap.Error(err))
 	}
+	c.noteRemote(in.leg, offer.Media[idx])
 	b.reply(tx, req, in_, sip.StatusTrying, "Trying", nil)
 
 	outSDP, err := b.rewrite(c, p.to, req.Body())
@@ -502,6 +508,7 @@ func (b *B2BUA) answerSDP(c *call, to, from rtpbridge.Leg, body []byte) ([]byte,
 		if err := setRemote(c.media, from, s.Media[c.index]); err != nil {
 			return nil, err
 		}
+		c.noteRemote(from, s.Media[c.index])
 		c.mu.Lock()
 		hold := c.offerHeld || held(s.Media[c.index])
 		c.mu.Unlock()

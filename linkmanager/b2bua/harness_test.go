@@ -295,13 +295,33 @@ func (m *fakeMedia) open() int {
 type fakeSession struct {
 	ports [2]uint16
 
-	mu     sync.Mutex
-	remote [2]netip.AddrPort // guarded by mu
-	held   bool              // guarded by mu
-	closed bool              // guarded by mu
+	mu      sync.Mutex
+	remote  [2]netip.AddrPort // guarded by mu
+	held    bool              // guarded by mu
+	closed  bool              // guarded by mu
+	rebinds []rtpbridge.Leg   // guarded by mu
 }
 
-func (s *fakeSession) LocalPort(l rtpbridge.Leg) uint16 { return s.ports[l] }
+// Rebind moves the leg 100 ports up, as a fresh pair would.
+func (s *fakeSession) Rebind(l rtpbridge.Leg) (uint16, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rebinds = append(s.rebinds, l)
+	s.ports[l] += 100
+	return s.ports[l], nil
+}
+
+func (s *fakeSession) rebound() []rtpbridge.Leg {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]rtpbridge.Leg(nil), s.rebinds...)
+}
+
+func (s *fakeSession) LocalPort(l rtpbridge.Leg) uint16 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ports[l]
+}
 func (s *fakeSession) SetRemote(l rtpbridge.Leg, rtp, rtcp netip.AddrPort) error {
 	s.mu.Lock()
 	s.remote[l] = rtp

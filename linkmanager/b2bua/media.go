@@ -23,6 +23,9 @@ type Session interface {
 	SetRaw(raw bool)
 	SetHold(held bool)
 	Established()
+	// Rebind moves a leg to a fresh port pair, pinhole first, and returns
+	// its RTP port.
+	Rebind(rtpbridge.Leg) (uint16, error)
 	Stats() rtpbridge.Stats
 	Close() error
 }

@@ -1,0 +1,151 @@
+package b2bua
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+
+	"github.com/linkmanager/linkmanager/linkmanager/sdp"
+	"github.com/linkmanager/linkmanager/rtpbridge"
+)
+
+// reinviteTimeout bounds our own re-INVITE: Timer B's 64*T1.
+const reinviteTimeout = 32 * time.Second
+
+// sends reports whether a stream's SDP says its sender sends RTP to us:
+// only then is its silence a fault rather than its choice.
+func sends(m sdp.Media) bool {
+	return m.Port != 0 && !m.Hold && !strings.EqualFold(m.Proto, "udptl") &&
+		(m.Direction == "sendrecv" || m.Direction == "sendonly")
+}
+
+// noteRemote records what the remote on leg said of its stream.
+func (c *call) noteRemote(leg rtpbridge.Leg, m sdp.Media) {
+	c.mu.Lock()
+	c.remoteSends[leg] = sends(m)
+	c.mu.Unlock()
+}
+
+// OnNoInbound is the media's callback for a call whose Internet leg has
+// heard nothing while we sent: the remote started its RTP before our
+// pinhole left, and the NAT router gave our advertised public port to that
+// early flow (nat-findings 3 and 4), so our stream leaves from another port
+// and the remote's audio is dropped at the router for the whole call. id
+// is what NewSession got.
+func (b *B2BUA) OnNoInbound(id string, leg rtpbridge.Leg) {
+	c, ok := b.callByID(id)
+	if !ok || leg != rtpbridge.LegB {
+		return
+	}
+	b.goCall(func() { b.repairNAT(c, leg) })
+}
+
+// repairNAT moves the leg to a fresh port pair, whose pinhole leaves
+// first, and re-INVITEs the remote with the new port. Only a call we
+// placed on that leg can have lost the race (on a call the provider
+// offered, our pinhole leaves before our answer), only an answered one
+// has a dialog to re-INVITE on, and only a remote whose SDP says it sends
+// is expected to. Once per call: a remote that stays silent after that is
+// silent by choice or beyond repair.
+func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
+	c.mu.Lock()
+	eligible := !c.ended && !c.setup && c.uac == leg && c.remoteSends[leg] && !c.offerHeld && !c.natRepaired
+	if eligible {
+		c.natRepaired = true
+	}
+	d := c.legs[leg]
+	c.mu.Unlock()
+	if !eligible || d == nil || !d.confirmed() {
+		return
+	}
+	old := c.media.LocalPort(leg)
+	port, err := c.media.Rebind(leg)
+	if err != nil {
+		c.log.Warn("media from the provider leg never arrived: NAT race lost; no port to move to", zap.Error(err))
+		return
+	}
+	body, err := withPort(d, c.index, port)
+	if err != nil {
+		c.log.Warn("media from the provider leg never arrived: NAT race lost; cannot rewrite SDP", zap.Error(err))
+		return
+	}
+	req := d.newRequest(sip.INVITE, d.sent(body))
+	ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
+	defer stop()
+	tx, err := b.send(ctx, d, req)
+	if err != nil {
+		c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE not sent", zap.Error(err))
+		return
+	}
+	defer tx.Terminate()
+	for {
+		select {
+		case <-ctx.Done():
+			c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE timed out",
+				zap.Uint16("port", port))
+			return
+		case <-tx.Done():
+			c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE got no answer",
+				zap.Uint16("port", port), zap.Error(tx.Err()))
+			return
+		case <-c.done:
+			return
+		case res := <-tx.Responses():
+			if res.StatusCode < 200 {
+				continue
+			}
+			if res.StatusCode >= 300 {
+				c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE refused",
+					zap.Uint16("port", port), zap.Int("status", int(res.StatusCode)))
+				return
+			}
+			if ct := res.Contact(); ct != nil {
+				d.mu.Lock()
+				d.target = ct.Address
+				d.mu.Unlock()
+			}
+			if s, err := sdp.Parse(res.Body()); err == nil && c.index < len(s.Media) {
+				m := s.Media[c.index]
+				if err := setRemote(c.media, leg, m); err != nil {
+					c.log.Warn("bad media address in re-INVITE answer", zap.Error(err))
+				}
+				c.noteRemote(leg, m)
+			}
+			b.ack(d, req.CSeq().SeqNo)
+			c.mu.Lock()
+			c.natMoved = true
+			c.mu.Unlock()
+			c.log.Info("media from the provider leg never arrived: NAT race lost; moved to a new port and re-INVITEd",
+				zap.Uint16("old_port", old), zap.Uint16("port", port))
+			return
+		}
+	}
+}
+
+// withPort is the SDP we last sent on d with the relayed stream on port
+// and the next o= version (RFC 3264 §8); the other streams keep theirs.
+func withPort(d *dialog, index int, port uint16) ([]byte, error) {
+	body := d.sdp()
+	s, err := sdp.Parse(body)
+	if err != nil {
+		return nil, err
+	}
+	// The initial offer's version was chosen before d existed.
+	version := d.nextVersion()
+	if v, err := strconv.ParseUint(s.Origin.Version, 10, 64); err == nil && v >= version {
+		version = v + 1
+		d.mu.Lock()
+		d.version = version
+		d.mu.Unlock()
+	}
+	ports := make(map[int]int, len(s.Media))
+	for _, m := range s.Media {
+		ports[m.Index] = m.Port
+	}
+	ports[index] = int(port)
+	return sdp.Rewrite(body, d.side.contact().Addr(), ports, version)
+}

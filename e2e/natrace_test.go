@@ -14,6 +14,11 @@ func TestNATRaceRealUAOutbound(t *testing.T) {
 	t.Parallel()
 	l, d := callLab(t, DaemonConfig{})
 	realUAOutbound(t, l)
+	// How many of the calls lost the race (not asserted: linkmanager's
+	// pinhole wins now and then; the audio checks above are the test).
+	if m, err := l.AdminGet("/metrics"); err == nil {
+		t.Logf("NAT race repairs: %.0f of %d calls", metricValue(m, "linkmanager_nat_race_repairs_total"), len(realScenarios))
+	}
 	stopDaemon(t, d)
 }
 

@@ -18,6 +18,7 @@ type Metrics struct {
 	mu     sync.Mutex
 	calls  map[string]uint64 // guarded by mu; by direction
 	failed map[string]uint64 // guarded by mu; by cause
+	natFix uint64            // guarded by mu; calls whose lost NAT race was repaired
 
 	loss   *prometheus.HistogramVec
 	jitter *prometheus.HistogramVec
@@ -51,6 +52,9 @@ const (
 func (m *Metrics) CallEnded(e b2bua.CallEnded) {
 	m.mu.Lock()
 	m.calls[e.Direction]++
+	if e.NATRepaired {
+		m.natFix++
+	}
 	if !e.Answered {
 		m.failed[causeOf(e.Reason)]++
 	}
@@ -116,6 +120,8 @@ var (
 		"Requests from hosts that may not send to a socket answered with a stateless 403 (part of source_not_allowed drops).", []string{"socket"}, nil)
 	descRTPLatch = prometheus.NewDesc("linkmanager_rtp_latch_events_total",
 		"Media source decisions: refused (a source the latching rule never accepts, e.g. an injector or sprayer), takeover (the latched source replaced after its silence).", []string{"event"}, nil)
+	descNATRepairs = prometheus.NewDesc("linkmanager_nat_race_repairs_total",
+		"Calls whose provider-leg media never arrived (the far end's RTP won the NAT race) and that were moved to a fresh port and re-INVITEd.", nil, nil)
 	descPorts = prometheus.NewDesc("linkmanager_port_pool_pairs",
 		"RTP/RTCP port pairs of the relay pools, by pool and state.", []string{"pool", "state"}, nil)
 )
@@ -123,7 +129,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs} {
 		ch <- d
 	}
 }
@@ -160,6 +166,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for cause, n := range m.failed {
 		counter(descCallsFailed, float64(n), cause)
 	}
+	counter(descNATRepairs, float64(m.natFix))
 	m.mu.Unlock()
 	sums := [2]rtpbridge.Direction{s.Calls.Media.AtoB, s.Calls.Media.BtoA}
 	gauge(descCallsActive, float64(len(s.Calls.Calls)))

@@ -57,10 +57,10 @@ type Server struct {
 	keeper   *stunkeeper.Keeper
 	natw     *stunkeeper.NATWatch // nil: no self-test
 	rtpPorts [2]int
-	log    *zap.Logger
-	ua     *sipgo.UserAgent
-	srv    *sipgo.Server
-	client *sipgo.Client
+	log      *zap.Logger
+	ua       *sipgo.UserAgent
+	srv      *sipgo.Server
+	client   *sipgo.Client
 
 	draining atomic.Bool // set by Shutdown: readiness fails, new calls get 503
 	trunks   atomic.Pointer[[]*trunk.Trunk]

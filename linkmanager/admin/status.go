@@ -111,8 +111,8 @@ type Snapshot struct {
 	NATAdvice string
 	NATTests  uint64
 	STUN      stunkeeper.Stats
-	Trunks   []trunk.RegStatus
-	Sockets  []SocketDrops
+	Trunks    []trunk.RegStatus
+	Sockets   []SocketDrops
 	// The B2BUA side; nil without a PBX socket.
 	Calls *b2bua.Snapshot
 	Media *MediaCounts

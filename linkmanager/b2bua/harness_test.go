@@ -277,6 +277,14 @@ func (m *fakeMedia) NewSession(id string, _ rtpbridge.Latching) (Session, error)
 	return s, nil
 }
 
+// session returns the i-th session made (under the lock: the B2BUA makes
+// them on sipgo's goroutines).
+func (m *fakeMedia) session(i int) *fakeSession {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sessions[i]
+}
+
 // open is the number of sessions not closed.
 func (m *fakeMedia) open() int {
 	m.mu.Lock()

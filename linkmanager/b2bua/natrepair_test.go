@@ -44,7 +44,7 @@ func TestNoInboundMovesPortAndReinvitesProvider(t *testing.T) {
 	u, callee := h.established(h.pbx, h.prov, h.lan.addr, "0301234567", "prov")
 	first := mustParse(t, callee.inv.Body())
 	answerReinvites(t, h.prov, "prov", "")
-	ms := h.media.sessions[0]
+	ms := h.media.session(0)
 	oldPort := ms.LocalPort(rtpbridge.LegB)
 
 	h.b.OnNoInbound(u.inv.CallID().Value(), rtpbridge.LegB)
@@ -111,7 +111,7 @@ func TestNoInboundLeavesHealthyCallsAlone(t *testing.T) {
 				t.Fatal("no call")
 			}
 			h.b.repairNAT(c, rtpbridge.LegB)
-			if got := h.media.sessions[0].rebound(); len(got) != 0 {
+			if got := h.media.session(0).rebound(); len(got) != 0 {
 				t.Fatalf("rebound %v for a %s remote", got, dir)
 			}
 		})
@@ -124,7 +124,7 @@ func TestNoInboundLeavesHealthyCallsAlone(t *testing.T) {
 			t.Fatal("no call")
 		}
 		h.b.repairNAT(c, rtpbridge.LegB)
-		if got := h.media.sessions[0].rebound(); len(got) != 0 {
+		if got := h.media.session(0).rebound(); len(got) != 0 {
 			t.Fatalf("rebound %v on a call the provider offered", got)
 		}
 	})

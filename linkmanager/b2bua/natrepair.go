@@ -115,10 +115,12 @@ func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
 				}
 				c.noteRemote(leg, m)
 			}
-			b.ack(d, req.CSeq().SeqNo)
+			// The answer commits the move; record it before the ACK, so
+			// anyone who has seen the ACK sees the call as repaired.
 			c.mu.Lock()
 			c.natMoved = true
 			c.mu.Unlock()
+			b.ack(d, req.CSeq().SeqNo)
 			c.log.Info("media from the provider leg never arrived: NAT race lost; moved to a new port and re-INVITEd",
 				zap.Uint16("old_port", old), zap.Uint16("port", port))
 			return

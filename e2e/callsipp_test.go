@@ -550,8 +550,11 @@ func checkDTMF(t testing.TB, r *CallRun, c AudioCheck) {
 // any packet that does not answer a flow the daemon opened, so a foreign
 // source never reaches the daemon at all. The rules live in the router
 // namespace only.
-func (l *Lab) ForwardRTPPool() error {
-	ports := fmt.Sprintf("%d:%d", PoolMin, PoolMax)
+func (l *Lab) ForwardRTPPool() error { return l.forwardUDP(fmt.Sprintf("%d:%d", PoolMin, PoolMax)) }
+
+// forwardUDP adds a router port forward of ports (iptables syntax: one
+// port or lo:hi) on the WAN address to the daemon, and lets it through.
+func (l *Lab) forwardUDP(ports string) error {
 	for _, rule := range [][]string{
 		{"iptables", "-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp", "--dport", ports, "-j", "DNAT", "--to-destination", DaemonIP},
 		{"iptables", "-I", "FORWARD", "1", "-i", "wan", "-o", "lan", "-p", "udp", "-d", DaemonIP, "--dport", ports, "-j", "ACCEPT"},

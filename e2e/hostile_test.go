@@ -24,18 +24,7 @@ import (
 // ForwardSIP adds the router port forward of the daemon's SIP port (what
 // an admin does so the provider can reach the PBX without keepalives):
 // from then on anybody on the Internet reaches 65002.
-func (l *Lab) ForwardSIP() error {
-	port := strconv.Itoa(DaemonSIPPort)
-	for _, rule := range [][]string{
-		{"iptables", "-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp", "--dport", port, "-j", "DNAT", "--to-destination", DaemonIP},
-		{"iptables", "-I", "FORWARD", "1", "-i", "wan", "-o", "lan", "-p", "udp", "-d", DaemonIP, "--dport", port, "-j", "ACCEPT"},
-	} {
-		if _, err := l.Exec(NSRouter, rule...); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func (l *Lab) ForwardSIP() error { return l.forwardUDP(strconv.Itoa(DaemonSIPPort)) }
 
 // AdminGet fetches path from the daemon's admin API (127.0.0.1:9065 in the
 // lm namespace). The connection is dialled on a thread inside the

@@ -93,7 +93,6 @@ type lpParty struct {
 	e       Endpoint
 	id      int
 	resumes int
-	starts  int
 }
 
 func (p *lpParty) ep() Endpoint { return p.e }
@@ -113,8 +112,7 @@ func (p *lpParty) established(timeout time.Duration) error {
 // startAudio plays the tone file into the call (no sound card in the
 // lab), once the streams run (again: a hold stops the player).
 func (p *lpParty) startAudio() error {
-	p.starts++
-	if _, err := p.lp.WaitState("StreamsRunning", p.id, p.starts, 15*time.Second); err != nil {
+	if _, err := p.lp.WaitRunning(p.id, 15*time.Second); err != nil {
 		return err
 	}
 	_, err := p.lp.Command(fmt.Sprintf("incall-player-start %s %d", p.lp.WAV, p.id))

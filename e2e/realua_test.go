@@ -488,6 +488,31 @@ func (lp *Linphone) WaitState(state string, id, n int, timeout time.Duration) (L
 	}
 }
 
+// WaitRunning waits (bounded) until the latest call-state event of call
+// id is StreamsRunning and returns it. Counting StreamsRunning events is
+// not enough: a re-INVITE the daemon sends on its own (a NAT-race repair)
+// adds one, and a count taken before it would then be met by that old
+// event while the streams are still being restarted.
+func (lp *Linphone) WaitRunning(id int, timeout time.Duration) (LinphoneEvent, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := lp.Poll()
+		var last LinphoneEvent
+		for _, e := range lp.Events() {
+			if e.Type == "call-state-changed" && e.ID == id {
+				last = e
+			}
+		}
+		if last.Event == "LinphoneCallStreamsRunning" {
+			return last, nil
+		}
+		if err != nil || time.Now().After(deadline) {
+			return LinphoneEvent{}, fmt.Errorf("%w: linphone %s: call %d not StreamsRunning within %v (err %v; last state %q)", errUA, lp.Spec.Name, id, timeout, err, last.Event)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // Call places a call and returns its id.
 func (lp *Linphone) Call(uri string) (int, error) {
 	out, err := lp.Command("call " + uri)

@@ -12,11 +12,15 @@ package e2e
 // counting are proven without the daemon by TestLabCallScenarios.
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/linkmanager/linkmanager/linkmanager/admin"
 )
 
 // callDir is who calls whom.
@@ -448,6 +452,20 @@ func TestCallPoolExhausted(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// The daemon says so: /status at 100 % naming the fix, and one warning
+	// in its log (issue 10, item 2).
+	if body, err := l.AdminGet("/status"); err != nil {
+		t.Errorf("/status: %v", err)
+	} else {
+		var st admin.Status
+		if err := json.Unmarshal([]byte(body), &st); err != nil || st.Ports == nil || st.Ports.Capacity.Calls != 2 ||
+			st.Ports.Capacity.Max != 2 || !strings.Contains(st.Ports.Capacity.Warning, "rtp.port_min and rtp.port_max (now 55000-55003") {
+			t.Errorf("/status while the pool is full (%v): want 2 of 2 calls and the warning: %s", err, body)
+		}
+	}
+	d.WaitSeen(t, 5*time.Second, func(e map[string]any) bool {
+		return e["level"] == "warn" && strings.HasPrefix(fmt.Sprint(e["msg"]), "relay ports 100 % used (2 of 2 calls)")
+	})
 	// A third one: 503 with Retry-After, and nothing reaches the provider.
 	check503(oneMore(5080), "third call while the pool is full")
 	ab.Finish(t)

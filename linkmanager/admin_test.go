@@ -81,7 +81,7 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("/status = %d %v: %s", code, err, body)
 	}
 	if len(st.Trunks) != 1 || !st.Trunks[0].Registered || st.Trunks[0].Contact == "" || st.Trunks[0].PublicSrc != "registrar" ||
-		st.Ports == nil || st.Ports.WAN.Free != 100 || st.Public == "" {
+		st.Ports == nil || st.Ports.WAN.Free != 100 || st.Ports.Capacity.Max != 100 || st.Ports.Capacity.Calls != 0 || st.Public == "" {
 		t.Errorf("status = %+v", st)
 	}
 
@@ -104,6 +104,9 @@ func TestAdminAPI(t *testing.T) {
 		if metricValue(before, name) < 0 {
 			t.Errorf("/metrics lacks %s", name)
 		}
+	}
+	if v := metricValue(before, "linkmanager_calls_capacity"); v != 100 {
+		t.Errorf("capacity gauge = %v, want the pool's 100 calls", v)
 	}
 	if v := metricValue(before, `linkmanager_trunk_registered{trunk="provider"}`); v != 1 {
 		t.Errorf("registered gauge = %v, want 1", v)

@@ -195,7 +195,7 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 		WAN:         b2bua.Side{Client: s.client, Contact: wanContact},
 		PBX:         pbx,
 		Router:      s,
-		Media:       bridgeMedia{media},
+		Media:       bridgeMedia{b: media, watch: &capacityWatch{log: log.Named("media")}},
 		RingTimeout: opts.RingTimeout,
 		OnCallEnded: s.metrics.CallEnded,
 	})
@@ -512,14 +512,47 @@ func latchingOf(t *trunk.Trunk) rtpbridge.Latching {
 }
 
 // bridgeMedia is rtpbridge.Bridge as the B2BUA's Media.
-type bridgeMedia struct{ b *rtpbridge.Bridge }
+type bridgeMedia struct {
+	b     *rtpbridge.Bridge
+	watch *capacityWatch
+}
 
 func (m bridgeMedia) NewSession(id string, latching rtpbridge.Latching) (b2bua.Session, error) {
 	s, err := m.b.NewSessionWith(id, rtpbridge.SessionOptions{Latching: [2]rtpbridge.Latching{rtpbridge.LegB: latching}})
 	if err != nil {
 		return nil, err
 	}
+	m.watch.observe(m.b.Counts())
 	return s, nil
+}
+
+// capacityClear is the share of the relay's capacity below which a
+// capacity warning is over: between it and admin.CapacityWarn, calls come
+// and go without a log line each.
+const capacityClear = 0.8
+
+// capacityWatch logs once when a new call takes the relay's pools to
+// admin.CapacityWarn and once when a later one finds them below
+// capacityClear again. The admin's /status shows the same warning for as
+// long as it holds.
+type capacityWatch struct {
+	log    *zap.Logger
+	mu     sync.Mutex
+	warned bool // guarded by mu
+}
+
+func (w *capacityWatch) observe(c rtpbridge.BridgeCounts) {
+	cp := admin.CapacityOf(c)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case !w.warned && cp.Warning != "":
+		w.warned = true
+		w.log.Warn(cp.Warning, zap.Int("calls", cp.Calls), zap.Int("max_calls", cp.Max))
+	case w.warned && float64(cp.Calls) < capacityClear*float64(cp.Max):
+		w.warned = false
+		w.log.Info("relay ports below 80 % use again", zap.Int("calls", cp.Calls), zap.Int("max_calls", cp.Max))
+	}
 }
 
 // Route is the B2BUA's Router: the first trunk whose outbound prefixes

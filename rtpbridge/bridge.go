@@ -217,12 +217,36 @@ func (b *Bridge) Active() int {
 	return len(b.sessions)
 }
 
-// BridgeCounts is the port usage of both pools, in pairs.
-type BridgeCounts struct{ LAN, WAN PoolCounts }
+// BridgeCounts is the port usage of both pools, in pairs, and the open
+// sessions.
+type BridgeCounts struct {
+	LAN, WAN PoolCounts
+	Shared   bool // one Pool serves both legs
+	Sessions int
+}
 
-// Counts reports both pools' usage (status, metrics, leak tests).
+// MaxSessions is how many sessions the pools hold at once: every session
+// takes one pair of each pool, two of a shared one.
+func (c BridgeCounts) MaxSessions() int {
+	if c.Shared {
+		return c.WAN.Pairs / 2
+	}
+	return min(c.LAN.Pairs, c.WAN.Pairs)
+}
+
+// Limit is the pool that bounds MaxSessions: the WAN pool unless the LAN
+// pool is smaller.
+func (c BridgeCounts) Limit() (lan bool, p PoolCounts) {
+	if !c.Shared && c.LAN.Pairs < c.WAN.Pairs {
+		return true, c.LAN
+	}
+	return false, c.WAN
+}
+
+// Counts reports both pools' usage and the open sessions (status, metrics,
+// capacity warnings, leak tests).
 func (b *Bridge) Counts() BridgeCounts {
-	return BridgeCounts{LAN: b.cfg.LAN.Counts(), WAN: b.cfg.WAN.Counts()}
+	return BridgeCounts{LAN: b.cfg.LAN.Counts(), WAN: b.cfg.WAN.Counts(), Shared: b.cfg.LAN == b.cfg.WAN, Sessions: b.Active()}
 }
 
 // NoSessionDrops is the number of packets discarded because they arrived on a

@@ -51,7 +51,9 @@ func waitDrops(t *testing.T, drops func() uint64, want uint64) {
 
 func wantCounts(t *testing.T, p *Pool, want PoolCounts) {
 	t.Helper()
-	if c := p.Counts(); c != want {
+	c := p.Counts()
+	if c.InUse != want.InUse || c.Quarantined != want.Quarantined || c.Free != want.Free ||
+		c.Pairs != c.InUse+c.Quarantined+c.Free || c.MinPort != p.MinPort || c.MaxPort != p.MaxPort {
 		t.Fatalf("counts %+v, want %+v", c, want)
 	}
 }
@@ -427,6 +429,44 @@ func TestPoolTurnover(t *testing.T) {
 		if c.InUse != up || c.Quarantined+c.Free != 500-up {
 			t.Fatalf("counts %+v, want %d in use and %d quarantined or free", br.Counts(), up, 500-up)
 		}
+	}
+	if c := br.Counts(); c.Sessions != up || c.MaxSessions() != 500 || c.Shared {
+		t.Fatalf("counts %+v: %d of %d sessions, want %d of 500", c, c.Sessions, c.MaxSessions(), up)
+	}
+}
+
+// TestMaxSessions: a call takes a pair of each pool, two of a shared one,
+// and the smaller pool is the limit.
+func TestMaxSessions(t *testing.T) {
+	for _, tc := range []struct {
+		c       BridgeCounts
+		max     int
+		limitLA bool
+	}{
+		{BridgeCounts{LAN: PoolCounts{Pairs: 500}, WAN: PoolCounts{Pairs: 500}}, 500, false},
+		{BridgeCounts{LAN: PoolCounts{Pairs: 200}, WAN: PoolCounts{Pairs: 500}}, 200, true},
+		{BridgeCounts{LAN: PoolCounts{Pairs: 900}, WAN: PoolCounts{Pairs: 500}}, 500, false},
+		{BridgeCounts{LAN: PoolCounts{Pairs: 501}, WAN: PoolCounts{Pairs: 501}, Shared: true}, 250, false},
+	} {
+		lan, _ := tc.c.Limit()
+		if got := tc.c.MaxSessions(); got != tc.max || lan != tc.limitLA {
+			t.Errorf("%+v: MaxSessions %d, limit LAN %v; want %d, %v", tc.c, got, lan, tc.max, tc.limitLA)
+		}
+	}
+	clk := newFakeClock()
+	shared := testPool(lanRange, clk)
+	br, err := New(Config{LAN: shared, WAN: shared, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	s, err := br.NewSession("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if c := br.Counts(); !c.Shared || c.Sessions != 1 || c.WAN.InUse != 2 || c.MaxSessions() != c.WAN.Pairs/2 {
+		t.Fatalf("shared pool: %+v (max %d)", c, c.MaxSessions())
 	}
 }
 

@@ -288,3 +288,8 @@ func bound(t testing.TB, port uint16) bool {
 	}
 	return true
 }
+
+// states is c with only the pair states, for comparing with a literal.
+func states(c PoolCounts) PoolCounts {
+	return PoolCounts{InUse: c.InUse, Quarantined: c.Quarantined, Free: c.Free}
+}

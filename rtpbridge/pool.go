@@ -127,11 +127,16 @@ type drain struct {
 	bufs  [2][drainBufSize]byte
 }
 
-// PoolCounts is a snapshot of a Pool, in pairs.
+// PoolCounts is a snapshot of a Pool, in pairs. Quarantined pairs are
+// allocatable (Allocate takes them over when none is free), so what a new
+// call can get is Free+Quarantined.
 type PoolCounts struct {
-	InUse       int `json:"in_use"`
-	Quarantined int `json:"quarantined"`
-	Free        int `json:"free"`
+	Pairs       int    `json:"pairs"`
+	InUse       int    `json:"in_use"`
+	Quarantined int    `json:"quarantined"`
+	Free        int    `json:"free"`
+	MinPort     uint16 `json:"min_port"`
+	MaxPort     uint16 `json:"max_port"`
 }
 
 // Validate fills in defaults and checks the range. Calling it again after the
@@ -213,9 +218,12 @@ func (p *Pool) Counts() PoolCounts {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return PoolCounts{
+		Pairs:       len(p.state),
 		InUse:       p.inUse,
 		Quarantined: p.quarantined,
 		Free:        len(p.state) - p.inUse - p.quarantined,
+		MinPort:     p.MinPort,
+		MaxPort:     p.MaxPort,
 	}
 }
 

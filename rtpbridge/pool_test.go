@@ -58,8 +58,8 @@ func TestPoolValidate(t *testing.T) {
 		t.Fatalf("Validate() = %v, MaxQuarantine %v, want 20m", err, long.MaxQuarantine)
 	}
 	// 40002..40009 in pairs, 40010 has no odd partner.
-	if c := p.Counts(); c != (PoolCounts{Free: 4}) {
-		t.Fatalf("counts %+v, want 4 free", c)
+	if c := p.Counts(); states(c) != (PoolCounts{Free: 4}) || c.Pairs != 4 || c.MinPort != 40001 || c.MaxPort != 40010 {
+		t.Fatalf("counts %+v, want 4 pairs, all free, of 40001-40010", c)
 	}
 }
 
@@ -97,7 +97,7 @@ func TestPoolAllocatesEvenPairsInRangeUntilExhausted(t *testing.T) {
 	if _, err := p.Allocate(); !errors.Is(err, ErrPoolExhausted) {
 		t.Fatalf("11th Allocate: %v, want ErrPoolExhausted", err)
 	}
-	if c := p.Counts(); c != (PoolCounts{InUse: 10}) {
+	if c := states(p.Counts()); c != (PoolCounts{InUse: 10}) {
 		t.Fatalf("counts %+v", c)
 	}
 	for _, pp := range pairs {
@@ -108,11 +108,11 @@ func TestPoolAllocatesEvenPairsInRangeUntilExhausted(t *testing.T) {
 			t.Fatalf("second Release: %v", err)
 		}
 	}
-	if c := p.Counts(); c != (PoolCounts{Quarantined: 10}) {
+	if c := states(p.Counts()); c != (PoolCounts{Quarantined: 10}) {
 		t.Fatalf("after release: %+v", c)
 	}
 	clk.Advance(DefaultQuarantine)
-	if c := p.Counts(); c != (PoolCounts{Free: 10}) {
+	if c := states(p.Counts()); c != (PoolCounts{Free: 10}) {
 		t.Fatalf("after quarantine: %+v", c)
 	}
 }
@@ -190,7 +190,7 @@ func TestPoolBindFailureTriesAnotherPair(t *testing.T) {
 	if fmt.Sprint(attempts) != fmt.Sprint(want) {
 		t.Fatalf("attempts %v, want %v", attempts, want)
 	}
-	if c := p.Counts(); c != (PoolCounts{InUse: 1, Free: 2}) {
+	if c := states(p.Counts()); c != (PoolCounts{InUse: 1, Free: 2}) {
 		t.Fatalf("a failed bind must not leak a pair: %+v", c)
 	}
 }
@@ -215,7 +215,7 @@ func TestPoolBindFailureGivesUpAfterMaxRetries(t *testing.T) {
 	if calls != 3 {
 		t.Fatalf("%d binds, want MaxRetries=3", calls)
 	}
-	if c := p.Counts(); c != (PoolCounts{Free: 50}) {
+	if c := states(p.Counts()); c != (PoolCounts{Free: 50}) {
 		t.Fatalf("counts %+v", c)
 	}
 }

@@ -386,13 +386,13 @@ func TestPortsFreedAfterSessionsClose(t *testing.T) {
 		}
 	}
 	for _, p := range []*Pool{lan, wan} {
-		if c := p.Counts(); c != (PoolCounts{InUse: 10, Quarantined: 10, Free: 480}) {
+		if c := states(p.Counts()); c != (PoolCounts{InUse: 10, Quarantined: 10, Free: 480}) {
 			t.Fatalf("after closing half %+v", c)
 		}
 	}
 	clk.Advance(DefaultQuarantine)
 	for _, p := range []*Pool{lan, wan} {
-		if c := p.Counts(); c != (PoolCounts{InUse: 10, Free: 490}) {
+		if c := states(p.Counts()); c != (PoolCounts{InUse: 10, Free: 490}) {
 			t.Fatalf("after quarantine %+v", c)
 		}
 	}
@@ -402,7 +402,7 @@ func TestPortsFreedAfterSessionsClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range []*Pool{lan, wan} {
-		if c := p.Counts(); c != (PoolCounts{Free: 500}) {
+		if c := states(p.Counts()); c != (PoolCounts{Free: 500}) {
 			t.Fatalf("after Bridge.Close %+v", c)
 		}
 	}
@@ -424,7 +424,7 @@ func TestBridgePoolExhaustionAndRecovery(t *testing.T) {
 		}
 	}
 	// The LAN pairs of the refused calls went straight back.
-	if c := lan.Counts(); c != (PoolCounts{InUse: 1, Free: 499}) {
+	if c := states(lan.Counts()); c != (PoolCounts{InUse: 1, Free: 499}) {
 		t.Fatalf("LAN pool leaked: %+v", c)
 	}
 	// A closed call's pair is quarantined, which no longer holds up the
@@ -440,7 +440,7 @@ func TestBridgePoolExhaustionAndRecovery(t *testing.T) {
 	}
 	_ = s.Close()
 	clk.Advance(DefaultQuarantine)
-	if c := br.Counts().WAN; c != (PoolCounts{Free: 1}) {
+	if c := states(br.Counts().WAN); c != (PoolCounts{Free: 1}) {
 		t.Fatalf("WAN pool after the quarantine %+v", c)
 	}
 }

@@ -22,8 +22,9 @@ SYNOPSIS
 DESCRIPTION
     Asks the daemon's admin endpoint (admin.listen) for its status and
     prints a short summary: readiness, the public address and how it was
-    learned, the NAT behaviour, each trunk's registration, and the calls
-    that are up.
+    learned, the NAT behaviour, each trunk's registration, the calls
+    that are up, and how many calls the relay's port pools hold (with a
+    warning from 90 % use, and which setting widens them).
 
     Exit status: 0 when the daemon is ready (every registering trunk is
     registered and it is not shutting down), 1 when it is not, 2 when it
@@ -120,7 +121,12 @@ func printStatus(w io.Writer, st admin.Status) {
 		tw.Flush()
 	}
 	if p := st.Ports; p != nil {
-		fmt.Fprintf(w, "\nrelay ports (pairs): internet %d in use, %d quarantined, %d free; LAN %d in use, %d free\n",
-			p.WAN.InUse, p.WAN.Quarantined, p.WAN.Free, p.LAN.InUse, p.LAN.Free)
+		fmt.Fprintf(w, "\nrelay capacity: %d of %d calls (%.1f %%)\n", p.Capacity.Calls, p.Capacity.Max, p.Capacity.Percent)
+		fmt.Fprintf(w, "relay ports (pairs): internet %d-%d: %d in use, %d quarantined (reusable), %d free; LAN %d-%d: %d in use, %d free\n",
+			p.WAN.MinPort, p.WAN.MaxPort, p.WAN.InUse, p.WAN.Quarantined, p.WAN.Free,
+			p.LAN.MinPort, p.LAN.MaxPort, p.LAN.InUse, p.LAN.Free+p.LAN.Quarantined)
+		if p.Capacity.Warning != "" {
+			fmt.Fprintf(w, "WARNING: %s\n", p.Capacity.Warning)
+		}
 	}
 }

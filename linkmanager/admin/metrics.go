@@ -124,12 +124,14 @@ var (
 		"Calls whose provider-leg media never arrived (the far end's RTP won the NAT race) and that were moved to a fresh port and re-INVITEd.", nil, nil)
 	descPorts = prometheus.NewDesc("linkmanager_port_pool_pairs",
 		"RTP/RTCP port pairs of the relay pools, by pool and state.", []string{"pool", "state"}, nil)
+	descCapacity = prometheus.NewDesc("linkmanager_calls_capacity",
+		"Calls the relay's port pools hold at once (alert on linkmanager_calls_active / linkmanager_calls_capacity).", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity} {
 		ch <- d
 	}
 }
@@ -187,6 +189,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descPorts, float64(p.c.Quarantined), p.name, "quarantined")
 		gauge(descPorts, float64(p.c.Free), p.name, "free")
 	}
+	gauge(descCapacity, float64(s.Media.Pools.MaxSessions()))
 }
 
 func boolFloat(b bool) float64 {

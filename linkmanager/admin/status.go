@@ -4,6 +4,8 @@
 package admin
 
 import (
+	"fmt"
+	"math"
 	"time"
 
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
@@ -81,10 +83,49 @@ type Flow struct {
 	Dropped uint64  `json:"dropped"`
 }
 
-// PortStatus is the relay pools' usage, in RTP/RTCP pairs.
+// PortStatus is the relay pools' usage, in RTP/RTCP pairs, and what it
+// means in calls.
 type PortStatus struct {
-	LAN rtpbridge.PoolCounts `json:"lan"`
-	WAN rtpbridge.PoolCounts `json:"internet"`
+	LAN      rtpbridge.PoolCounts `json:"lan"`
+	WAN      rtpbridge.PoolCounts `json:"internet"`
+	Capacity Capacity             `json:"capacity"`
+}
+
+// CapacityWarn is the share of the relay's call capacity in use at which
+// /status warns and the daemon logs a warning.
+const CapacityWarn = 0.9
+
+// Capacity is how many calls the relay pools hold and how many are up.
+type Capacity struct {
+	Calls   int     `json:"calls"`
+	Max     int     `json:"max_calls"`
+	Percent float64 `json:"percent"`
+	Warning string  `json:"warning,omitempty"` // set from CapacityWarn up
+}
+
+// CapacityOf is the relay's capacity in calls. Quarantined pairs count as
+// available: a new call takes one over when no pair is free. The warning
+// names the pool that bounds it and how to widen it.
+func CapacityOf(c rtpbridge.BridgeCounts) Capacity {
+	cp := Capacity{Calls: c.Sessions, Max: c.MaxSessions()}
+	if cp.Max > 0 {
+		cp.Percent = math.Round(1000*float64(cp.Calls)/float64(cp.Max)) / 10
+	}
+	if cp.Max == 0 || float64(cp.Calls) < CapacityWarn*float64(cp.Max) {
+		return cp
+	}
+	lan, p := c.Limit()
+	field, forward := "rtp.port_min and rtp.port_max", " and the router's port forward to match (`linkmanager firewall` prints it)"
+	if lan {
+		field, forward = "rtp.lan_port_min and rtp.lan_port_max", ""
+	}
+	perCall := 2
+	if c.Shared {
+		perCall = 4
+	}
+	cp.Warning = fmt.Sprintf("relay ports %.0f %% used (%d of %d calls): widen %s (now %d-%d, %d ports per call)%s",
+		cp.Percent, cp.Calls, cp.Max, field, p.MinPort, p.MaxPort, perCall, forward)
+	return cp
 }
 
 func flowOf(d rtpbridge.Direction) Flow {
@@ -165,7 +206,7 @@ func status(s Snapshot) Status {
 		st.Calls = callStatus(s.Calls.Calls)
 	}
 	if s.Media != nil {
-		st.Ports = &PortStatus{LAN: s.Media.Pools.LAN, WAN: s.Media.Pools.WAN}
+		st.Ports = &PortStatus{LAN: s.Media.Pools.LAN, WAN: s.Media.Pools.WAN, Capacity: CapacityOf(s.Media.Pools)}
 	}
 	return st
 }

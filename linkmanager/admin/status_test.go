@@ -1,0 +1,59 @@
+package admin
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/linkmanager/linkmanager/rtpbridge"
+)
+
+func TestCapacityOf(t *testing.T) {
+	wan := rtpbridge.PoolCounts{Pairs: 500, MinPort: 55000, MaxPort: 56000}
+	lan := rtpbridge.PoolCounts{Pairs: 500, MinPort: 40000, MaxPort: 41000}
+	small := rtpbridge.PoolCounts{Pairs: 100, MinPort: 40000, MaxPort: 40199}
+	for _, tc := range []struct {
+		name    string
+		c       rtpbridge.BridgeCounts
+		max     int
+		percent float64
+		warn    []string // all in the warning; nil: no warning
+	}{
+		{"idle", rtpbridge.BridgeCounts{LAN: lan, WAN: wan}, 500, 0, nil},
+		{"just below", rtpbridge.BridgeCounts{LAN: lan, WAN: wan, Sessions: 449}, 500, 89.8, nil},
+		{"at 90 %", rtpbridge.BridgeCounts{LAN: lan, WAN: wan, Sessions: 450}, 500, 90,
+			[]string{"90 % used (450 of 500 calls)", "rtp.port_min and rtp.port_max", "55000-56000", "2 ports per call", "linkmanager firewall"}},
+		{"full", rtpbridge.BridgeCounts{LAN: lan, WAN: wan, Sessions: 500}, 500, 100, []string{"100 % used"}},
+		{"LAN pool smaller", rtpbridge.BridgeCounts{LAN: small, WAN: wan, Sessions: 95}, 100, 95,
+			[]string{"rtp.lan_port_min and rtp.lan_port_max", "40000-40199"}},
+		{"shared pool", rtpbridge.BridgeCounts{LAN: wan, WAN: wan, Shared: true, Sessions: 230}, 250, 92,
+			[]string{"230 of 250", "4 ports per call"}},
+		{"no pool", rtpbridge.BridgeCounts{}, 0, 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cp := CapacityOf(tc.c)
+			if cp.Max != tc.max || cp.Calls != tc.c.Sessions || cp.Percent != tc.percent {
+				t.Fatalf("%+v, want %d of %d (%v %%)", cp, tc.c.Sessions, tc.max, tc.percent)
+			}
+			if (cp.Warning != "") != (tc.warn != nil) {
+				t.Fatalf("warning %q, want one: %v", cp.Warning, tc.warn != nil)
+			}
+			for _, w := range tc.warn {
+				if !strings.Contains(cp.Warning, w) {
+					t.Errorf("warning %q lacks %q", cp.Warning, w)
+				}
+			}
+			if tc.name == "LAN pool smaller" && strings.Contains(cp.Warning, "firewall") {
+				t.Errorf("LAN pool warning %q asks for a router forward", cp.Warning)
+			}
+		})
+	}
+}
+
+// status carries the capacity of the snapshot's pools.
+func TestStatusCapacity(t *testing.T) {
+	wan := rtpbridge.PoolCounts{Pairs: 10, InUse: 9, Free: 1, MinPort: 55000, MaxPort: 55019}
+	st := status(Snapshot{Media: &MediaCounts{Pools: rtpbridge.BridgeCounts{LAN: wan, WAN: wan, Sessions: 9}}})
+	if st.Ports == nil || st.Ports.Capacity.Max != 10 || st.Ports.Capacity.Calls != 9 || st.Ports.Capacity.Warning == "" {
+		t.Fatalf("ports %+v", st.Ports)
+	}
+}

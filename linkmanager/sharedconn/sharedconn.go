@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -50,6 +51,9 @@ type Conn struct {
 	returned  atomic.Int64 // c.now() in Unix ns when ReadFrom last returned a message
 
 	stats counters
+	// errLog lets one absorbed read error a while be logged: a socket
+	// that keeps failing must not fill the disk over months.
+	errLog rate.Sometimes
 }
 
 // udpConn is the part of *net.UDPConn Conn uses; tests inject
@@ -99,6 +103,7 @@ func New(conn udpConn, log *zap.Logger, now func() time.Time) *Conn {
 		lastSent: make(map[netip.AddrPort]time.Time),
 		now:      now,
 		ready:    make(chan struct{}),
+		errLog:   rate.Sometimes{Interval: 10 * time.Second},
 	}
 }
 
@@ -178,8 +183,8 @@ func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
 			}
 			// Anything else would kill sipgo's listener for good. Pause
 			// briefly so a persistent error cannot spin a core.
-			c.stats.readErrors.Add(1)
-			c.log.Warn("socket read error absorbed", zap.Error(err))
+			n := c.stats.readErrors.Add(1)
+			c.errLog.Do(func() { c.log.Warn("socket read error absorbed", zap.Error(err), zap.Uint64("read_errors", n)) })
 			backoff = min(max(2*backoff, time.Millisecond), 100*time.Millisecond)
 			time.Sleep(backoff)
 			continue

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func listenLoopback(t *testing.T) *net.UDPConn {
@@ -123,7 +125,8 @@ func TestSharedConnAbsorbsTransientReadErrors(t *testing.T) {
 	sock := listenLoopback(t)
 	flaky := &flakyConn{UDPConn: sock}
 	flaky.failures.Store(5)
-	c := New(flaky, nil, nil)
+	core, logs := observer.New(zap.InfoLevel)
+	c := New(flaky, zap.New(core), nil)
 	peer := listenLoopback(t)
 	if _, err := peer.WriteTo([]byte("SIP/2.0 200 OK\r\n\r\n"), sock.LocalAddr()); err != nil {
 		t.Fatal(err)
@@ -136,6 +139,10 @@ func TestSharedConnAbsorbsTransientReadErrors(t *testing.T) {
 	}
 	if n := c.Stats().ReadErrors; n != 5 {
 		t.Errorf("ReadErrors = %d, want 5", n)
+	}
+	// One line for the burst, not one per error.
+	if n := logs.FilterMessage("socket read error absorbed").Len(); n != 1 {
+		t.Errorf("%d log lines for 5 read errors, want 1", n)
 	}
 	c.Close()
 	if _, _, err := readOne(t, c); !errors.Is(err, net.ErrClosed) {

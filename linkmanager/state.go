@@ -54,7 +54,8 @@ func (s *Server) Snapshot() admin.Snapshot {
 			continue
 		}
 		st := sc.c.Stats()
-		snap.Sockets = append(snap.Sockets, admin.SocketDrops{Name: sc.name, Source: st.DroppedSource, Rejected: st.Rejected, Malformed: st.DroppedMalformed})
+		snap.Sockets = append(snap.Sockets, admin.SocketDrops{Name: sc.name, Source: st.DroppedSource, Rejected: st.Rejected, Malformed: st.DroppedMalformed,
+			LargeSent: st.LargeSent})
 	}
 	if s.b2bua != nil {
 		calls := s.b2bua.Snapshot()

@@ -33,7 +33,7 @@ func TestStatusCommand(t *testing.T) {
 		Calls: []admin.CallStatus{{Direction: "inbound", From: "0301234567", To: "4930123456", Trunk: "provider",
 			Answered: true, Duration: 12, Codec: "PCMA", OneWay: true}},
 		Ports: &admin.PortStatus{WAN: rtpbridge.PoolCounts{Pairs: 500, InUse: 460, Free: 40, MinPort: 55000, MaxPort: 56000},
-			LAN: rtpbridge.PoolCounts{Pairs: 500, InUse: 460, Free: 40, MinPort: 40000, MaxPort: 41000},
+			LAN:      rtpbridge.PoolCounts{Pairs: 500, InUse: 460, Free: 40, MinPort: 40000, MaxPort: 41000},
 			Capacity: admin.Capacity{Calls: 460, Max: 500, Percent: 92, Warning: "relay ports 92 % used (460 of 500 calls): widen rtp.port_min and rtp.port_max"}}}
 	var out, errOut bytes.Buffer
 	if code := cmdStatus([]string{"--admin", adminStub(t, ready)}, &out, &errOut); code != 0 {

@@ -124,6 +124,8 @@ var (
 		"Calls whose provider-leg media never arrived (the far end's RTP won the NAT race) and that were moved to a fresh port and re-INVITEd.", nil, nil)
 	descPorts = prometheus.NewDesc("linkmanager_port_pool_pairs",
 		"RTP/RTCP port pairs of the relay pools, by pool and state.", []string{"pool", "state"}, nil)
+	descLargeSent = prometheus.NewDesc("linkmanager_sip_large_sent_total",
+		"SIP messages sent over UDP above 1300 bytes (RFC 3261 wants TCP there; IP fragments them), by socket.", []string{"socket"}, nil)
 	descCapacity = prometheus.NewDesc("linkmanager_calls_capacity",
 		"Calls the relay's port pools hold at once (alert on linkmanager_calls_active / linkmanager_calls_capacity).", nil, nil)
 )
@@ -131,7 +133,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent} {
 		ch <- d
 	}
 }
@@ -156,6 +158,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descSIPDropped, float64(sc.Source), sc.Name, "source_not_allowed")
 		counter(descSIPDropped, float64(sc.Malformed), sc.Name, "malformed")
 		counter(descSIPRejected, float64(sc.Rejected), sc.Name)
+		counter(descLargeSent, float64(sc.LargeSent), sc.Name)
 	}
 	if s.Calls == nil || s.Media == nil {
 		return

@@ -165,6 +165,7 @@ type SocketDrops struct {
 	Source    uint64 // from an address not allowed
 	Rejected  uint64 // of those, answered with a stateless 403
 	Malformed uint64
+	LargeSent uint64 // SIP messages sent above sharedconn.LargeDatagram bytes
 }
 
 // MediaCounts is the relay's own counters.

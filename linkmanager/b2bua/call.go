@@ -310,7 +310,8 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	otx, err := b.send(octx, out, invite)
 	if err != nil {
 		b.finish(c, "invite send failed: "+err.Error())
-		b.reply(tx, req, in_, sip.StatusServiceUnavailable, "Service Unavailable", nil)
+		code, reason := sendStatus(err)
+		b.reply(tx, req, in_, code, reason, nil)
 		return
 	}
 	authed := false
@@ -415,7 +416,8 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				otx.Terminate()
 				if otx, err = b.send(octx, out, invite); err != nil {
 					b.finish(c, "invite send failed: "+err.Error())
-					b.reply(tx, req, in_, sip.StatusServiceUnavailable, "Service Unavailable", nil)
+					code, reason := sendStatus(err)
+					b.reply(tx, req, in_, code, reason, nil)
 					return
 				}
 			default:

@@ -3,6 +3,8 @@ package b2bua
 import (
 	"errors"
 
+	"github.com/emiago/sipgo/sip"
+
 	"github.com/linkmanager/linkmanager/linkmanager/sdp"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
@@ -27,4 +29,15 @@ func statusFor(err error) (int, string) {
 	default:
 		return 500, "Server Internal Error"
 	}
+}
+
+// sendStatus is what the caller gets when its INVITE could not be sent on:
+// 513 when sipgo refused the relayed message as too large for UDP (above
+// sip.UDPMTUSize-200 bytes; there is no TCP transport yet, RFC 3261
+// §18.1.1), 503 otherwise.
+func sendStatus(err error) (int, string) {
+	if errors.Is(err, sip.ErrUDPMTUCongestion) {
+		return 513, "Message Too Large"
+	}
+	return 503, "Service Unavailable"
 }

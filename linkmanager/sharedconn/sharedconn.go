@@ -5,6 +5,7 @@ package sharedconn
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -52,8 +53,9 @@ type Conn struct {
 
 	stats counters
 	// errLog lets one absorbed read error a while be logged: a socket
-	// that keeps failing must not fill the disk over months.
-	errLog rate.Sometimes
+	// that keeps failing must not fill the disk over months; largeLog the
+	// same for large datagrams sent.
+	errLog, largeLog rate.Sometimes
 }
 
 // udpConn is the part of *net.UDPConn Conn uses; tests inject
@@ -73,6 +75,7 @@ type counters struct {
 	droppedSource, droppedMalformed           atomic.Uint64
 	rejected                                  atomic.Uint64
 	readErrors, writeErrors                   atomic.Uint64
+	largeSent                                 atomic.Uint64
 }
 
 // Stats is a snapshot of what the socket saw.
@@ -86,7 +89,14 @@ type Stats struct {
 	DroppedMalformed uint64 // datagrams that are neither SIP nor STUN
 	ReadErrors       uint64 // transient read errors absorbed
 	WriteErrors      uint64
+	LargeSent        uint64 // datagrams over LargeDatagram bytes: IP fragments them
 }
+
+// LargeDatagram is RFC 3261 §18.1.1's limit for SIP over UDP: above it a
+// message should go over TCP, which linkmanager does not speak yet, so it
+// goes as UDP, which IP fragments; a router or firewall on the way that
+// drops fragments loses it.
+const LargeDatagram = 1300
 
 // New wraps conn. The now func is injectable for tests; nil means
 // time.Now.
@@ -104,6 +114,7 @@ func New(conn udpConn, log *zap.Logger, now func() time.Time) *Conn {
 		now:      now,
 		ready:    make(chan struct{}),
 		errLog:   rate.Sometimes{Interval: 10 * time.Second},
+		largeLog: rate.Sometimes{Interval: time.Hour},
 	}
 }
 
@@ -152,7 +163,7 @@ func (c *Conn) Stats() Stats {
 		SIPIn: s.sipIn.Load(), STUNIn: s.stunIn.Load(), STUNUnmatched: s.stunUnmatched.Load(),
 		KeepalivesIn: s.keepaliveIn.Load(), DroppedSource: s.droppedSource.Load(), Rejected: s.rejected.Load(),
 		DroppedMalformed: s.droppedMalformed.Load(), ReadErrors: s.readErrors.Load(),
-		WriteErrors: s.writeErrors.Load(),
+		WriteErrors: s.writeErrors.Load(), LargeSent: s.largeSent.Load(),
 	}
 }
 
@@ -252,6 +263,13 @@ func (c *Conn) Send(b []byte, dst netip.AddrPort) error {
 	c.mu.Lock()
 	c.lastSent[dst] = c.now()
 	c.mu.Unlock()
+	if len(b) > LargeDatagram {
+		n := c.stats.largeSent.Add(1)
+		c.largeLog.Do(func() {
+			c.log.Warn(fmt.Sprintf("sent a %d-byte SIP message over UDP: above %d bytes IP fragments it, and a router or provider that drops fragments loses it (calls time out); trim the PBX's codec list if calls to this peer fail", len(b), LargeDatagram),
+				zap.Stringer("dst", dst), zap.Uint64("large_sent", n))
+		})
+	}
 	if f := c.onSend.Load(); f != nil {
 		(*f)(dst)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -238,4 +239,31 @@ func TestSharedConnListeningBetweenReads(t *testing.T) {
 	}
 	c.Close()
 	<-done
+}
+
+// A SIP message over RFC 3261's UDP limit is sent (there is no TCP yet)
+// but counted, and logged once, not once per message.
+func TestSharedConnCountsLargeDatagrams(t *testing.T) {
+	sock := listenLoopback(t)
+	core, logs := observer.New(zap.InfoLevel)
+	c := New(sock, zap.New(core), nil)
+	defer c.Close()
+	peer := listenLoopback(t)
+	dst := peer.LocalAddr().(*net.UDPAddr).AddrPort()
+	for _, size := range []int{LargeDatagram, LargeDatagram + 1, 4000} {
+		if err := c.Send(make([]byte, size), dst); err != nil {
+			t.Fatalf("send %d bytes: %v", size, err)
+		}
+		buf := make([]byte, 8192)
+		_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, _, err := peer.ReadFrom(buf); err != nil || n != size {
+			t.Fatalf("peer got %d bytes (%v), want %d", n, err, size)
+		}
+	}
+	if n := c.Stats().LargeSent; n != 2 {
+		t.Errorf("LargeSent = %d, want 2 (the %d-byte one is within the limit)", n, LargeDatagram)
+	}
+	if l := logs.FilterMessageSnippet("SIP message over UDP").All(); len(l) != 1 || !strings.Contains(l[0].Message, "1301-byte") {
+		t.Errorf("log lines %v, want one naming the first large message", l)
+	}
 }

@@ -126,6 +126,13 @@ var (
 		"RTP/RTCP port pairs of the relay pools, by pool and state.", []string{"pool", "state"}, nil)
 	descLargeSent = prometheus.NewDesc("linkmanager_sip_large_sent_total",
 		"SIP messages sent over UDP above 1300 bytes (RFC 3261 wants TCP there; IP fragments them), by socket.", []string{"socket"}, nil)
+	descNATVerdict = prometheus.NewDesc("linkmanager_nat_verdict",
+		"The last NAT self-test (RFC 5780): 1 for its verdict and behaviours; works is 1 when a remote that does not latch reaches the relay without a port forward.",
+		[]string{"verdict", "mapping", "filtering", "hairpin"}, nil)
+	descNATWorks = prometheus.NewDesc("linkmanager_nat_works",
+		"1 when the last NAT self-test says inbound media works without a port forward, 0 when it needs one (absent before the first test).", nil, nil)
+	descNATTests = prometheus.NewDesc("linkmanager_nat_tests_total",
+		"NAT self-tests run (at start and after each public address change).", nil, nil)
 	descCapacity = prometheus.NewDesc("linkmanager_calls_capacity",
 		"Calls the relay's port pools hold at once (alert on linkmanager_calls_active / linkmanager_calls_capacity).", nil, nil)
 )
@@ -133,7 +140,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests} {
 		ch <- d
 	}
 }
@@ -154,6 +161,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descSTUNRTT, s.STUN.LastRTT.Seconds())
 	counter(descSTUNRequests, float64(s.STUN.Requests))
 	counter(descSTUNFailures, float64(s.STUN.Timeouts))
+	counter(descNATTests, float64(s.NATTests))
+	if r := s.NATTest; r != nil {
+		gauge(descNATVerdict, 1, string(r.Verdict), string(r.Mapping), string(r.Filtering), string(r.Hairpin))
+		gauge(descNATWorks, boolFloat(r.Works()))
+	}
 	for _, sc := range s.Sockets {
 		counter(descSIPDropped, float64(sc.Source), sc.Name, "source_not_allowed")
 		counter(descSIPDropped, float64(sc.Malformed), sc.Name, "malformed")

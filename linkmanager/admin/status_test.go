@@ -1,10 +1,12 @@
 package admin
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/linkmanager/linkmanager/rtpbridge"
+	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
 func TestCapacityOf(t *testing.T) {
@@ -55,5 +57,52 @@ func TestStatusCapacity(t *testing.T) {
 	st := status(Snapshot{Media: &MediaCounts{Pools: rtpbridge.BridgeCounts{LAN: wan, WAN: wan, Sessions: 9}}})
 	if st.Ports == nil || st.Ports.Capacity.Max != 10 || st.Ports.Capacity.Calls != 9 || st.Ports.Capacity.Warning == "" {
 		t.Fatalf("ports %+v", st.Ports)
+	}
+}
+
+type snapSource struct{ s Snapshot }
+
+func (f snapSource) Ready() (bool, string) { return true, "" }
+func (f snapSource) Snapshot() Snapshot    { return f.s }
+
+// gather scrapes src and returns each sample as "name{k=v,...} value".
+func gather(t *testing.T, src Source) map[string]float64 {
+	t.Helper()
+	mfs, err := registry(src, NewMetrics()).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			out[mf.GetName()+"{"+strings.Join(labels, ",")+"}"] = v
+		}
+	}
+	return out
+}
+
+// The NAT self-test is a metric too (issue 11): absent before the first
+// test, then its verdict, whether it works without a forward, and how many
+// tests ran.
+func TestNATMetrics(t *testing.T) {
+	before := gather(t, snapSource{})
+	if _, ok := before["linkmanager_nat_works{}"]; ok {
+		t.Error("linkmanager_nat_works exported before any NAT test")
+	}
+	rep := &stunkeeper.NATReport{Verdict: stunkeeper.VerdictSymmetric, Mapping: stunkeeper.AddressPortDependent,
+		Filtering: stunkeeper.AddressPortDependent, Hairpin: stunkeeper.HairpinNo}
+	got := gather(t, snapSource{Snapshot{NATTest: rep, NATTests: 3}})
+	key := fmt.Sprintf("linkmanager_nat_verdict{filtering=%s,hairpin=%s,mapping=%s,verdict=%s}", rep.Filtering, rep.Hairpin, rep.Mapping, rep.Verdict)
+	if got[key] != 1 || got["linkmanager_nat_works{}"] != 0 || got["linkmanager_nat_tests_total{}"] != 3 {
+		t.Fatalf("NAT metrics after a symmetric verdict: %s=%v works=%v tests=%v\n%v", key, got[key],
+			got["linkmanager_nat_works{}"], got["linkmanager_nat_tests_total{}"], got)
+	}
+	if _, ok := got["linkmanager_nat_works{}"]; !ok {
+		t.Fatal("linkmanager_nat_works missing after a test")
 	}
 }

@@ -59,6 +59,12 @@ func TestNATVerdictInTheDaemon(t *testing.T) {
 			if nt == nil || nt["verdict"] != tc.verdict || nt["works"] != tc.works {
 				t.Errorf("/status nat_test = %v; want verdict %q, works %v", nt, tc.verdict, tc.works)
 			}
+			if m, err := l.AdminGet("/metrics"); err != nil {
+				t.Errorf("/metrics: %v", err)
+			} else if w, want := metricValue(m, "linkmanager_nat_works"), map[bool]float64{true: 1, false: 0}[tc.works]; w != want ||
+				!strings.Contains(m, "\nlinkmanager_nat_works ") || metricValue(m, "linkmanager_nat_tests_total") < 1 {
+				t.Errorf("linkmanager_nat_works = %v, want %v; nat tests %v", w, want, metricValue(m, "linkmanager_nat_tests_total"))
+			}
 			stopDaemon(t, d)
 		})
 	}

@@ -65,6 +65,30 @@ func TestNATVerdictInTheDaemon(t *testing.T) {
 				!strings.Contains(m, "\nlinkmanager_nat_works ") || metricValue(m, "linkmanager_nat_tests_total") < 1 {
 				t.Errorf("linkmanager_nat_works = %v, want %v; nat tests %v", w, want, metricValue(m, "linkmanager_nat_tests_total"))
 			}
+			// The trunk's address views (issue 11 item 4): behind the
+			// symmetric router the registrar and STUN see different ports,
+			// and /status says what that means; behind the cone they agree.
+			var addrs map[string]any
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				st := l.statusJSON(t)
+				if trunks, _ := st["trunks"].([]any); len(trunks) == 1 {
+					tr, _ := trunks[0].(map[string]any)
+					addrs, _ = tr["addresses"].(map[string]any)
+					if tr["registered"] == true && addrs["registrar_sees"] != nil && addrs["stun_sees"] != nil {
+						break
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no registered trunk with both address views in /status within 30 s: %v", addrs)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			note, _ := addrs["note"].(string)
+			t.Logf("trunk addresses: %v", addrs)
+			if tc.works && note != "" || !tc.works && !strings.Contains(note, "symmetric") {
+				t.Errorf("trunk addresses %v: want a note naming a symmetric NAT only behind one", addrs)
+			}
 			stopDaemon(t, d)
 		})
 	}

@@ -83,6 +83,8 @@ func TestAdminAPI(t *testing.T) {
 	if len(st.Trunks) != 1 || !st.Trunks[0].Registered || st.Trunks[0].Contact == "" || st.Trunks[0].PublicSrc != "registrar" ||
 		st.Ports == nil || st.Ports.WAN.Free != 100 || st.Ports.Capacity.Max != 100 || st.Ports.Capacity.Calls != 0 || st.Public == "" {
 		t.Errorf("status = %+v", st)
+	} else if a := st.Trunks[0].Addresses; a.Registrar != st.Trunks[0].Public || a.Contact != st.Trunks[0].Contact || !strings.HasPrefix(st.Public, a.SDP+":") {
+		t.Errorf("trunk addresses %+v: want the registrar's view %s, Contact %s, SDP %s", a, st.Trunks[0].Public, st.Trunks[0].Contact, st.Public)
 	}
 
 	// Browsers are refused: DNS rebinding and cross-site requests.

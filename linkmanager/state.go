@@ -5,6 +5,7 @@ import (
 
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
 	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
+	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
 // Ready reports whether the daemon can carry calls: the SIP socket is
@@ -39,6 +40,18 @@ func (s *Server) Snapshot() admin.Snapshot {
 	snap.Ready, snap.Reason = s.Ready()
 	if m, ok := s.keeper.Public(); ok {
 		snap.Public = m
+	}
+	// The STUN view: Public when it came from STUN (the keeper prefers
+	// its primary server, so this is steady behind a symmetric NAT), else
+	// the freshest STUN answer left.
+	if snap.Public.Source != stunkeeper.SourceRegistrar {
+		snap.STUNView = snap.Public
+	} else {
+		for _, o := range s.keeper.Observations() {
+			if o.Source != stunkeeper.SourceRegistrar && o.At.After(snap.STUNView.At) {
+				snap.STUNView = o
+			}
+		}
 	}
 	if s.natw != nil {
 		if r, n, ok := s.natw.Last(); ok {

@@ -103,6 +103,12 @@ func printStatus(w io.Writer, st admin.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, reg, t.Contact, t.Keepalive, t.LastError)
 	}
 	tw.Flush()
+	for _, t := range st.Trunks {
+		if a := t.Addresses; a.Note != "" {
+			fmt.Fprintf(w, "%s: registrar sees %s, STUN sees %s, Contact uses %s, SDP uses %s\n  %s\n",
+				t.Name, orUnknown(a.Registrar), orUnknown(a.STUN), orUnknown(a.Contact), orUnknown(a.SDP), a.Note)
+		}
+	}
 	fmt.Fprintf(w, "\n%d call(s)\n", len(st.Calls))
 	if len(st.Calls) > 0 {
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -129,4 +135,11 @@ func printStatus(w io.Writer, st admin.Status) {
 			fmt.Fprintf(w, "WARNING: %s\n", p.Capacity.Warning)
 		}
 	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "?"
+	}
+	return s
 }

@@ -29,7 +29,8 @@ func adminStub(t *testing.T, st admin.Status) string {
 func TestStatusCommand(t *testing.T) {
 	ready := admin.Status{Ready: true, Public: "198.51.100.1:65002", PublicSrc: "stun", NAT: "endpoint-independent",
 		Trunks: []admin.TrunkStatus{{Name: "provider", Register: true, Registered: true, Since: time.Now().Add(-time.Minute),
-			Contact: "198.51.100.1:65002", Keepalive: "stun"}},
+			Contact: "198.51.100.1:65002", Keepalive: "stun", Addresses: admin.AddrView{Registrar: "198.51.100.1:65002",
+				STUN: "198.51.100.1:40123", Contact: "198.51.100.1:65002", SDP: "198.51.100.1", Note: "the router maps per destination"}}},
 		Calls: []admin.CallStatus{{Direction: "inbound", From: "0301234567", To: "4930123456", Trunk: "provider",
 			Answered: true, Duration: 12, Codec: "PCMA", OneWay: true}},
 		Ports: &admin.PortStatus{WAN: rtpbridge.PoolCounts{Pairs: 500, InUse: 460, Free: 40, MinPort: 55000, MaxPort: 56000},
@@ -41,7 +42,8 @@ func TestStatusCommand(t *testing.T) {
 	}
 	for _, want := range []string{"linkmanager: ready", "198.51.100.1:65002 (from stun)", "endpoint-independent",
 		"provider", "yes, 1m0s", "ONE-WAY AUDIO", "PCMA", "relay capacity: 460 of 500 calls (92.0 %)",
-		"internet 55000-56000: 460 in use", "WARNING: relay ports 92 % used"} {
+		"internet 55000-56000: 460 in use", "WARNING: relay ports 92 % used",
+		"provider: registrar sees 198.51.100.1:65002, STUN sees 198.51.100.1:40123", "the router maps per destination"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())
 		}

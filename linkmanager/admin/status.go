@@ -6,6 +6,7 @@ package admin
 import (
 	"fmt"
 	"math"
+	"net/netip"
 	"time"
 
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
@@ -57,6 +58,44 @@ type TrunkStatus struct {
 	PublicSrc  string    `json:"public_addr_source,omitempty"`
 	Keepalive  string    `json:"keepalive"`
 	Failures   int       `json:"consecutive_failures"`
+	Addresses  AddrView  `json:"addresses"`
+}
+
+// AddrView is, for one trunk, what each party sees of our public address
+// and which of them we hand out, so that a mismatch behind a NAT that maps
+// per destination is visible rather than a mystery.
+type AddrView struct {
+	Registrar string `json:"registrar_sees,omitempty"` // Via received/rport in the registrar's answers
+	STUN      string `json:"stun_sees,omitempty"`      // the freshest STUN answer
+	Contact   string `json:"contact_uses,omitempty"`   // the registered Contact
+	SDP       string `json:"sdp_uses,omitempty"`       // the IP our SDP carries (its ports are the relay's)
+	Note      string `json:"note,omitempty"`           // set when they disagree: what it means
+}
+
+// addrView compares the views; zero addresses are unknown.
+func addrView(registrar, stun, contact, sdp netip.AddrPort) AddrView {
+	str := func(a netip.AddrPort) string {
+		if a.IsValid() {
+			return a.String()
+		}
+		return ""
+	}
+	v := AddrView{Registrar: str(registrar), STUN: str(stun), Contact: str(contact)}
+	if sdp.IsValid() {
+		v.SDP = sdp.Addr().String()
+	}
+	switch {
+	case registrar.IsValid() && stun.IsValid() && registrar.Addr() != stun.Addr():
+		v.Note = fmt.Sprintf("the registrar sees %s but STUN sees %s: two public IPs (two uplinks, or a carrier-grade NAT); "+
+			"the provider answers where it sees us, so signalling works, but media to %s may not", registrar.Addr(), stun.Addr(), sdp.Addr())
+	case registrar.IsValid() && stun.IsValid() && registrar != stun:
+		v.Note = fmt.Sprintf("the registrar sees port %d but STUN sees %d: the router maps per destination (symmetric NAT); "+
+			"signalling works on the registrar's flow, and inbound media needs the remote to latch or a port forward of the RTP pool (run `linkmanager nat-test`)",
+			registrar.Port(), stun.Port())
+	case contact.IsValid() && registrar.IsValid() && contact != registrar:
+		v.Note = fmt.Sprintf("the registered Contact %s is not where the registrar sees us (%s): the next refresh moves it", contact, registrar)
+	}
+	return v
 }
 
 // CallStatus is one active call.
@@ -144,7 +183,8 @@ type Snapshot struct {
 	Ready    bool
 	Reason   string
 	Draining bool
-	Public   stunkeeper.Mapping // zero when unknown
+	Public   stunkeeper.Mapping // zero when unknown; what our SDP and Via carry
+	STUNView stunkeeper.Mapping // the freshest STUN answer; zero when none
 	NAT      string
 	// NATTest is the last self-test, nil before the first (or without
 	// STUN servers); NATAdvice its advice for the configured RTP pool.
@@ -201,6 +241,11 @@ func status(s Snapshot) Status {
 		} else if s.Public.Addr.IsValid() {
 			ts.Public, ts.PublicSrc = s.Public.Addr.String(), string(s.Public.Source)
 		}
+		var contact netip.AddrPort
+		if r.Registered {
+			contact = r.Contact
+		}
+		ts.Addresses = addrView(r.Public, s.STUNView.Addr, contact, s.Public.Addr)
 		st.Trunks = append(st.Trunks, ts)
 	}
 	if s.Calls != nil {

@@ -2,9 +2,11 @@ package admin
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
 )
@@ -104,5 +106,40 @@ func TestNATMetrics(t *testing.T) {
 	}
 	if _, ok := got["linkmanager_nat_works{}"]; !ok {
 		t.Fatal("linkmanager_nat_works missing after a test")
+	}
+}
+
+func TestAddrView(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	pub, pub2, other := ap("198.51.100.1:65002"), ap("198.51.100.1:40123"), ap("203.0.113.9:65002")
+	for _, tc := range []struct {
+		name                     string
+		registrar, stun, contact netip.AddrPort
+		note                     string // substring; "" = no note
+	}{
+		{"all agree", pub, pub, pub, ""},
+		{"unknown is no disagreement", netip.AddrPort{}, pub, netip.AddrPort{}, ""},
+		{"symmetric", pub, pub2, pub, "maps per destination (symmetric NAT)"},
+		{"two public IPs", pub, other, pub, "two public IPs"},
+		{"contact stale", pub, pub, pub2, "the next refresh moves it"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := addrView(tc.registrar, tc.stun, tc.contact, tc.stun)
+			if (v.Note == "") != (tc.note == "") || !strings.Contains(v.Note, tc.note) {
+				t.Fatalf("note %q, want %q", v.Note, tc.note)
+			}
+			if tc.registrar.IsValid() && v.Registrar != tc.registrar.String() || v.SDP != tc.stun.Addr().String() && tc.stun.IsValid() {
+				t.Fatalf("view %+v", v)
+			}
+		})
+	}
+	// In /status: the trunk's view next to the daemon's.
+	st := status(Snapshot{Public: stunkeeper.Mapping{Addr: pub2, Source: stunkeeper.SourceSTUN},
+		STUNView: stunkeeper.Mapping{Addr: pub2, Source: stunkeeper.SourceSTUN},
+		Trunks:   []trunk.RegStatus{{Trunk: "provider", Register: true, Registered: true, Contact: pub, Public: pub}}})
+	a := st.Trunks[0].Addresses
+	if a.Registrar != pub.String() || a.STUN != pub2.String() || a.Contact != pub.String() || a.SDP != pub2.Addr().String() ||
+		!strings.Contains(a.Note, "symmetric") {
+		t.Fatalf("trunk addresses %+v", a)
 	}
 }

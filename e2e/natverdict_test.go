@@ -71,7 +71,7 @@ func TestNATVerdictInTheDaemon(t *testing.T) {
 			var addrs map[string]any
 			deadline := time.Now().Add(30 * time.Second)
 			for {
-				st := l.statusJSON(t)
+				st = l.statusJSON(t)
 				if trunks, _ := st["trunks"].([]any); len(trunks) == 1 {
 					tr, _ := trunks[0].(map[string]any)
 					addrs, _ = tr["addresses"].(map[string]any)
@@ -86,6 +86,11 @@ func TestNATVerdictInTheDaemon(t *testing.T) {
 			}
 			note, _ := addrs["note"].(string)
 			t.Logf("trunk addresses: %v", addrs)
+			// The top-level public_addr is the provider's view (issue 9
+			// item 14), not the STUN server's.
+			if st["public_addr"] != addrs["registrar_sees"] {
+				t.Errorf("public_addr %v, want what the registrar sees, %v", st["public_addr"], addrs["registrar_sees"])
+			}
 			if tc.works && note != "" || !tc.works && !strings.Contains(note, "symmetric") {
 				t.Errorf("trunk addresses %v: want a note naming a symmetric NAT only behind one", addrs)
 			}

@@ -224,8 +224,18 @@ func status(s Snapshot) Status {
 			st.NATTest.Public = r.Public.String()
 		}
 	}
+	// The top-level address is the one the provider sees (issue 9 item 14):
+	// behind a NAT that maps per destination, the STUN server's view is
+	// a port the provider never sends to. The first trunk whose registrar
+	// reported one gives it; without one, the keeper's view.
 	if s.Public.Addr.IsValid() {
 		st.Public, st.PublicSrc = s.Public.Addr.String(), string(s.Public.Source)
+	}
+	for _, r := range s.Trunks {
+		if r.Public.IsValid() {
+			st.Public, st.PublicSrc = r.Public.String(), string(stunkeeper.SourceRegistrar)
+			break
+		}
 	}
 	for _, r := range s.Trunks {
 		ts := TrunkStatus{Name: r.Trunk, Register: r.Register, Registered: r.Registered, Since: r.Since,

@@ -137,6 +137,9 @@ func TestAddrView(t *testing.T) {
 	st := status(Snapshot{Public: stunkeeper.Mapping{Addr: pub2, Source: stunkeeper.SourceSTUN},
 		STUNView: stunkeeper.Mapping{Addr: pub2, Source: stunkeeper.SourceSTUN},
 		Trunks:   []trunk.RegStatus{{Trunk: "provider", Register: true, Registered: true, Contact: pub, Public: pub}}})
+	if st.Public != pub.String() || st.PublicSrc != "registrar" {
+		t.Errorf("top-level public_addr %s from %s, want the registrar's view %s", st.Public, st.PublicSrc, pub)
+	}
 	a := st.Trunks[0].Addresses
 	if a.Registrar != pub.String() || a.STUN != pub2.String() || a.Contact != pub.String() || a.SDP != pub2.Addr().String() ||
 		!strings.Contains(a.Note, "symmetric") {

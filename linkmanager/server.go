@@ -189,15 +189,22 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	if err != nil {
 		return fmt.Errorf("linkmanager: media relay: %w", err)
 	}
+	// Calls the providers offer hold a relay pair from their INVITE on;
+	// unanswered, at most a quarter of the pool per trunk and half in
+	// total, so an INVITE flood from a forged provider address leaves the
+	// PBX's calls their pairs (issue 9 item 7).
+	capacity := media.Counts().MaxSessions()
 	b, err = b2bua.New(b2bua.Config{
-		Logger:      log.Named("call"),
-		LAN:         b2bua.Side{Client: client, Contact: func() netip.AddrPort { return lanAddr }},
-		WAN:         b2bua.Side{Client: s.client, Contact: wanContact},
-		PBX:         pbx,
-		Router:      s,
-		Media:       bridgeMedia{b: media, watch: &capacityWatch{log: log.Named("media")}},
-		RingTimeout: opts.RingTimeout,
-		OnCallEnded: s.metrics.CallEnded,
+		MaxRingingPerTrunk: max(capacity/4, 1),
+		MaxRinging:         max(capacity/2, 1),
+		Logger:             log.Named("call"),
+		LAN:                b2bua.Side{Client: client, Contact: func() netip.AddrPort { return lanAddr }},
+		WAN:                b2bua.Side{Client: s.client, Contact: wanContact},
+		PBX:                pbx,
+		Router:             s,
+		Media:              bridgeMedia{b: media, watch: &capacityWatch{log: log.Named("media")}},
+		RingTimeout:        opts.RingTimeout,
+		OnCallEnded:        s.metrics.CallEnded,
 	})
 	if err != nil {
 		media.Close()

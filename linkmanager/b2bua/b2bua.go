@@ -93,6 +93,10 @@ type Config struct {
 	Media       Media
 	RingTimeout time.Duration   // 0: DefaultRingTimeout
 	OnCallEnded func(CallEnded) // optional; called without any lock held
+	// MaxRinging bounds the calls offered by the providers that are not
+	// answered yet, per trunk and in total, so that a flood of INVITEs
+	// cannot take every relay pair; more get 503. 0: no bound.
+	MaxRingingPerTrunk, MaxRinging int
 }
 
 // B2BUA bridges calls between the PBX and the providers. Each call has a
@@ -108,6 +112,7 @@ type B2BUA struct {
 	router      Router
 	ringTimeout time.Duration
 	onEnded     func(CallEnded)
+	ringing     *ringing
 
 	mu       sync.Mutex
 	calls    map[string]*call       // guarded by mu; by the Call-ID of either leg
@@ -129,6 +134,7 @@ func New(cfg Config) (*B2BUA, error) {
 		router:      cfg.Router,
 		media:       cfg.Media,
 		onEnded:     cfg.OnCallEnded,
+		ringing:     newRinging(cfg.MaxRingingPerTrunk, cfg.MaxRinging),
 		calls:       map[string]*call{},
 		changed:     make(chan struct{}),
 		lan:         &side{name: "pbx", leg: rtpbridge.LegA, client: cfg.LAN.Client, contact: cfg.LAN.Contact},
@@ -444,6 +450,17 @@ func (b *B2BUA) OnProviderInvite(in Inbound, req *sip.Request, tx sip.ServerTran
 	if f := req.From(); f != nil {
 		caller = f.Address.User
 	}
+	// bridge returns once the call is answered or has failed: until then
+	// it counts against the bound.
+	if !b.ringing.admit(in.Trunk) {
+		b.ringing.refusedLog.Do(func() {
+			b.log.Warn("inbound call refused: too many unanswered calls (a flood of INVITEs?)", zap.String("trunk", in.Trunk),
+				zap.Int("max_per_trunk", b.ringing.perTrunk), zap.Int("max_total", b.ringing.total))
+		})
+		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "10"))
+		return
+	}
+	defer b.ringing.release(in.Trunk)
 	pbx := b.pbx.Load()
 	lanIP := pbx.Listen.Addr().String()
 	b.bridge(b.wanFor(in.Contact), req, tx, bridgeParams{

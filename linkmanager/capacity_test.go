@@ -15,9 +15,11 @@ import (
 // one warning naming the fix; calls after it do not repeat it; once a new
 // call finds them below 80 %, the warning is over and can come again.
 func TestCapacityWarning(t *testing.T) {
+	// Below the ephemeral range (32768-60999): a 10-pair pool has no
+	// spare pair when another socket on the machine holds one of its ports.
 	br, err := rtpbridge.New(rtpbridge.Config{
-		LAN: &rtpbridge.Pool{Address: "127.0.0.1", MinPort: 49100, MaxPort: 49119},
-		WAN: &rtpbridge.Pool{Address: "127.0.0.1", MinPort: 49200, MaxPort: 49219},
+		LAN: &rtpbridge.Pool{Address: "127.0.0.1", MinPort: 31100, MaxPort: 31119},
+		WAN: &rtpbridge.Pool{Address: "127.0.0.1", MinPort: 31200, MaxPort: 31219},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -75,6 +75,7 @@ type Server struct {
 
 	b2bua  *b2bua.B2BUA // nil without a PBX socket
 	media  *rtpbridge.Bridge
+	policy *mediaPolicy // nil without a PBX socket
 	lan    *sharedconn.Conn
 	lanUA  *sipgo.UserAgent
 	lanSrv *sipgo.Server
@@ -194,6 +195,11 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	// total, so an INVITE flood from a forged provider address leaves the
 	// PBX's calls their pairs (issue 9 item 7).
 	capacity := media.Counts().MaxSessions()
+	own := []netip.Addr{lanAddr.Addr(), s.local.Addr()}
+	s.policy = newMediaPolicy(pbx, s.local.Addr(), func() []netip.Addr { return own }, func() (netip.Addr, bool) {
+		m, ok := s.keeper.Public()
+		return m.Addr.Addr(), ok
+	}, s.rtpPorts, log.Named("media"))
 	b, err = b2bua.New(b2bua.Config{
 		MaxRingingPerTrunk: max(capacity/4, 1),
 		MaxRinging:         max(capacity/2, 1),
@@ -202,7 +208,7 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 		WAN:                b2bua.Side{Client: s.client, Contact: wanContact},
 		PBX:                pbx,
 		Router:             s,
-		Media:              bridgeMedia{b: media, watch: &capacityWatch{log: log.Named("media")}},
+		Media:              bridgeMedia{b: media, watch: &capacityWatch{log: log.Named("media")}, policy: s.policy},
 		RingTimeout:        opts.RingTimeout,
 		OnCallEnded:        s.metrics.CallEnded,
 	})
@@ -375,6 +381,7 @@ func (s *Server) Reload(o ReloadOptions) ([]string, error) {
 	var changed []string
 	if b := s.b2bua; b != nil {
 		b.SetPBX(o.PBX)
+		s.policy.setPBX(o.PBX)
 	}
 	s.tmu.Lock()
 	defer s.tmu.Unlock()
@@ -520,8 +527,9 @@ func latchingOf(t *trunk.Trunk) rtpbridge.Latching {
 
 // bridgeMedia is rtpbridge.Bridge as the B2BUA's Media.
 type bridgeMedia struct {
-	b     *rtpbridge.Bridge
-	watch *capacityWatch
+	b      *rtpbridge.Bridge
+	watch  *capacityWatch
+	policy *mediaPolicy
 }
 
 func (m bridgeMedia) NewSession(id string, latching rtpbridge.Latching) (b2bua.Session, error) {
@@ -530,7 +538,7 @@ func (m bridgeMedia) NewSession(id string, latching rtpbridge.Latching) (b2bua.S
 		return nil, err
 	}
 	m.watch.observe(m.b.Counts())
-	return s, nil
+	return policedSession{Session: s, policy: m.policy}, nil
 }
 
 // capacityClear is the share of the relay's capacity below which a

@@ -73,7 +73,7 @@ func (s *Server) Snapshot() admin.Snapshot {
 	if s.b2bua != nil {
 		calls := s.b2bua.Snapshot()
 		snap.Calls = &calls
-		snap.Media = &admin.MediaCounts{Pools: s.media.Counts(), NoSession: s.media.NoSessionDrops()}
+		snap.Media = &admin.MediaCounts{Pools: s.media.Counts(), NoSession: s.media.NoSessionDrops(), RefusedAddrs: s.policy.refused.Load()}
 	}
 	return snap
 }

@@ -133,6 +133,8 @@ var (
 		"1 when the last NAT self-test says inbound media works without a port forward, 0 when it needs one (absent before the first test).", nil, nil)
 	descNATTests = prometheus.NewDesc("linkmanager_nat_tests_total",
 		"NAT self-tests run (at start and after each public address change).", nil, nil)
+	descRefusedAddrs = prometheus.NewDesc("linkmanager_media_addresses_refused_total",
+		"SDP media addresses the relay refused to send to: loopback, link-local, multicast, broadcast, its own, or the LAN named from the Internet side.", nil, nil)
 	descCapacity = prometheus.NewDesc("linkmanager_calls_capacity",
 		"Calls the relay's port pools hold at once (alert on linkmanager_calls_active / linkmanager_calls_capacity).", nil, nil)
 )
@@ -140,7 +142,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests, descRefusedAddrs} {
 		ch <- d
 	}
 }
@@ -205,6 +207,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descPorts, float64(p.c.Free), p.name, "free")
 	}
 	gauge(descCapacity, float64(s.Media.Pools.MaxSessions()))
+	counter(descRefusedAddrs, float64(s.Media.RefusedAddrs))
 }
 
 func boolFloat(b bool) float64 {

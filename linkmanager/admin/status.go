@@ -212,6 +212,9 @@ type SocketDrops struct {
 type MediaCounts struct {
 	Pools     rtpbridge.BridgeCounts
 	NoSession uint64 // packets for no session
+	// RefusedAddrs counts SDP media addresses the relay would not send to
+	// (loopback, the LAN from the Internet side, ...).
+	RefusedAddrs uint64
 }
 
 // status turns a snapshot into what /status reports.

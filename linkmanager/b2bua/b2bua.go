@@ -49,6 +49,9 @@ type Route struct {
 	// Latching is the relay's source rule for the Internet leg (the
 	// trunk's rtp_latching); zero: the relay's default.
 	Latching rtpbridge.Latching
+	// CallerID is how the trunk presents the caller; zero: the account
+	// in From, no identity header.
+	CallerID CallerID
 }
 
 // Router picks the trunk for a dialled number. Its errors wrap
@@ -423,17 +426,19 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.reply(tx, req, nil, sip.StatusNotFound, "No Trunk For Number", nil)
 		return
 	}
+	id := outboundIdentity(req, r)
 	b.bridge(b.lan, req, tx, bridgeParams{
-		to:    b.wanFor(r.Contact),
-		ruri:  sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
-		from:  sip.Uri{Scheme: "sip", User: r.User, Host: r.Domain},
-		at:    sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
-		dst:   r.Dst,
-		user:  r.AuthUser,
-		pass:  r.Password,
-		trunk: r.Trunk,
-		latch: r.Latching,
-		dir:   "outbound",
+		to:      b.wanFor(r.Contact),
+		ruri:    sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		from:    id.from,
+		at:      sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		headers: id.headers,
+		dst:     r.Dst,
+		user:    r.AuthUser,
+		pass:    r.Password,
+		trunk:   r.Trunk,
+		latch:   r.Latching,
+		dir:     "outbound",
 	})
 }
 

@@ -1,6 +1,7 @@
 package b2bua
 
 import (
+	"regexp"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
@@ -92,7 +93,7 @@ func callingNumber(req *sip.Request) string {
 			}
 		}
 	}
-	if f := req.From(); f != nil && !isAnonymous(f.Address.User) {
+	if f := req.From(); f != nil && !isAnonymous(f.Address.User) && plainUser.MatchString(f.Address.User) {
 		return f.Address.User
 	}
 	return ""
@@ -131,12 +132,12 @@ func forwarded(req *sip.Request, name, domain string, format func(string) string
 			if len(out) == maxForwarded {
 				return strings.Join(out, ", ")
 			}
-			uri, params := addrURI(v), addrParams(v)
+			uri := addrURI(v)
 			user := userOf(uri)
 			if user == "" {
 				continue
 			}
-			out = append(out, "<sip:"+format(user)+"@"+domain+keptURIParts(uri)+">"+params)
+			out = append(out, "<sip:"+format(user)+"@"+domain+keptURIParts(uri)+">"+keptParams(addrParams(v)))
 		}
 	}
 	return strings.Join(out, ", ")
@@ -217,7 +218,36 @@ func userOf(uri string) string {
 	}
 	user, _, _ := strings.Cut(rest, ";")
 	user, _, _ = strings.Cut(user, "?")
+	if !plainUser.MatchString(user) {
+		return "" // not a number we would write into a header of ours
+	}
 	return user
+}
+
+// plainUser is what we take as a number or user from a URI: no
+// characters that would need escaping, nothing that could end the URI
+// we write it into.
+var plainUser = regexp.MustCompile(`^[A-Za-z0-9+*#._~-]{1,64}$`)
+
+// forwardParams are the parameters of Diversion (RFC 5806) and
+// History-Info (RFC 7044) entries; others might name a host.
+var forwardParams = map[string]bool{"reason": true, "counter": true, "limit": true, "privacy": true,
+	"screen": true, "extension": true, "index": true, "rc": true, "mp": true, "np": true}
+
+// paramValue is a token value; a quoted string is not passed on.
+var paramValue = regexp.MustCompile(`^[A-Za-z0-9._-]{0,32}$`)
+
+// keptParams is params (";a=b;c") with only the forwardParams whose value
+// is a plain token.
+func keptParams(params string) string {
+	var b strings.Builder
+	for _, p := range strings.Split(params, ";") {
+		k, v, _ := strings.Cut(strings.TrimSpace(p), "=")
+		if forwardParams[strings.ToLower(k)] && paramValue.MatchString(v) {
+			b.WriteString(";" + strings.TrimSpace(p))
+		}
+	}
+	return b.String()
 }
 
 // keptURIParts is the cause parameter and the Reason and Privacy headers
@@ -226,19 +256,24 @@ func keptURIParts(uri string) string {
 	addr, hdrs, _ := strings.Cut(uri, "?")
 	var b strings.Builder
 	for i, p := range strings.Split(addr, ";") {
-		if k, _, _ := strings.Cut(p, "="); i > 0 && strings.EqualFold(k, "cause") {
+		if k, v, _ := strings.Cut(p, "="); i > 0 && strings.EqualFold(k, "cause") && paramValue.MatchString(v) {
 			b.WriteString(";" + p)
 		}
 	}
 	sep := "?"
 	for _, h := range strings.Split(hdrs, "&") {
-		if k, _, _ := strings.Cut(h, "="); strings.EqualFold(k, "Reason") || strings.EqualFold(k, "Privacy") {
+		k, v, _ := strings.Cut(h, "=")
+		if (strings.EqualFold(k, "Reason") || strings.EqualFold(k, "Privacy")) && escapedValue.MatchString(v) {
 			b.WriteString(sep + h)
 			sep = "&"
 		}
 	}
 	return b.String()
 }
+
+// escapedValue is a URI header value as RFC 3261 escapes it: Reason's
+// "SIP%3Bcause%3D302" and the like, never a host.
+var escapedValue = regexp.MustCompile(`^[A-Za-z0-9%._+-]{1,128}$`)
 
 // DIDSource says where an inbound INVITE names the number called
 // (trunks[].did_from): DIDAuto, DIDRURI, DIDTo, or DIDHeader followed by

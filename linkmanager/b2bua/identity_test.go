@@ -267,6 +267,27 @@ func TestWithheld(t *testing.T) {
 	}
 }
 
+// Whatever the PBX puts into Diversion or History-Info, what leaves has
+// only a number, the provider's domain and the known parameters.
+func TestForwardedSanitised(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{`<sip:030555777@192.168.1.5>;reason=user-busy;counter=2`, `<sip:+4930555777@example.net>;reason=user-busy;counter=2`},
+		{`<sip:030555777@192.168.1.5>;reason="<sip:200@192.168.1.5>";x-lan=192.168.1.5;counter=1`, `<sip:+4930555777@example.net>;counter=1`},
+		{`<sip:0305@192.168.1.5?Reason=SIP%3Bcause%3D302&Route=%3Csip:192.168.1.5%3E>;index=1`, `<sip:+49305@example.net?Reason=SIP%3Bcause%3D302>;index=1`},
+		{`<sip:0305@192.168.1.5;cause=302;maddr=192.168.1.5>;index=1.1;rc=1`, `<sip:+49305@example.net;cause=302>;index=1.1;rc=1`},
+		{`<sip:03%3E05@192.168.1.5>;reason=deflection`, ``},
+		{`<sip:200@192.168.1.5>, sip:201@192.168.1.5;reason=no-answer`, `<sip:200@example.net>, <sip:201@example.net>;reason=no-answer`},
+		{`<sip:192.168.1.5>;reason=deflection`, ``},
+	}
+	for _, tt := range tests {
+		req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: "0301234567", Host: lanIP})
+		req.AppendHeader(sip.NewHeader("Diversion", tt.in))
+		if got := forwarded(req, "Diversion", "example.net", e164); got != tt.want {
+			t.Errorf("forwarded(%s)\n = %s\nwant %s", tt.in, got, tt.want)
+		}
+	}
+}
+
 func TestForwardedBounded(t *testing.T) {
 	req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: "0301234567", Host: lanIP})
 	for range 20 {

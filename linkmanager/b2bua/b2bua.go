@@ -452,14 +452,17 @@ func (b *B2BUA) OnProviderInvite(in Inbound, req *sip.Request, tx sip.ServerTran
 	pbx := b.pbx.Load()
 	lanIP := pbx.Listen.Addr().String()
 	b.bridge(b.wanFor(in.Contact), req, tx, bridgeParams{
-		to:    b.lan,
-		ruri:  sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String(), Port: int(pbx.Addr.Port())},
-		from:  sip.Uri{Scheme: "sip", User: caller, Host: lanIP},
-		at:    sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String()},
-		dst:   pbx.Addr,
-		trunk: in.Trunk,
-		latch: in.Latching,
-		dir:   "inbound",
+		to:   b.lan,
+		ruri: sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String(), Port: int(pbx.Addr.Port())},
+		from: sip.Uri{Scheme: "sip", User: caller, Host: lanIP},
+		at:   sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String()},
+		// A call the provider forwards to us says from where: the PBX
+		// may route on it (voicemail of the number forwarded).
+		headers: forwardedHeaders(req, lanIP, asSent),
+		dst:     pbx.Addr,
+		trunk:   in.Trunk,
+		latch:   in.Latching,
+		dir:     "inbound",
 	})
 }
 

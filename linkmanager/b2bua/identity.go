@@ -73,13 +73,23 @@ func outboundIdentity(req *sip.Request, r Route) identity {
 		id.from = anonymous
 		id.headers = append(id.headers, sip.NewHeader("Privacy", "id"))
 	}
-	for _, name := range []string{"Diversion", "History-Info"} {
-		if v := forwarded(req, name, r.Domain, c.format); v != "" {
-			id.headers = append(id.headers, sip.NewHeader(name, v))
-		}
-	}
+	id.headers = append(id.headers, forwardedHeaders(req, r.Domain, c.format)...)
 	return id
 }
+
+// forwardedHeaders are the Diversion and History-Info of req, re-written
+// into domain (see forwarded).
+func forwardedHeaders(req *sip.Request, domain string, format func(string) string) []sip.Header {
+	var out []sip.Header
+	for _, name := range []string{"Diversion", "History-Info"} {
+		if v := forwarded(req, name, domain, format); v != "" {
+			out = append(out, sip.NewHeader(name, v))
+		}
+	}
+	return out
+}
+
+func asSent(n string) string { return n }
 
 // callingNumber is the number the PBX presents: what it asserts, else
 // what it prefers, else its From user.

@@ -165,6 +165,30 @@ func TestOutboundForwardedCall(t *testing.T) {
 	}
 }
 
+// A call the provider forwards to us tells the PBX from where, in the
+// PBX's terms: our LAN address, none of the provider's hosts.
+func TestInboundForwardedCall(t *testing.T) {
+	h := newHarness(t)
+	u := h.prov.call(h.wan.addr, "+4930123456", sdpOf(provIP, 30000),
+		sip.NewHeader("Diversion", "<sip:+4915112345@sbc.provider.test;user=phone>;reason=unconditional;counter=1"),
+		sip.NewHeader("History-Info", "<sip:+4915112345@sbc.provider.test>;index=1, <sip:+4930123456@"+provIP+";cause=302>;index=1.1"))
+	inv := h.pbx.next(sip.INVITE)
+	if res, _ := u.final(); res.StatusCode < 400 {
+		t.Fatalf("call answered %d; the PBX refuses it", res.StatusCode)
+	}
+	for _, tt := range []struct{ name, want string }{
+		{"Diversion", "<sip:+4915112345@" + lanIP + ">;reason=unconditional;counter=1"},
+		{"History-Info", "<sip:+4915112345@" + lanIP + ">;index=1, <sip:+4930123456@" + lanIP + ";cause=302>;index=1.1"},
+	} {
+		if got := header(inv, tt.name); got != tt.want {
+			t.Errorf("%s is %q, want %q", tt.name, got, tt.want)
+		}
+	}
+	if s := inv.String(); strings.Contains(s, "provider.test") || strings.Contains(s, provIP) {
+		t.Errorf("the PBX's INVITE names the provider:\n%s", s)
+	}
+}
+
 // The PBX gets the DID from where the trunk's did_from says the provider
 // puts it: a provider that sends to the registered account puts the DID
 // in To, or in a header of its own.

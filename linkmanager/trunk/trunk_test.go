@@ -304,3 +304,24 @@ func TestRefreshMaxBoundsTheSilentLoss(t *testing.T) {
 		})
 	}
 }
+
+// A reload that changes how the trunk presents callers or reads DIDs
+// must not keep the old trunk.
+func TestSameSeesCallerIDAndDIDFrom(t *testing.T) {
+	base := Options{Name: "provider", Host: "sip.example.net", Username: "u", NumberFormat: "e164", CountryCode: "49"}
+	if !base.Same(base) {
+		t.Fatal("options not Same as themselves")
+	}
+	for name, edit := range map[string]func(*Options){
+		"caller_id.from_user":     func(o *Options) { o.CallerFromUser = "number" },
+		"caller_id.asserted":      func(o *Options) { o.CallerAsserted = "pai" },
+		"caller_id.number_format": func(o *Options) { o.CallerFormat = "national" },
+		"did_from":                func(o *Options) { o.DIDFrom = "to" },
+	} {
+		o := base
+		edit(&o)
+		if base.Same(o) {
+			t.Errorf("a change of %s is Same", name)
+		}
+	}
+}

@@ -40,7 +40,7 @@ type Route struct {
 	Dst      netip.AddrPort // next hop
 	Number   string         // the dialled number in the trunk's format
 	Domain   string         // the provider's domain: Request-URI, From and To
-	User     string         // our account: the From user
+	User     string         // our account: the From user unless CallerID says otherwise
 	AuthUser string         // digest user for a challenge; empty: none
 	Password string
 	// Contact is our address as this trunk's registrar knows it; nil:

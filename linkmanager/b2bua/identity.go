@@ -89,6 +89,8 @@ func forwardedHeaders(req *sip.Request, domain string, format func(string) strin
 	return out
 }
 
+// asSent leaves a number as it came: the PBX gets the provider's numbers
+// in the provider's format, as it gets the caller's.
 func asSent(n string) string { return n }
 
 // callingNumber is the number the PBX presents: what it asserts, else

@@ -19,6 +19,7 @@ import (
 
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
+	"github.com/linkmanager/linkmanager/linkmanager/config"
 	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
@@ -497,10 +498,11 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	if to := req.To(); to != nil {
 		toUser = to.Address.User
 	}
-	did, ok := t.MatchDID(req.Recipient.User, toUser)
+	did, ok := t.MatchDID(b2bua.CalledNumbers(req, b2bua.DIDSource(t.Options().DIDFrom))...)
 	log := s.log.With(zap.String("trunk", t.Name()), zap.String("call_id", callID))
 	if !ok {
-		log.Info("inbound call for unknown number", zap.String("ruri_user", req.Recipient.User), zap.String("to_user", toUser))
+		log.Info("inbound call for unknown number", zap.String("ruri_user", req.Recipient.User), zap.String("to_user", toUser),
+			zap.String("did_from", t.Options().DIDFrom))
 		s.respond(tx, req, sip.StatusNotFound, "Not Found")
 		return
 	}
@@ -582,7 +584,22 @@ func (s *Server) Route(dialled string) (b2bua.Route, error) {
 			return b2bua.Route{}, fmt.Errorf("%w: %w", b2bua.ErrUnresolved, err)
 		}
 		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Number: r.Number, Domain: r.Domain, User: r.User,
-			AuthUser: r.AuthUser, Password: r.Password, Contact: t.RegisteredContact, Latching: latchingOf(t)}, nil
+			AuthUser: r.AuthUser, Password: r.Password, Contact: t.RegisteredContact, Latching: latchingOf(t),
+			CallerID: callerIDOf(t)}, nil
 	}
 	return b2bua.Route{}, b2bua.ErrNoRoute
+}
+
+// callerIDOf is a trunk's caller_id (validated by config; "" is the
+// default: the account in From, no identity header).
+func callerIDOf(t *trunk.Trunk) b2bua.CallerID {
+	o := t.Options()
+	c := b2bua.CallerID{FromNumber: o.CallerFromUser == config.FromUserNumber, Format: t.FormatCaller}
+	switch o.CallerAsserted {
+	case config.AssertedPAI:
+		c.Asserted = b2bua.HeaderPAI
+	case config.AssertedPPI:
+		c.Asserted = b2bua.HeaderPPI
+	}
+	return c
 }

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
 	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
@@ -113,7 +114,7 @@ func await(t *testing.T, what string, cond func() bool) {
 
 // startServer runs a Server against reg; the returned stop cancels it and
 // returns Run's result, and may be called more than once.
-func startServer(t *testing.T, reg *udpRegistrar, keepalive string) (*Server, *sharedconn.Conn, func() error) {
+func startServer(t *testing.T, reg *udpRegistrar, keepalive string, edit ...func(*trunk.Options)) (*Server, *sharedconn.Conn, func() error) {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
 	sock := listenOn(t, wanIP)
@@ -124,13 +125,17 @@ func startServer(t *testing.T, reg *udpRegistrar, keepalive string) (*Server, *s
 	}
 	conn.SetSTUNHandler(keeper.HandlePacket)
 	conn.SetOnSend(keeper.NoteSent)
+	to := trunk.Options{
+		Name: "provider", Host: "127.0.0.1", Port: int(reg.addr().Port()), Domain: "sip.provider.test",
+		Username: "4930123456", Password: "secret", Expires: 300 * time.Second, Register: true,
+		Keepalive: keepalive, DIDs: []string{"4930123456", "+4930123*"},
+	}
+	for _, e := range edit {
+		e(&to)
+	}
 	srv, err := New(Options{
 		Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log,
-		Trunks: []trunk.Options{{
-			Name: "provider", Host: "127.0.0.1", Port: int(reg.addr().Port()), Domain: "sip.provider.test",
-			Username: "4930123456", Password: "secret", Expires: 300 * time.Second, Register: true,
-			Keepalive: keepalive, DIDs: []string{"4930123456", "+4930123*"},
-		}},
+		Trunks: []trunk.Options{to},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -262,6 +267,75 @@ func TestServerInboundRequests(t *testing.T) {
 	stranger.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if n, _, err := stranger.ReadFromUDPAddrPort(make([]byte, 2048)); err == nil {
 		t.Errorf("stranger got a %d-byte answer, want silence", n)
+	}
+}
+
+// The trunk's did_from picks where the DID is read: with ruri, a DID in
+// To alone is not ours; with a header, only the header counts.
+func TestServerInboundDIDFrom(t *testing.T) {
+	for _, tc := range []struct {
+		didFrom, ruri, to, header, want string
+	}{
+		{"", "4940999", "4930123456", "", "SIP/2.0 480"}, // today's: the Request-URI, else To
+		{"ruri", "4940999", "4930123456", "", "SIP/2.0 404"},
+		{"to", "4940999", "4930123456", "", "SIP/2.0 480"},
+		{"header:X-Called-Number", "4940999", "4940999", "4930123456", "SIP/2.0 480"},
+		{"header:X-Called-Number", "4930123456", "4930123456", "", "SIP/2.0 404"},
+	} {
+		t.Run(tc.didFrom+"/"+tc.ruri+"/"+tc.to+"/"+tc.header, func(t *testing.T) {
+			t.Parallel() // each has its own server and sockets; registering takes a while
+			reg := startUDPRegistrar(t)
+			srv, conn, _ := startServer(t, reg, config.KeepaliveOff, func(o *trunk.Options) { o.DIDFrom = tc.didFrom })
+			await(t, "registration", func() bool { return srv.Status()[0].Registered })
+			provider := listenOn(t, wanIP)
+			pAddr := provider.LocalAddr().(*net.UDPAddr).AddrPort()
+			msg := invite(tc.ruri, pAddr, "did")
+			msg = strings.Replace(msg, "To: <sip:"+tc.ruri+"@", "To: <sip:"+tc.to+"@", 1)
+			if tc.header != "" {
+				msg = strings.Replace(msg, "Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nX-Called-Number: "+tc.header+"\r\n", 1)
+			}
+			if got := sendRaw(t, provider, conn.LocalAddrPort(), msg, 5*time.Second); !strings.HasPrefix(got, tc.want) {
+				t.Errorf("answered %q, want %s", firstLine(got), tc.want)
+			}
+		})
+	}
+}
+
+// A trunk's caller_id reaches the B2BUA with its route; a trunk without
+// one routes as before.
+func TestServerRouteCallerID(t *testing.T) {
+	for _, tc := range []struct {
+		name                 string
+		from, asserted, want string
+		fromNumber           bool
+		header               string
+	}{
+		{name: "defaults", want: "030555123"},
+		{name: "number, ppi, e164-no-plus", from: config.FromUserNumber, asserted: config.AssertedPPI,
+			want: "4930555123", fromNumber: true, header: b2bua.HeaderPPI},
+		{name: "account, pai", from: config.FromUserAccount, asserted: config.AssertedPAI,
+			want: "4930555123", header: b2bua.HeaderPAI},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			reg := startUDPRegistrar(t)
+			srv, _, _ := startServer(t, reg, config.KeepaliveOff, func(o *trunk.Options) {
+				o.CallerFromUser, o.CallerAsserted, o.CountryCode = tc.from, tc.asserted, "49"
+				if tc.from != "" {
+					o.CallerFormat = config.NumberE164NoPlus
+				}
+			})
+			await(t, "registration", func() bool { return srv.Status()[0].Registered })
+			r, err := srv.Route("0301234567")
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := r.CallerID
+			if c.FromNumber != tc.fromNumber || c.Asserted != tc.header || c.Format == nil || c.Format("030555123") != tc.want {
+				t.Errorf("caller ID %+v (030555123 written %q), want from number %v, header %q, number %q",
+					c, c.Format("030555123"), tc.fromNumber, tc.header, tc.want)
+			}
+		})
 	}
 }
 

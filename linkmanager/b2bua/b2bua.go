@@ -40,7 +40,7 @@ type Route struct {
 	Dst      netip.AddrPort // next hop
 	Number   string         // the dialled number in the trunk's format
 	Domain   string         // the provider's domain: Request-URI, From and To
-	User     string         // our account: the From user
+	User     string         // our account: the From user unless CallerID says otherwise
 	AuthUser string         // digest user for a challenge; empty: none
 	Password string
 	// Contact is our address as this trunk's registrar knows it; nil:
@@ -49,6 +49,9 @@ type Route struct {
 	// Latching is the relay's source rule for the Internet leg (the
 	// trunk's rtp_latching); zero: the relay's default.
 	Latching rtpbridge.Latching
+	// CallerID is how the trunk presents the caller; zero: the account
+	// in From, no identity header.
+	CallerID CallerID
 }
 
 // Router picks the trunk for a dialled number. Its errors wrap
@@ -429,17 +432,19 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.reply(tx, req, nil, sip.StatusNotFound, "No Trunk For Number", nil)
 		return
 	}
+	id := outboundIdentity(req, r)
 	b.bridge(b.lan, req, tx, bridgeParams{
-		to:    b.wanFor(r.Contact),
-		ruri:  sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
-		from:  sip.Uri{Scheme: "sip", User: r.User, Host: r.Domain},
-		at:    sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
-		dst:   r.Dst,
-		user:  r.AuthUser,
-		pass:  r.Password,
-		trunk: r.Trunk,
-		latch: r.Latching,
-		dir:   "outbound",
+		to:      b.wanFor(r.Contact),
+		ruri:    sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		from:    id.from,
+		at:      sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		headers: id.headers,
+		dst:     r.Dst,
+		user:    r.AuthUser,
+		pass:    r.Password,
+		trunk:   r.Trunk,
+		latch:   r.Latching,
+		dir:     "outbound",
 	})
 }
 
@@ -464,14 +469,17 @@ func (b *B2BUA) OnProviderInvite(in Inbound, req *sip.Request, tx sip.ServerTran
 	pbx := b.pbx.Load()
 	lanIP := pbx.Listen.Addr().String()
 	b.bridge(b.wanFor(in.Contact), req, tx, bridgeParams{
-		to:    b.lan,
-		ruri:  sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String(), Port: int(pbx.Addr.Port())},
-		from:  sip.Uri{Scheme: "sip", User: caller, Host: lanIP},
-		at:    sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String()},
-		dst:   pbx.Addr,
-		trunk: in.Trunk,
-		latch: in.Latching,
-		dir:   "inbound",
+		to:   b.lan,
+		ruri: sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String(), Port: int(pbx.Addr.Port())},
+		from: sip.Uri{Scheme: "sip", User: caller, Host: lanIP},
+		at:   sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String()},
+		// A call the provider forwards to us says from where: the PBX
+		// may route on it (voicemail of the number forwarded).
+		headers: forwardedHeaders(req, lanIP, asSent),
+		dst:     pbx.Addr,
+		trunk:   in.Trunk,
+		latch:   in.Latching,
+		dir:     "inbound",
 	})
 }
 

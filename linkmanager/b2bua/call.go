@@ -230,7 +230,8 @@ func (c *call) other(leg rtpbridge.Leg) *dialog {
 type bridgeParams struct {
 	to       *side
 	ruri     sip.Uri
-	from, at sip.Uri // From and To of the new leg
+	from, at sip.Uri      // From and To of the new leg
+	headers  []sip.Header // added to the new leg's INVITE (identity.go)
 	dst      netip.AddrPort
 	user     string // digest credentials for the new leg; empty: none
 	pass     string
@@ -300,6 +301,9 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
 
 	invite := out.newRequest(sip.INVITE, out.sent(outSDP))
+	for _, h := range p.headers {
+		invite.AppendHeader(h)
+	}
 	ring := time.NewTimer(b.ringTimeout)
 	defer ring.Stop()
 	// Not tied to the handler: a CANCEL or a late 2xx must still be

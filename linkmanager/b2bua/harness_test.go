@@ -254,11 +254,14 @@ func sdpOf(ip string, port int) []byte {
 }
 
 // fakeRouter sends every number to the provider agent.
-type fakeRouter struct{ dst netip.AddrPort }
+type fakeRouter struct {
+	dst    netip.AddrPort
+	caller CallerID
+}
 
 func (r fakeRouter) Route(dialled string) (Route, error) {
 	return Route{Trunk: "provider", Dst: r.dst, Number: dialled, Domain: "sip.provider.test",
-		User: "4930123456", AuthUser: "4930123456", Password: "secret"}, nil
+		User: "4930123456", AuthUser: "4930123456", Password: "secret", CallerID: r.caller}, nil
 }
 
 // fakeMedia hands out sessions that relay nothing but remember what the
@@ -365,7 +368,18 @@ type harness struct {
 	ended chan CallEnded
 }
 
+// trunkOptions are the settings of the one trunk a harness has.
+type trunkOptions struct {
+	caller  CallerID
+	didFrom DIDSource
+}
+
 func newHarness(t *testing.T, opts ...func(*Config)) *harness {
+	t.Helper()
+	return newHarnessWith(t, trunkOptions{}, opts...)
+}
+
+func newHarnessWith(t *testing.T, o trunkOptions, opts ...func(*Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, pbx: newAgent(t, pbxIP), prov: newAgent(t, provIP), media: &fakeMedia{},
 		ended: make(chan CallEnded, 16)}
@@ -377,13 +391,13 @@ func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 		WAN:    Side{Client: h.wan.client, Contact: func() netip.AddrPort { return h.wan.addr }},
 		PBX: PBXOptions{Listen: h.lan.addr, Addr: h.pbx.addr,
 			Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}},
-		Router:      fakeRouter{dst: h.prov.addr},
+		Router:      fakeRouter{dst: h.prov.addr, caller: o.caller},
 		Media:       h.media,
 		RingTimeout: wait,
 		OnCallEnded: func(e CallEnded) { h.ended <- e },
 	}
-	for _, o := range opts {
-		o(&cfg)
+	for _, opt := range opts {
+		opt(&cfg)
 	}
 	b, err := New(cfg)
 	if err != nil {
@@ -400,7 +414,12 @@ func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 			b.OnReinvite(req, tx)
 			return
 		}
-		b.OnProviderInvite(Inbound{Trunk: "provider", DID: req.Recipient.User}, req, tx)
+		called := CalledNumbers(req, o.didFrom)
+		if len(called) == 0 || called[0] == "" {
+			respond(t, tx, req, 404, "Not Found", "", nil)
+			return
+		}
+		b.OnProviderInvite(Inbound{Trunk: "provider", DID: called[0]}, req, tx)
 	})
 	h.wan.srv.OnAck(b.OnAck)
 	h.wan.srv.OnBye(b.OnBye)
@@ -434,16 +453,30 @@ type uac struct {
 	ok  *sip.Response // the 2xx, once final saw it
 }
 
-// call sends an INVITE from a to the B2BUA socket at dst for user.
+// call sends an INVITE from a to the B2BUA socket at dst for user. A From
+// or To among extra replaces the default one.
 func (a *agent) call(dst netip.AddrPort, user string, body []byte, extra ...sip.Header) *uac {
 	a.t.Helper()
 	inv := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: user, Host: dst.Addr().String(), Port: int(dst.Port())})
 	inv.AppendHeader(sipmsg.NewVia(a.addr))
-	inv.AppendHeader(&sip.FromHeader{DisplayName: "Reception", Address: sip.Uri{Scheme: "sip", User: "200", Host: a.addr.Addr().String()},
-		Params: sipmsg.Params("tag", sip.GenerateTagN(10))})
-	inv.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: user, Host: dst.Addr().String()}, Params: sip.NewParams()})
-	inv.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "200", Host: a.addr.Addr().String(), Port: int(a.addr.Port())}})
+	var from sip.Header = &sip.FromHeader{DisplayName: "Reception", Address: sip.Uri{Scheme: "sip", User: "200", Host: a.addr.Addr().String()},
+		Params: sipmsg.Params("tag", sip.GenerateTagN(10))}
+	var to sip.Header = &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: user, Host: dst.Addr().String()}, Params: sip.NewParams()}
+	var rest []sip.Header
 	for _, h := range extra {
+		switch h.(type) {
+		case *sip.FromHeader:
+			from = h
+		case *sip.ToHeader:
+			to = h
+		default:
+			rest = append(rest, h)
+		}
+	}
+	inv.AppendHeader(from)
+	inv.AppendHeader(to)
+	inv.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "200", Host: a.addr.Addr().String(), Port: int(a.addr.Port())}})
+	for _, h := range rest {
 		inv.AppendHeader(h)
 	}
 	if body != nil {

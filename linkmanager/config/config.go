@@ -101,11 +101,38 @@ const (
 	DefaultLANLatching = LatchingStrict
 )
 
-// Values of trunks[].number_format.
+// Values of trunks[].number_format and trunks[].caller_id.number_format.
 const (
-	NumberE164     = "e164"
-	NumberNational = "national"
-	NumberAsIs     = "as-is"
+	NumberE164       = "e164"         // +4930123456
+	NumberE164NoPlus = "e164-no-plus" // 4930123456: E.164 digits without the +
+	NumberNational   = "national"     // 030123456
+	NumberAsIs       = "as-is"        // as the PBX sent it
+)
+
+// Values of trunks[].caller_id.from_user: who the From header names.
+const (
+	FromUserAccount = "account" // the trunk's username, as today
+	FromUserNumber  = "number"  // the PBX's calling number
+	DefaultFromUser = FromUserAccount
+)
+
+// Values of trunks[].caller_id.asserted: which header carries the PBX's
+// calling number to the provider (RFC 3325).
+const (
+	AssertedNone    = "none"
+	AssertedPAI     = "pai" // P-Asserted-Identity: the provider trusts us
+	AssertedPPI     = "ppi" // P-Preferred-Identity: the provider checks it
+	DefaultAsserted = AssertedNone
+)
+
+// Values of trunks[].did_from: where an inbound INVITE names the number
+// called. A header is written DIDFromHeader + its name.
+const (
+	DIDFromAuto    = "auto" // the Request-URI user, else the To user
+	DIDFromRURI    = "ruri"
+	DIDFromTo      = "to"
+	DIDFromHeader  = "header:" // e.g. header:P-Called-Party-ID
+	DefaultDIDFrom = DIDFromAuto
 )
 
 // Config is the whole file. Fields tagged yaml:"-" are filled by Validate
@@ -179,7 +206,7 @@ type Trunk struct {
 	// Dialled-number prefixes that select this trunk for outbound calls;
 	// empty means every number.
 	OutboundPrefixes []string `yaml:"outbound_prefixes"`
-	NumberFormat     string   `yaml:"number_format"` // e164|national|as-is; default as-is
+	NumberFormat     string   `yaml:"number_format"` // e164|e164-no-plus|national|as-is; default as-is
 	// Country calling code, digits only (e.g. "49"); needed for e164 and
 	// national so numbers can be converted between the two.
 	CountryCode string `yaml:"country_code"`
@@ -187,9 +214,32 @@ type Trunk struct {
 	// rtp.latching. any only for a provider whose media comes from
 	// addresses its SDP does not name.
 	RTPLatching string `yaml:"rtp_latching"`
+	// How outbound calls present the PBX's caller to the provider.
+	CallerID CallerID `yaml:"caller_id"`
+	// Where an inbound INVITE names the DID: auto|ruri|to|header:NAME;
+	// default auto (the Request-URI user, else the To user).
+	DIDFrom string `yaml:"did_from"`
 
 	RegistrarAddr HostPort `yaml:"-"` // Registrar parsed; Port 0 = use SRV. Set by Validate.
 	ProxyAddr     HostPort `yaml:"-"` // Proxy parsed; Port 0 = use SRV. Set by Validate.
+}
+
+// CallerID is how a trunk's outbound calls present the caller. The
+// calling number is the one the PBX asserts (its P-Asserted-Identity,
+// else P-Preferred-Identity, else its From user); a call the PBX withholds
+// (anonymous From or Privacy) always leaves with an anonymous From and
+// Privacy: id, whatever is set here.
+type CallerID struct {
+	// account|number: the From user is the trunk's username, or the
+	// calling number; default account.
+	FromUser string `yaml:"from_user"`
+	// none|pai|ppi: send the calling number in no header, in
+	// P-Asserted-Identity or in P-Preferred-Identity; default none.
+	Asserted string `yaml:"asserted"`
+	// e164|e164-no-plus|national|as-is for the calling number and the
+	// forwarding numbers of Diversion and History-Info; default the
+	// trunk's number_format.
+	NumberFormat string `yaml:"number_format"`
 }
 
 // PBX is the LAN side.
@@ -306,6 +356,14 @@ func (t *Trunk) setDefaults() {
 	}
 	setString(&t.Keepalive, DefaultKeepalive)
 	setString(&t.NumberFormat, DefaultNumberFormat)
+	setString(&t.CallerID.FromUser, DefaultFromUser)
+	setString(&t.CallerID.Asserted, DefaultAsserted)
+	// Only a usable number_format is inherited, so a bad one is
+	// reported once.
+	if needsCountry(t.NumberFormat) || t.NumberFormat == NumberAsIs {
+		setString(&t.CallerID.NumberFormat, t.NumberFormat)
+	}
+	setString(&t.DIDFrom, DefaultDIDFrom)
 }
 
 func validLatching(s string) bool {

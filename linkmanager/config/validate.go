@@ -192,16 +192,46 @@ func (k *checker) trunk(f string, t *Trunk) {
 		}
 	}
 
-	k.oneOf(f+".number_format", t.NumberFormat, NumberE164, NumberNational, NumberAsIs)
+	k.oneOf(f+".number_format", t.NumberFormat, NumberE164, NumberE164NoPlus, NumberNational, NumberAsIs)
+	k.oneOf(f+".caller_id.from_user", t.CallerID.FromUser, FromUserAccount, FromUserNumber)
+	k.oneOf(f+".caller_id.asserted", t.CallerID.Asserted, AssertedNone, AssertedPAI, AssertedPPI)
+	if t.CallerID.NumberFormat != "" { // empty only when number_format is bad, which is reported
+		k.oneOf(f+".caller_id.number_format", t.CallerID.NumberFormat, NumberE164, NumberE164NoPlus, NumberNational, NumberAsIs)
+	}
+	k.didFrom(f+".did_from", t.DIDFrom)
 	if t.RTPLatching != "" { // empty only when rtp.latching is bad, which is reported
 		k.oneOf(f+".rtp_latching", t.RTPLatching, LatchingStrict, LatchingIP, LatchingAny)
 	}
 	switch {
 	case t.CountryCode != "" && !countryCode.MatchString(t.CountryCode):
 		k.add(f+".country_code", fmt.Sprintf("%q is not a country code", t.CountryCode), `use 1 to 3 digits without + or 00, e.g. "49"`)
-	case t.CountryCode == "" && (t.NumberFormat == NumberE164 || t.NumberFormat == NumberNational):
-		k.add(f+".country_code", "missing, but number_format "+t.NumberFormat+" needs it", `set the country code digits, e.g. "49" for Germany`)
+	case t.CountryCode == "":
+		for _, nf := range []struct{ field, v string }{{"number_format", t.NumberFormat}, {"caller_id.number_format", t.CallerID.NumberFormat}} {
+			if needsCountry(nf.v) {
+				k.add(f+".country_code", "missing, but "+nf.field+" "+nf.v+" needs it", `set the country code digits, e.g. "49" for Germany`)
+				break
+			}
+		}
 	}
+}
+
+// needsCountry reports whether a number format converts between
+// national and international numbers, which takes the country code.
+func needsCountry(format string) bool {
+	return format == NumberE164 || format == NumberE164NoPlus || format == NumberNational
+}
+
+// sipToken is an RFC 3261 token, what a header name is made of.
+var sipToken = regexp.MustCompile("^[A-Za-z0-9.!%*_+`'~-]+$")
+
+func (k *checker) didFrom(field, v string) {
+	if name, ok := strings.CutPrefix(v, DIDFromHeader); ok {
+		if !sipToken.MatchString(name) {
+			k.add(field, fmt.Sprintf("%q does not name a header", v), "write header: and the header's name, e.g. header:P-Called-Party-ID")
+		}
+		return
+	}
+	k.oneOf(field, v, DIDFromAuto, DIDFromRURI, DIDFromTo, DIDFromHeader+"NAME")
 }
 
 func (k *checker) rtp(r *RTP, sip, pbx netip.AddrPort) {

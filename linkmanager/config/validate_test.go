@@ -143,7 +143,21 @@ func TestValidateErrors(t *testing.T) {
 		{"outbound prefix", []string{pwLine, pwLine + "    outbound_prefixes: [\"00x\"]\n"},
 			[]string{`trunks[0].outbound_prefixes[0]: "00x" is not a number prefix`}, 0},
 		{"number format", []string{pwLine, pwLine + "    number_format: international\n"},
-			[]string{`trunks[0].number_format: "international" is not allowed: use one of e164, national, as-is`}, 0},
+			[]string{`trunks[0].number_format: "international" is not allowed: use one of e164, e164-no-plus, national, as-is`}, 1},
+		{"caller_id from_user", []string{pwLine, pwLine + "    caller_id: {from_user: pbx}\n"},
+			[]string{`line 10: trunks[0].caller_id.from_user: "pbx" is not allowed: use one of account, number`}, 1},
+		{"caller_id asserted", []string{pwLine, pwLine + "    caller_id:\n      asserted: PAI\n"},
+			[]string{`line 11: trunks[0].caller_id.asserted: "PAI" is not allowed: use one of none, pai, ppi`}, 1},
+		{"caller_id number format", []string{pwLine, pwLine + "    caller_id: {number_format: e.164}\n"},
+			[]string{`line 10: trunks[0].caller_id.number_format: "e.164" is not allowed: use one of e164, e164-no-plus, national, as-is`}, 1},
+		{"caller_id number format needs country code", []string{pwLine, pwLine + "    caller_id: {number_format: e164-no-plus}\n"},
+			[]string{`trunks[0].country_code: missing, but caller_id.number_format e164-no-plus needs it: set the country code digits`}, 1},
+		{"did_from", []string{pwLine, pwLine + "    did_from: request-uri\n"},
+			[]string{`line 10: trunks[0].did_from: "request-uri" is not allowed: use one of auto, ruri, to, header:NAME`}, 1},
+		{"did_from header without name", []string{pwLine, pwLine + "    did_from: \"header:\"\n"},
+			[]string{`line 10: trunks[0].did_from: "header:" does not name a header: write header: and the header's name, e.g. header:P-Called-Party-ID`}, 1},
+		{"did_from header with space", []string{pwLine, pwLine + "    did_from: \"header:X Called\"\n"},
+			[]string{`trunks[0].did_from: "header:X Called" does not name a header`}, 1},
 		{"country code missing", []string{pwLine, pwLine + "    number_format: national\n"},
 			[]string{`trunks[0].country_code: missing, but number_format national needs it: set the country code digits, e.g. "49"`}, 0},
 		{"country code with plus", []string{pwLine, pwLine + "    number_format: e164\n    country_code: \"+49\"\n"},
@@ -259,6 +273,10 @@ func TestDefaults(t *testing.T) {
 		{"register", *tr.Register, true},
 		{"keepalive", tr.Keepalive, "auto"},
 		{"number_format", tr.NumberFormat, "as-is"},
+		{"caller_id.from_user", tr.CallerID.FromUser, "account"},
+		{"caller_id.asserted", tr.CallerID.Asserted, "none"},
+		{"caller_id.number_format", tr.CallerID.NumberFormat, "as-is"},
+		{"did_from", tr.DIDFrom, "auto"},
 		{"sip listen parsed", c.SIP.ListenAddr, netip.MustParseAddrPort("0.0.0.0:65002")},
 		{"pbx listen parsed", c.PBX.ListenAddr, netip.MustParseAddrPort("192.168.100.2:5060")},
 		{"pbx address parsed", c.PBX.Addr, netip.MustParseAddrPort("192.168.100.20:5060")},
@@ -330,6 +348,14 @@ func TestDefaultPortsAndForms(t *testing.T) {
 			func(c *Config) any { return c.Trunks[0].RTPLatching }, "any"},
 		{"trunk overrides rtp.latching", "    password: secret\n", "    password: secret\n    rtp_latching: strict\n",
 			func(c *Config) any { return []string{c.RTP.Latching, c.Trunks[0].RTPLatching} }, []string{"ip", "strict"}},
+		{"caller_id inherits number_format", "    password: secret\n", "    password: secret\n    number_format: national\n    country_code: \"49\"\n",
+			func(c *Config) any { return c.Trunks[0].CallerID }, CallerID{FromUser: "account", Asserted: "none", NumberFormat: "national"}},
+		{"caller_id set", "    password: secret\n",
+			"    password: secret\n    country_code: \"49\"\n    caller_id: {from_user: number, asserted: ppi, number_format: e164-no-plus}\n",
+			func(c *Config) any { return []any{c.Trunks[0].NumberFormat, c.Trunks[0].CallerID} },
+			[]any{"as-is", CallerID{FromUser: "number", Asserted: "ppi", NumberFormat: "e164-no-plus"}}},
+		{"did_from header", "    password: secret\n", "    password: secret\n    did_from: header:P-Called-Party-ID\n",
+			func(c *Config) any { return c.Trunks[0].DIDFrom }, "header:P-Called-Party-ID"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -366,6 +392,8 @@ trunks:
     number_format: national
     country_code: "49"
     rtp_latching: any
+    caller_id: {from_user: number, asserted: pai, number_format: e164}
+    did_from: to
   - name: backup_2
     registrar: 203.0.113.5:5080
     username: backup

@@ -26,9 +26,15 @@ type Options struct {
 	Keepalive     string
 	DIDs          []string
 	Prefixes      []string // outbound_prefixes; none: every number
-	NumberFormat  string   // e164, national or as-is
+	NumberFormat  string   // e164, e164-no-plus, national or as-is
 	CountryCode   string
 	Latching      string // rtp_latching for the trunk's media; opaque here, the relay's rule
+	// caller_id: the From user (account or number), the identity header
+	// (none, pai or ppi) and the calling number's format.
+	CallerFromUser string
+	CallerAsserted string
+	CallerFormat   string
+	DIDFrom        string // did_from: auto, ruri, to or header:NAME
 }
 
 // Same reports whether a reload may keep a trunk running with b.
@@ -37,7 +43,9 @@ func (a Options) Same(b Options) bool {
 		a.Domain == b.Domain && a.Username == b.Username && a.AuthUsername == b.AuthUsername &&
 		a.Password == b.Password && a.Expires == b.Expires && a.RefreshMax == b.RefreshMax && a.Register == b.Register &&
 		a.Keepalive == b.Keepalive && slices.Equal(a.DIDs, b.DIDs) && slices.Equal(a.Prefixes, b.Prefixes) &&
-		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode && a.Latching == b.Latching
+		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode && a.Latching == b.Latching &&
+		a.CallerFromUser == b.CallerFromUser && a.CallerAsserted == b.CallerAsserted && a.CallerFormat == b.CallerFormat &&
+		a.DIDFrom == b.DIDFrom
 }
 
 // Deps is what a trunk needs from the daemon: the shared socket, STUN and

@@ -313,15 +313,23 @@ func normalizeNumber(number, format, cc string) string {
 		return number // an extension or a short code: leave it alone
 	}
 	switch format {
-	case "e164":
+	case config.NumberE164:
 		return "+" + digits
-	case "national":
+	case config.NumberE164NoPlus:
+		return digits
+	case config.NumberNational:
 		if rest, ok := strings.CutPrefix(digits, cc); ok && cc != "" {
 			return "0" + rest
 		}
 		return "00" + digits
 	}
 	return number
+}
+
+// FormatCaller writes a calling or forwarding number the way this trunk's
+// caller_id.number_format says.
+func (t *Trunk) FormatCaller(number string) string {
+	return normalizeNumber(number, t.conf.CallerFormat, t.country)
 }
 
 // takes reports whether this trunk's outbound prefixes match number; a

@@ -172,6 +172,7 @@ func TestKeepaliveMethodReadWhileSwitching(t *testing.T) {
 		t.Errorf("keepalive = %s, want options", got)
 	}
 }
+
 func TestNormalizeNumber(t *testing.T) {
 	for _, tc := range []struct{ in, format, cc, want string }{
 		{"0301234567", "e164", "49", "+49301234567"},
@@ -185,6 +186,10 @@ func TestNormalizeNumber(t *testing.T) {
 		{"0301234567", "as-is", "49", "0301234567"},
 		{"110", "e164", "49", "110"}, // emergency and short codes stay as dialled
 		{"200", "national", "49", "200"},
+		{"0301234567", "e164-no-plus", "49", "49301234567"},
+		{"+49301234567", "e164-no-plus", "49", "49301234567"},
+		{"00441234567", "e164-no-plus", "49", "441234567"},
+		{"200", "e164-no-plus", "49", "200"},
 	} {
 		if got := normalizeNumber(tc.in, tc.format, tc.cc); got != tc.want {
 			t.Errorf("normalizeNumber(%q, %s, %s) = %q, want %q", tc.in, tc.format, tc.cc, got, tc.want)
@@ -297,5 +302,26 @@ func TestRefreshMaxBoundsTheSilentLoss(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// A reload that changes how the trunk presents callers or reads DIDs
+// must not keep the old trunk.
+func TestSameSeesCallerIDAndDIDFrom(t *testing.T) {
+	base := Options{Name: "provider", Host: "sip.example.net", Username: "u", NumberFormat: "e164", CountryCode: "49"}
+	if !base.Same(base) {
+		t.Fatal("options not Same as themselves")
+	}
+	for name, edit := range map[string]func(*Options){
+		"caller_id.from_user":     func(o *Options) { o.CallerFromUser = "number" },
+		"caller_id.asserted":      func(o *Options) { o.CallerAsserted = "pai" },
+		"caller_id.number_format": func(o *Options) { o.CallerFormat = "national" },
+		"did_from":                func(o *Options) { o.DIDFrom = "to" },
+	} {
+		o := base
+		edit(&o)
+		if base.Same(o) {
+			t.Errorf("a change of %s is Same", name)
+		}
 	}
 }

@@ -26,16 +26,16 @@ import (
 // on other ports stays allowed: a softphone behind the same router, seen
 // through the provider, has it, and a hairpinning router reaches it.
 type mediaPolicy struct {
-	lan     atomic.Pointer[[]netip.Prefix] // the PBX side; swapped on reload
-	own     func() []netip.Addr            // our local addresses (any port)
-	public  func() (netip.Addr, bool)      // our public address (pool ports only)
-	pool    [2]int                         // the Internet pool's range
+	lan    atomic.Pointer[[]netip.Prefix] // the PBX side; swapped on reload
+	own    func() []netip.Addr            // our local addresses (any port)
+	public func() (netip.Addr, bool)      // our public address (pool ports only)
+	pool   [2]int                         // the Internet pool's range
 	// loopbackOK, by leg: that side's own socket is on loopback (a PBX on
 	// the same host, or a test), so loopback media is that side's peer.
 	loopbackOK [2]bool
-	refused atomic.Uint64
-	log     *zap.Logger
-	logged  rate.Sometimes
+	refused    atomic.Uint64
+	log        *zap.Logger
+	logged     rate.Sometimes
 }
 
 func newMediaPolicy(pbx b2bua.PBXOptions, wan netip.Addr, own func() []netip.Addr, public func() (netip.Addr, bool), pool [2]int, log *zap.Logger) *mediaPolicy {

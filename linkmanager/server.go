@@ -583,7 +583,9 @@ func (s *Server) Route(dialled string) (b2bua.Route, error) {
 		if err != nil {
 			return b2bua.Route{}, fmt.Errorf("%w: %w", b2bua.ErrUnresolved, err)
 		}
+		o := t.Options()
 		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Number: r.Number, Domain: r.Domain, User: r.User,
+			Denied: o.Outbound.Check(dialled, r.Number), MaxCalls: o.MaxCalls,
 			AuthUser: r.AuthUser, Password: r.Password, Contact: t.RegisteredContact, Latching: latchingOf(t),
 			CallerID: callerIDOf(t)}, nil
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/policy"
 	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
@@ -180,10 +181,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 		Interval: time.Duration(cfg.STUN.Interval),
 		Logger:   log,
 		PBXConn:  pbxConn,
-		PBX: b2bua.PBXOptions{
-			Addr: cfg.PBX.Addr, Allow: cfg.PBX.AllowPrefixes,
-			Username: cfg.PBX.Username, Password: cfg.PBX.Password,
-		},
+		PBX:         pbxOptions(cfg.PBX),
 		Media:       mediaConfig(cfg.RTP, pbxListen.Addr(), listen.Addr()),
 		RingTimeout: time.Duration(cfg.PBX.RingTimeout),
 		NATWatch:    natw,
@@ -338,8 +336,7 @@ func reloadConfig(path string, running *config.Config, level zap.AtomicLevel, sr
 
 	changed, err := srv.Reload(linkmanager.ReloadOptions{
 		Trunks: trunkOptions(next.Trunks),
-		PBX: b2bua.PBXOptions{Addr: next.PBX.Addr, Allow: next.PBX.AllowPrefixes,
-			Username: next.PBX.Username, Password: next.PBX.Password},
+		PBX:         pbxOptions(next.PBX),
 		STUNServers: next.STUN.Servers,
 	})
 	if err != nil {
@@ -377,6 +374,13 @@ func latching(s string) rtpbridge.Latching {
 	return l
 }
 
+// pbxOptions is the PBX section as the B2BUA takes it, at start and on
+// a reload.
+func pbxOptions(p config.PBX) b2bua.PBXOptions {
+	return b2bua.PBXOptions{Addr: p.Addr, Allow: p.AllowPrefixes, Username: p.Username, Password: p.Password,
+		Emergency: p.EmergencyNumbers, MaxCallRate: *p.MaxCallRate}
+}
+
 func trunkOptions(ts []config.Trunk) []trunk.Options {
 	out := make([]trunk.Options, 0, len(ts))
 	for _, t := range ts {
@@ -387,7 +391,8 @@ func trunkOptions(ts []config.Trunk) []trunk.Options {
 			Prefixes: t.OutboundPrefixes, NumberFormat: t.NumberFormat, CountryCode: t.CountryCode,
 			Latching:       t.RTPLatching,
 			CallerFromUser: t.CallerID.FromUser, CallerAsserted: t.CallerID.Asserted, CallerFormat: t.CallerID.NumberFormat,
-			DIDFrom: t.DIDFrom,
+			DIDFrom:  t.DIDFrom,
+			Outbound: policy.Rules{Allow: t.OutboundAllow, Deny: t.OutboundDeny}, MaxCalls: t.MaxCalls,
 		})
 	}
 	return out

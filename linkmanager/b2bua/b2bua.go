@@ -18,7 +18,9 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
+	"github.com/linkmanager/linkmanager/linkmanager/policy"
 	"github.com/linkmanager/linkmanager/linkmanager/sdp"
 	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/rtpbridge"
@@ -31,6 +33,12 @@ type PBXOptions struct {
 	Allow    []netip.Prefix // who may place calls
 	Username string         // optional digest the PBX must present
 	Password string
+	// Emergency numbers always go out: no deny rule, cap, rate limit or
+	// drain stops them (see package policy).
+	Emergency []string
+	// MaxCallRate is the new calls per second one source may place, in
+	// bursts of twice that; 0: no limit.
+	MaxCallRate float64
 }
 
 // Route is where an outbound call goes, as the trunk that takes the
@@ -52,6 +60,11 @@ type Route struct {
 	// CallerID is how the trunk presents the caller; zero: the account
 	// in From, no identity header.
 	CallerID CallerID
+	// Denied is why the trunk's outbound rules refuse the number (nil:
+	// they allow it); an emergency number goes out all the same.
+	Denied error
+	// MaxCalls caps the trunk's calls at once; 0: no cap.
+	MaxCalls int
 }
 
 // Router picks the trunk for a dialled number. Its errors wrap
@@ -116,6 +129,8 @@ type B2BUA struct {
 	ringTimeout time.Duration
 	onEnded     func(CallEnded)
 	ringing     *ringing
+	admit       *admission
+	policyLog   rate.Sometimes // refusals by the outbound policy: one line a while
 
 	mu       sync.Mutex
 	calls    map[string]*call       // guarded by mu; by the Call-ID of either leg
@@ -138,6 +153,8 @@ func New(cfg Config) (*B2BUA, error) {
 		media:       cfg.Media,
 		onEnded:     cfg.OnCallEnded,
 		ringing:     newRinging(cfg.MaxRingingPerTrunk, cfg.MaxRinging),
+		admit:       newAdmission(),
+		policyLog:   rate.Sometimes{Interval: 10 * time.Second},
 		calls:       map[string]*call{},
 		changed:     make(chan struct{}),
 		lan:         &side{name: "pbx", leg: rtpbridge.LegA, client: cfg.LAN.Client, contact: cfg.LAN.Contact},
@@ -296,9 +313,15 @@ func (b *B2BUA) finish(c *call, reason string) {
 		return
 	}
 	c.ended = true
-	legs, answer, moved := c.legs, c.answer, c.natMoved
+	legs, answer, moved, onEnd := c.legs, c.answer, c.natMoved, c.onEnd
+	c.onEnd = nil
 	c.mu.Unlock()
 	close(c.done)
+	defer func() {
+		for _, f := range onEnd {
+			f()
+		}
+	}()
 	// Close first: the relay stops and the statistics are final. Then
 	// move the call from the table to the media totals under one lock,
 	// so a Snapshot never sees it twice or not at all.
@@ -432,8 +455,34 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.reply(tx, req, nil, sip.StatusNotFound, "No Trunk For Number", nil)
 		return
 	}
+	emergency := policy.Emergency(pbx.Emergency, req.Recipient.User)
+	if !emergency {
+		switch {
+		case r.Denied != nil:
+			b.policyLog.Do(func() {
+				b.log.Warn("outbound call refused by the trunk's rules", zap.String("trunk", r.Trunk), zap.Error(r.Denied))
+			})
+			b.reply(tx, req, nil, sip.StatusForbidden, "Number Not Allowed", nil)
+			return
+		case !b.admit.rate(src.Addr(), pbx.MaxCallRate):
+			b.policyLog.Do(func() {
+				b.log.Warn("outbound call refused: too many new calls from one source", zap.Stringer("from", src.Addr()),
+					zap.Float64("max_call_rate", pbx.MaxCallRate))
+			})
+			b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Call Rate Exceeded", nil, sip.NewHeader("Retry-After", "1"))
+			return
+		}
+	}
+	// The trunk's cap counts every call, emergency ones too, but never
+	// refuses those.
+	if !b.admit.reserve(r.Trunk, r.MaxCalls, emergency) {
+		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Trunk Busy", nil, sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	defer b.holdUntilEnd(r.Trunk, req.CallID().Value())
 	id := outboundIdentity(req, r)
 	b.bridge(b.lan, req, tx, bridgeParams{
+		emergency: emergency,
 		to:      b.wanFor(r.Contact),
 		ruri:    sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
 		from:    id.from,
@@ -446,6 +495,17 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		latch:   r.Latching,
 		dir:     "outbound",
 	})
+}
+
+// holdUntilEnd keeps the reservation on trunk for the call bridge set up
+// under callID until that call ends; one that never got set up, or has
+// ended already, releases it now.
+func (b *B2BUA) holdUntilEnd(trunk, callID string) {
+	release := func() { b.admit.unreserve(trunk) }
+	if c, ok := b.callByID(callID); ok && c.whenEnded(release) {
+		return
+	}
+	release()
 }
 
 // OnProviderInvite bridges a call for one of our DIDs to the PBX. The
@@ -466,6 +526,8 @@ func (b *B2BUA) OnProviderInvite(in Inbound, req *sip.Request, tx sip.ServerTran
 		return
 	}
 	defer b.ringing.release(in.Trunk)
+	b.admit.reserve(in.Trunk, 0, true) // inbound calls count against max_calls, never refused by it
+	defer b.holdUntilEnd(in.Trunk, req.CallID().Value())
 	pbx := b.pbx.Load()
 	lanIP := pbx.Listen.Addr().String()
 	b.bridge(b.wanFor(in.Contact), req, tx, bridgeParams{

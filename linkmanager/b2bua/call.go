@@ -142,6 +142,7 @@ type call struct {
 	// On the UAC leg it is the INVITE's until a 2xx picks a fork.
 	legs  [2]*dialog
 	forks map[string]*dialog // guarded by mu; the UAC leg's dialogs by remote tag
+	onEnd []func()           // guarded by mu; run once by finish (see whenEnded)
 	ended bool               // guarded by mu
 	// setup: the INVITE handler owns the call until it has answered it
 	// or ended it; abortReason is why hangup told it to give up.
@@ -238,6 +239,8 @@ type bridgeParams struct {
 	trunk    string
 	dir      string
 	latch    rtpbridge.Latching // the trunk's rtp_latching, for the Internet leg
+	// emergency calls go out while draining too (policy.Emergency).
+	emergency bool
 }
 
 // bridge handles an initial INVITE that arrived on in: it builds the
@@ -247,7 +250,7 @@ type bridgeParams struct {
 func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p bridgeParams) {
 	callID := req.CallID().Value()
 	log := b.log.With(zap.String("call_id", callID), zap.String("trunk", p.trunk), zap.String("direction", p.dir))
-	if b.draining() {
+	if b.draining() && !p.emergency {
 		log.Info("call refused: shutting down")
 		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
 		return

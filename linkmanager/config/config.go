@@ -73,7 +73,12 @@ const (
 	// A call rings this long before the caller gets 408: sipgo's Timer B
 	// stops at the first 1xx, so nothing else would end it.
 	DefaultRingTimeout = 120 * time.Second
+	DefaultMaxCallRate = 5.0 // new calls per second per PBX address
 )
+
+// DefaultEmergencyNumbers is pbx.emergency_numbers' default (see
+// policy.DefaultEmergency).
+var DefaultEmergencyNumbers = []string{"112", "110", "911", "999"}
 
 // Values of trunks[].keepalive.
 const (
@@ -219,6 +224,16 @@ type Trunk struct {
 	// Where an inbound INVITE names the DID: auto|ruri|to|header:NAME;
 	// default auto (the Request-URI user, else the To user).
 	DIDFrom string `yaml:"did_from"`
+	// Outbound number rules, patterns like dids (digits, optional leading
+	// "+", optional trailing "*"), matched against the number as the PBX
+	// dialled it and as this trunk sends it. A deny match refuses (403);
+	// with an allow list, only its numbers go out. Emergency numbers are
+	// exempt. Default: no rules.
+	OutboundAllow []string `yaml:"outbound_allow"`
+	OutboundDeny  []string `yaml:"outbound_deny"`
+	// At most this many calls on the trunk at once, both ways; an outbound
+	// call beyond it gets 503 (the PBX can try another trunk). 0: no cap.
+	MaxCalls int `yaml:"max_calls"`
 
 	RegistrarAddr HostPort `yaml:"-"` // Registrar parsed; Port 0 = use SRV. Set by Validate.
 	ProxyAddr     HostPort `yaml:"-"` // Proxy parsed; Port 0 = use SRV. Set by Validate.
@@ -257,6 +272,12 @@ type PBX struct {
 	Addr       netip.AddrPort `yaml:"-"` // Address parsed; set by Validate
 	// How long an unanswered call may ring; default 120s, 5s..10m.
 	RingTimeout Duration `yaml:"ring_timeout"`
+	// Numbers that always go out: exempt from every deny rule, cap, rate
+	// limit and the shutdown drain. Exact digits. Default 112, 110, 911, 999.
+	EmergencyNumbers []string `yaml:"emergency_numbers"`
+	// New calls per second one source (a PBX address) may place, in
+	// bursts of twice that; more get 503. 0: no limit. Default 5.
+	MaxCallRate *float64 `yaml:"max_call_rate"`
 
 	AllowPrefixes []netip.Prefix `yaml:"-"` // Allow parsed and masked; set by Validate
 }
@@ -320,6 +341,13 @@ func (c *Config) SetDefaults() {
 		if ap, problem := parseIPPort(c.PBX.Address, DefaultPBXPort); problem == "" {
 			c.PBX.Allow = []string{netip.PrefixFrom(ap.Addr(), ap.Addr().BitLen()).String()}
 		}
+	}
+	if c.PBX.EmergencyNumbers == nil {
+		c.PBX.EmergencyNumbers = append([]string(nil), DefaultEmergencyNumbers...)
+	}
+	if c.PBX.MaxCallRate == nil {
+		r := DefaultMaxCallRate
+		c.PBX.MaxCallRate = &r
 	}
 	setInt(&c.RTP.PortMin, DefaultRTPPortMin)
 	setInt(&c.RTP.PortMax, DefaultRTPPortMax)

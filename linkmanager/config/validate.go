@@ -57,10 +57,11 @@ func parentPath(f string) string {
 }
 
 var (
-	trunkName   = regexp.MustCompile(`^[a-z0-9_-]+$`)
-	didPattern  = regexp.MustCompile(`^\+?[0-9]+\*?$`)
-	digitPrefix = regexp.MustCompile(`^\+?[0-9]+$`)
-	countryCode = regexp.MustCompile(`^[1-9][0-9]{0,2}$`)
+	trunkName       = regexp.MustCompile(`^[a-z0-9_-]+$`)
+	didPattern      = regexp.MustCompile(`^\+?[0-9]+\*?$`)
+	digitPrefix     = regexp.MustCompile(`^\+?[0-9]+$`)
+	emergencyNumber = regexp.MustCompile(`^[0-9]{2,8}$`)
+	countryCode     = regexp.MustCompile(`^[1-9][0-9]{0,2}$`)
 )
 
 func (c *Config) check() []*FieldError {
@@ -127,6 +128,15 @@ func (c *Config) check() []*FieldError {
 	}
 
 	k.duration("pbx.ring_timeout", c.PBX.RingTimeout, 5*time.Second, 10*time.Minute, "e.g. 120s")
+	for j, n := range c.PBX.EmergencyNumbers {
+		if !emergencyNumber.MatchString(n) {
+			k.add(fmt.Sprintf("pbx.emergency_numbers[%d]", j), fmt.Sprintf("%q is not an emergency number", n),
+				`use the exact digits the PBX dials, e.g. "112"`)
+		}
+	}
+	if r := c.PBX.MaxCallRate; r != nil && (*r < 0 || *r > 1000) {
+		k.add("pbx.max_call_rate", fmt.Sprintf("%v is out of range", *r), "use new calls per second per PBX address, 0 (no limit) to 1000; default 5")
+	}
 
 	k.rtp(&c.RTP, c.SIP.ListenAddr, c.PBX.ListenAddr)
 
@@ -185,6 +195,20 @@ func (k *checker) trunk(f string, t *Trunk) {
 			k.add(fmt.Sprintf("%s.dids[%d]", f, j), fmt.Sprintf("%q is not a DID", d),
 				`use digits with an optional leading + and optional trailing * for a block, e.g. "+4930123456" or "+4930123456*"`)
 		}
+	}
+	for _, list := range []struct {
+		name     string
+		patterns []string
+	}{{"outbound_allow", t.OutboundAllow}, {"outbound_deny", t.OutboundDeny}} {
+		for j, p := range list.patterns {
+			if !didPattern.MatchString(p) {
+				k.add(fmt.Sprintf("%s.%s[%d]", f, list.name, j), fmt.Sprintf("%q is not a number pattern", p),
+					`use digits with an optional leading + and optional trailing * for a prefix, e.g. "0900*" or "+49*"`)
+			}
+		}
+	}
+	if t.MaxCalls < 0 {
+		k.add(f+".max_calls", fmt.Sprintf("%d is negative", t.MaxCalls), "use the provider's channel count, or 0 for no cap")
 	}
 	for j, p := range t.OutboundPrefixes {
 		if !digitPrefix.MatchString(p) {

@@ -142,6 +142,12 @@ func TestValidateErrors(t *testing.T) {
 			[]string{`trunks[0].dids[0]: "*" is not a DID`}, 0},
 		{"outbound prefix", []string{pwLine, pwLine + "    outbound_prefixes: [\"00x\"]\n"},
 			[]string{`trunks[0].outbound_prefixes[0]: "00x" is not a number prefix`}, 0},
+		{"outbound deny", []string{pwLine, pwLine + "    outbound_deny: [\"0900*\", \"00 *\"]\n"},
+			[]string{`line 10: trunks[0].outbound_deny[1]: "00 *" is not a number pattern: use digits with an optional leading + and optional trailing * for a prefix, e.g. "0900*" or "+49*"`}, 1},
+		{"outbound allow", []string{pwLine, pwLine + "    outbound_allow: [\"+49**\"]\n"},
+			[]string{`trunks[0].outbound_allow[0]: "+49**" is not a number pattern`}, 1},
+		{"max calls negative", []string{pwLine, pwLine + "    max_calls: -1\n"},
+			[]string{`line 10: trunks[0].max_calls: -1 is negative: use the provider's channel count, or 0 for no cap`}, 1},
 		{"number format", []string{pwLine, pwLine + "    number_format: international\n"},
 			[]string{`trunks[0].number_format: "international" is not allowed: use one of e164, e164-no-plus, national, as-is`}, 1},
 		{"caller_id from_user", []string{pwLine, pwLine + "    caller_id: {from_user: pbx}\n"},
@@ -216,6 +222,10 @@ func TestValidateErrors(t *testing.T) {
 			[]string{`admin.listen: "localhost:9065" is a host name, not an IP address: use an IP such as 127.0.0.1:9065, or "off" to disable`}, 0},
 		{"shutdown grace negative", []string{rtp, "shutdown: {grace: -1s}\n" + rtp},
 			[]string{"shutdown.grace: -1s is below 1s"}, 0},
+		{"emergency number", []string{"pbx:\n", "pbx:\n  emergency_numbers: [\"112\", \"+112\"]\n"},
+			[]string{`pbx.emergency_numbers[1]: "+112" is not an emergency number: use the exact digits the PBX dials, e.g. "112"`}, 0},
+		{"call rate negative", []string{"pbx:\n", "pbx:\n  max_call_rate: -1\n"},
+			[]string{`pbx.max_call_rate: -1 is out of range: use new calls per second per PBX address, 0 (no limit) to 1000; default 5`}, 0},
 		{"ring timeout too long", []string{"pbx:\n", "pbx:\n  ring_timeout: 1h\n"},
 			[]string{"pbx.ring_timeout: 1h0m0s is outside 5s..10m0s: use 5s to 10m0s; e.g. 120s"}, 0},
 	}
@@ -297,6 +307,9 @@ func TestDefaults(t *testing.T) {
 		{"admin parsed", c.Admin.ListenAddr, netip.MustParseAddrPort("127.0.0.1:9065")},
 		{"shutdown.grace", c.Shutdown.Grace, Duration(30 * time.Second)},
 		{"pbx.ring_timeout", c.PBX.RingTimeout, Duration(120 * time.Second)},
+		{"pbx.emergency_numbers", c.PBX.EmergencyNumbers, []string{"112", "110", "911", "999"}},
+		{"pbx.max_call_rate", *c.PBX.MaxCallRate, 5.0},
+		{"max_calls", tr.MaxCalls, 0},
 	}
 	for _, tt := range tests {
 		if !reflect.DeepEqual(tt.got, tt.want) {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/linkmanager/linkmanager/linkmanager/policy"
 )
 
 // Options is one provider account as configured.
@@ -35,6 +37,10 @@ type Options struct {
 	CallerAsserted string
 	CallerFormat   string
 	DIDFrom        string // did_from: auto, ruri, to or header:NAME
+	// Outbound is what the PBX may dial on the trunk, MaxCalls its cap
+	// on calls at once (0: none); the B2BUA applies them.
+	Outbound policy.Rules
+	MaxCalls int
 }
 
 // Same reports whether a reload may keep a trunk running with b.
@@ -45,7 +51,8 @@ func (a Options) Same(b Options) bool {
 		a.Keepalive == b.Keepalive && slices.Equal(a.DIDs, b.DIDs) && slices.Equal(a.Prefixes, b.Prefixes) &&
 		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode && a.Latching == b.Latching &&
 		a.CallerFromUser == b.CallerFromUser && a.CallerAsserted == b.CallerAsserted && a.CallerFormat == b.CallerFormat &&
-		a.DIDFrom == b.DIDFrom
+		a.DIDFrom == b.DIDFrom && slices.Equal(a.Outbound.Allow, b.Outbound.Allow) &&
+		slices.Equal(a.Outbound.Deny, b.Outbound.Deny) && a.MaxCalls == b.MaxCalls
 }
 
 // Deps is what a trunk needs from the daemon: the shared socket, STUN and

@@ -523,7 +523,8 @@ func atoiOr(s string, def int) int {
 func TestCallConcurrent50(t *testing.T) {
 	t.Parallel()
 	const calls = 50
-	l, d := callLab(t, DaemonConfig{LogLevel: "info"})
+	// 25 calls/s is above pbx.max_call_rate's default of 10.
+	l, d := callLab(t, DaemonConfig{LogLevel: "info", PBX: "max_call_rate: 30"})
 	r := l.StartCall(CallSetup{
 		Caller:  SippSpec{Endpoint: PBXCaller, Scenario: "uac-pcap.xml", Calls: calls, Rate: 25, Hold: 9 * time.Second, Timeout: 75 * time.Second},
 		Callee:  SippSpec{Endpoint: PhoneCallee, Scenario: "uas-pcap.xml", Calls: calls, Timeout: 75 * time.Second},

@@ -73,7 +73,9 @@ const (
 	// A call rings this long before the caller gets 408: sipgo's Timer B
 	// stops at the first 1xx, so nothing else would end it.
 	DefaultRingTimeout = 120 * time.Second
-	DefaultMaxCallRate = 5.0 // new calls per second per PBX address
+	// New calls per second per PBX address: above a busy office's peak,
+	// far below what a hijacked PBX dials.
+	DefaultMaxCallRate = 10.0
 )
 
 // DefaultEmergencyNumbers is pbx.emergency_numbers' default (see
@@ -276,7 +278,7 @@ type PBX struct {
 	// limit and the shutdown drain. Exact digits. Default 112, 110, 911, 999.
 	EmergencyNumbers []string `yaml:"emergency_numbers"`
 	// New calls per second one source (a PBX address) may place, in
-	// bursts of twice that; more get 503. 0: no limit. Default 5.
+	// bursts of twice that; more get 503. 0: no limit. Default 10.
 	MaxCallRate *float64 `yaml:"max_call_rate"`
 
 	AllowPrefixes []netip.Prefix `yaml:"-"` // Allow parsed and masked; set by Validate

@@ -135,7 +135,7 @@ func (c *Config) check() []*FieldError {
 		}
 	}
 	if r := c.PBX.MaxCallRate; r != nil && (*r < 0 || *r > 1000) {
-		k.add("pbx.max_call_rate", fmt.Sprintf("%v is out of range", *r), "use new calls per second per PBX address, 0 (no limit) to 1000; default 5")
+		k.add("pbx.max_call_rate", fmt.Sprintf("%v is out of range", *r), "use new calls per second per PBX address, 0 (no limit) to 1000; default 10")
 	}
 
 	k.rtp(&c.RTP, c.SIP.ListenAddr, c.PBX.ListenAddr)

@@ -225,7 +225,7 @@ func TestValidateErrors(t *testing.T) {
 		{"emergency number", []string{"pbx:\n", "pbx:\n  emergency_numbers: [\"112\", \"+112\"]\n"},
 			[]string{`pbx.emergency_numbers[1]: "+112" is not an emergency number: use the exact digits the PBX dials, e.g. "112"`}, 0},
 		{"call rate negative", []string{"pbx:\n", "pbx:\n  max_call_rate: -1\n"},
-			[]string{`pbx.max_call_rate: -1 is out of range: use new calls per second per PBX address, 0 (no limit) to 1000; default 5`}, 0},
+			[]string{`pbx.max_call_rate: -1 is out of range: use new calls per second per PBX address, 0 (no limit) to 1000; default 10`}, 0},
 		{"ring timeout too long", []string{"pbx:\n", "pbx:\n  ring_timeout: 1h\n"},
 			[]string{"pbx.ring_timeout: 1h0m0s is outside 5s..10m0s: use 5s to 10m0s; e.g. 120s"}, 0},
 	}
@@ -308,7 +308,7 @@ func TestDefaults(t *testing.T) {
 		{"shutdown.grace", c.Shutdown.Grace, Duration(30 * time.Second)},
 		{"pbx.ring_timeout", c.PBX.RingTimeout, Duration(120 * time.Second)},
 		{"pbx.emergency_numbers", c.PBX.EmergencyNumbers, []string{"112", "110", "911", "999"}},
-		{"pbx.max_call_rate", *c.PBX.MaxCallRate, 5.0},
+		{"pbx.max_call_rate", *c.PBX.MaxCallRate, 10.0},
 		{"max_calls", tr.MaxCalls, 0},
 	}
 	for _, tt := range tests {

@@ -168,6 +168,7 @@ func (k *sock) handle(b []byte, src netip.AddrPort, now int64) bool {
 		k.st.rtcpPackets++
 		k.st.rtcpBytes += uint64(len(b))
 		k.mu.Unlock()
+		k.lastRx.Store(now) // a silence-suppressing endpoint is alive by its RTCP
 		return true
 	}
 	if ssrc != k.st.ssrc || k.st.packets == 0 {

@@ -288,8 +288,21 @@ func (s *Session) timeoutLocked() int64 {
 	return int64(s.br.cfg.MediaTimeout)
 }
 
+// lastActivityLocked is when the call last showed it is alive: each leg
+// by its last accepted RTP or RTCP packet (RTCP keeps a silence-suppressing
+// endpoint alive), and the call by its quieter leg, so that one dead
+// direction ends it (issue 9 item 10). On hold, and for T.38 (whose
+// receiver is quiet for whole pages), one live leg is enough. Never before
+// the last Established or SetHold.
 func (s *Session) lastActivityLocked() int64 {
-	return max(s.socks[LegA][kindRTP].lastRx.Load(), s.socks[LegB][kindRTP].lastRx.Load(), s.mark)
+	var leg [2]int64
+	for l := range leg {
+		leg[l] = max(s.socks[l][kindRTP].lastRx.Load(), s.socks[l][kindRTCP].lastRx.Load())
+	}
+	if s.held || s.raw.Load() {
+		return max(leg[0], leg[1], s.mark)
+	}
+	return max(min(leg[0], leg[1]), s.mark)
 }
 
 // armLocked schedules the next housekeeping at the earliest deadline. It

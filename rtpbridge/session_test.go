@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -261,17 +262,72 @@ func TestMediaTimeoutNotWhileMediaFlows(t *testing.T) {
 	h := newHarness(t, nil)
 	h.connect()
 	h.s.Established()
-	// One direction flowing is enough to keep the call.
+	// Both directions flowing keep the call, RTCP as well as RTP.
 	for i := range 5 {
 		h.clk.Advance(DefaultMediaTimeout / 2)
 		send(t, h.nat, rtpPkt(uint16(i), uint32(i)*160, 2, 'm'), h.bRTP)
 		recv(t, h.pbx)
+		if i%2 == 0 {
+			send(t, h.pbx, rtpPkt(uint16(i), uint32(i)*160, 1, 'p'), h.aRTP)
+			recvMedia(t, h.nat) // the latched source, not the SDP's address
+		} else {
+			send(t, h.pbxRTCP, []byte{0x80, 201, 0, 1, 0, 0, 0, 1}, h.aRTCP) // an RR: alive, silent
+			recv(t, h.sdpRTCP)
+		}
 	}
 	assertNoTimeout(t, h)
 	h.clk.Advance(DefaultMediaTimeout - time.Millisecond)
 	assertNoTimeout(t, h)
 	h.clk.Advance(time.Millisecond)
 	<-h.timeouts
+}
+
+// recvMedia is recv that skips the relay's keepalives, which an Advance
+// of the fake clock may have queued first.
+func recvMedia(t *testing.T, c *net.UDPConn) []byte {
+	t.Helper()
+	for {
+		b, _ := recv(t, c)
+		if len(b) < 2 || b[1]&0x7f != keepalivePT {
+			return b
+		}
+	}
+}
+
+// TestMediaTimeoutOneDeadDirection (issue 9 item 10): the provider leg
+// died while the PBX streams on; the call must end after media_timeout of
+// that silence, not stay up for ever. On hold the silent direction is the
+// held one's choice, and one live direction keeps the call.
+func TestMediaTimeoutOneDeadDirection(t *testing.T) {
+	for _, hold := range []bool{false, true} {
+		h := newHarness(t, nil)
+		h.connect()
+		h.s.Established()
+		send(t, h.nat, rtpPkt(1, 160, 2, 'n'), h.bRTP) // the provider leg spoke once
+		recv(t, h.pbx)
+		if hold {
+			h.s.SetHold(true)
+		}
+		for i := range 4 { // the PBX streams on for two media timeouts
+			h.clk.Advance(DefaultMediaTimeout / 2)
+			send(t, h.pbx, rtpPkt(uint16(i), uint32(i)*160, 1, 'p'), h.aRTP)
+			recvMedia(t, h.nat)
+			if !hold && i == 1 {
+				// One media timeout after the provider leg's last packet;
+				// the fake clock has fired it inside Advance.
+				select {
+				case <-h.timeouts:
+				default:
+					t.Fatal("the PBX streams into a dead provider leg, and the call stays up")
+				}
+				break
+			}
+		}
+		if hold {
+			assertNoTimeout(t, h)
+		}
+		_ = h.s.Close()
+	}
 }
 
 func TestHoldTimeout(t *testing.T) {

@@ -187,9 +187,14 @@ type Trunk struct {
 	// rtp.latching. any only for a provider whose media comes from
 	// addresses its SDP does not name.
 	RTPLatching string `yaml:"rtp_latching"`
+	// IPs or CIDRs of the provider's other SBCs, which may send requests
+	// and responses for this trunk besides every address of the
+	// registrar and proxy (SRV targets included); default none.
+	Allow []string `yaml:"allow"`
 
-	RegistrarAddr HostPort `yaml:"-"` // Registrar parsed; Port 0 = use SRV. Set by Validate.
-	ProxyAddr     HostPort `yaml:"-"` // Proxy parsed; Port 0 = use SRV. Set by Validate.
+	RegistrarAddr HostPort       `yaml:"-"` // Registrar parsed; Port 0 = use SRV. Set by Validate.
+	ProxyAddr     HostPort       `yaml:"-"` // Proxy parsed; Port 0 = use SRV. Set by Validate.
+	AllowPrefixes []netip.Prefix `yaml:"-"` // Allow parsed and masked; set by Validate
 }
 
 // PBX is the LAN side.

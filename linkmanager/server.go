@@ -483,7 +483,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	if to := req.To(); to != nil {
 		toUser = to.Address.User
 	}
-	did, ok := t.MatchDID(req.Recipient.User, toUser)
+	t, did, ok := s.inboundTrunk(t, src.Addr().Unmap(), req.Recipient.User, toUser)
 	log := s.log.With(zap.String("trunk", t.Name()), zap.String("call_id", callID))
 	if !ok {
 		log.Info("inbound call for unknown number", zap.String("ruri_user", req.Recipient.User), zap.String("to_user", toUser))
@@ -496,6 +496,25 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.Name(), DID: did, Contact: t.RegisteredContact, Latching: latchingOf(t)}, req, tx)
+}
+
+// inboundTrunk picks the trunk a new call from ip is for: of those that
+// allow ip (first the one trunkFor found), the first whose DIDs have the
+// number. Two accounts at one provider share its SBCs, so the source
+// alone does not say which account is called.
+func (s *Server) inboundTrunk(first *trunk.Trunk, ip netip.Addr, users ...string) (*trunk.Trunk, string, bool) {
+	if did, ok := first.MatchDID(users...); ok {
+		return first, did, true
+	}
+	for _, t := range s.trunkList() {
+		if t == first || !t.Allows(ip) {
+			continue
+		}
+		if did, ok := t.MatchDID(users...); ok {
+			return t, did, true
+		}
+	}
+	return first, "", false
 }
 
 func (s *Server) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string) {
@@ -566,7 +585,7 @@ func (s *Server) Route(dialled string) (b2bua.Route, error) {
 		if err != nil {
 			return b2bua.Route{}, fmt.Errorf("%w: %w", b2bua.ErrUnresolved, err)
 		}
-		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Number: r.Number, Domain: r.Domain, User: r.User,
+		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Alt: r.Alt, Failed: r.Failed, Number: r.Number, Domain: r.Domain, User: r.User,
 			AuthUser: r.AuthUser, Password: r.Password, Contact: t.RegisteredContact, Latching: latchingOf(t)}, nil
 	}
 	return b2bua.Route{}, b2bua.ErrNoRoute

@@ -385,7 +385,7 @@ func trunkOptions(ts []config.Trunk) []trunk.Options {
 			Domain: t.Domain, Username: t.Username, AuthUsername: t.AuthUsername, Password: t.Password,
 			Expires: time.Duration(t.Expires), RefreshMax: time.Duration(t.RefreshMax), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,
 			Prefixes: t.OutboundPrefixes, NumberFormat: t.NumberFormat, CountryCode: t.CountryCode,
-			Latching: t.RTPLatching,
+			Latching: t.RTPLatching, Allow: t.AllowPrefixes,
 		})
 	}
 	return out

@@ -36,12 +36,17 @@ type PBXOptions struct {
 // Route is where an outbound call goes, as the trunk that takes the
 // number decides it.
 type Route struct {
-	Trunk    string         // name, for logs and metrics
-	Dst      netip.AddrPort // next hop
-	Number   string         // the dialled number in the trunk's format
-	Domain   string         // the provider's domain: Request-URI, From and To
-	User     string         // our account: the From user
-	AuthUser string         // digest user for a challenge; empty: none
+	Trunk string         // name, for logs and metrics
+	Dst   netip.AddrPort // next hop
+	// Alt are the next hops to try, in order, when Dst does not answer
+	// (within the hop timeout) or answers 408 or 503 before ringing
+	// (RFC 3263 §4.3). Failed, if set, hears of each such hop.
+	Alt      []netip.AddrPort
+	Failed   func(netip.AddrPort)
+	Number   string // the dialled number in the trunk's format
+	Domain   string // the provider's domain: Request-URI, From and To
+	User     string // our account: the From user
+	AuthUser string // digest user for a challenge; empty: none
 	Password string
 	// Contact is our address as this trunk's registrar knows it; nil:
 	// the Internet side's default.
@@ -92,6 +97,7 @@ type Config struct {
 	Router      Router
 	Media       Media
 	RingTimeout time.Duration   // 0: DefaultRingTimeout
+	HopTimeout  time.Duration   // 0: DefaultHopTimeout
 	OnCallEnded func(CallEnded) // optional; called without any lock held
 }
 
@@ -107,6 +113,7 @@ type B2BUA struct {
 	media       Media
 	router      Router
 	ringTimeout time.Duration
+	hopTimeout  time.Duration
 	onEnded     func(CallEnded)
 
 	mu       sync.Mutex
@@ -126,6 +133,7 @@ func New(cfg Config) (*B2BUA, error) {
 	b := &B2BUA{
 		log:         cmp.Or(cfg.Logger, zap.NewNop()),
 		ringTimeout: cmp.Or(cfg.RingTimeout, DefaultRingTimeout),
+		hopTimeout:  cmp.Or(cfg.HopTimeout, DefaultHopTimeout),
 		router:      cfg.Router,
 		media:       cfg.Media,
 		onEnded:     cfg.OnCallEnded,
@@ -424,16 +432,18 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	b.bridge(b.lan, req, tx, bridgeParams{
-		to:    b.wanFor(r.Contact),
-		ruri:  sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
-		from:  sip.Uri{Scheme: "sip", User: r.User, Host: r.Domain},
-		at:    sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
-		dst:   r.Dst,
-		user:  r.AuthUser,
-		pass:  r.Password,
-		trunk: r.Trunk,
-		latch: r.Latching,
-		dir:   "outbound",
+		to:        b.wanFor(r.Contact),
+		ruri:      sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		from:      sip.Uri{Scheme: "sip", User: r.User, Host: r.Domain},
+		at:        sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		dst:       r.Dst,
+		alt:       r.Alt,
+		hopFailed: r.Failed,
+		user:      r.AuthUser,
+		pass:      r.Password,
+		trunk:     r.Trunk,
+		latch:     r.Latching,
+		dir:       "outbound",
 	})
 }
 

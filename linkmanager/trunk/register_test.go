@@ -170,14 +170,22 @@ type regHarness struct {
 	done   chan error
 }
 
+// oneTarget is a provider with a single address.
+type oneTarget netip.AddrPort
+
+func (o oneTarget) hops(context.Context) ([]netip.AddrPort, error) {
+	return []netip.AddrPort{netip.AddrPort(o)}, nil
+}
+func (oneTarget) failed(netip.AddrPort)       {}
+func (oneTarget) registeredAt(netip.AddrPort) {}
+
 func startReg(t *testing.T, conf Options, k *fakeKeeper, f *fakeRegistrar) *regHarness {
 	t.Helper()
 	if conf.Name == "" {
 		conf = Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456",
 			Password: "lab-secret", Expires: 300 * time.Second, Register: true}
 	}
-	resolve := func(context.Context) (netip.AddrPort, error) { return registrarAddr, nil }
-	reg := newRegistration(conf, f.do, resolve, k, lanAddr, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
+	reg := newRegistration(conf, f.do, oneTarget(registrarAddr), k, lanAddr, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
 	reg.jitter = func() float64 { return 0.5 } // factor 1.0: exact schedules
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &regHarness{reg: reg, f: f, k: k, cancel: cancel, done: make(chan error, 1)}

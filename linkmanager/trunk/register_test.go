@@ -30,6 +30,7 @@ var (
 // and writes what it sees (received/rport) into the Via.
 type fakeRegistrar struct {
 	t        *testing.T
+	addr     netip.AddrPort // where it listens
 	password string
 	realm    string
 	nonce    string
@@ -45,14 +46,14 @@ type fakeRegistrar struct {
 }
 
 func newFakeRegistrar(t *testing.T) *fakeRegistrar {
-	return &fakeRegistrar{t: t, password: "lab-secret", realm: "sip.provider.test", nonce: "n0nce", source: natAddr}
+	return &fakeRegistrar{t: t, addr: registrarAddr, password: "lab-secret", realm: "sip.provider.test", nonce: "n0nce", source: natAddr}
 }
 
 func (f *fakeRegistrar) do(ctx context.Context, req *sip.Request, dst netip.AddrPort) (*sip.Response, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if dst != registrarAddr {
-		f.t.Errorf("request sent to %v, want the registrar %v", dst, registrarAddr)
+	if dst != f.addr {
+		f.t.Errorf("request sent to %v, want the registrar %v", dst, f.addr)
 	}
 	// The public-address probe is kept apart so REGISTER counts stay exact.
 	if req.Method == sip.OPTIONS {

@@ -158,9 +158,10 @@ func (s *sbc) call(dst netip.AddrPort, user string, wait time.Duration) int {
 	}
 }
 
-// sbcServer is a Server for trunks on the shared socket at wanIP, with
-// DNS for provider.test and, with a PBX socket, the B2BUA.
-func sbcServer(t *testing.T, dns trunk.Resolver, log *zap.Logger, trunks []trunk.Options, lan *sharedconn.Conn) (*Server, *sharedconn.Conn) {
+// runServer builds a Server from opts on a fresh shared socket at wanIP
+// (it fills in Conn, Keeper, Interval and Logger) and runs it until the
+// test ends.
+func runServer(t *testing.T, log *zap.Logger, opts Options) (*Server, *sharedconn.Conn) {
 	t.Helper()
 	conn := sharedconn.New(listenOn(t, wanIP), log, nil)
 	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
@@ -169,16 +170,7 @@ func sbcServer(t *testing.T, dns trunk.Resolver, log *zap.Logger, trunks []trunk
 	}
 	conn.SetSTUNHandler(keeper.HandlePacket)
 	conn.SetOnSend(keeper.NoteSent)
-	opts := Options{Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log, Resolver: dns, Trunks: trunks}
-	if lan != nil {
-		opts.PBXConn = lan
-		opts.PBX = b2bua.PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
-			Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}}
-		opts.Media = rtpbridge.Config{
-			LAN: &rtpbridge.Pool{Address: lanIP, MinPort: 47000, MaxPort: 47199},
-			WAN: &rtpbridge.Pool{Address: wanIP, MinPort: 48000, MaxPort: 48199},
-		}
-	}
+	opts.Conn, opts.Keeper, opts.Interval, opts.Logger = conn, keeper, time.Second, log
 	srv, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -193,6 +185,23 @@ func sbcServer(t *testing.T, dns trunk.Resolver, log *zap.Logger, trunks []trunk
 		}
 	})
 	return srv, conn
+}
+
+// sbcServer is a Server for trunks with DNS for provider.test and, with
+// a PBX socket, the B2BUA.
+func sbcServer(t *testing.T, dns trunk.Resolver, log *zap.Logger, trunks []trunk.Options, lan *sharedconn.Conn) (*Server, *sharedconn.Conn) {
+	t.Helper()
+	opts := Options{Resolver: dns, Trunks: trunks}
+	if lan != nil {
+		opts.PBXConn = lan
+		opts.PBX = b2bua.PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
+			Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}}
+		opts.Media = rtpbridge.Config{
+			LAN: &rtpbridge.Pool{Address: lanIP, MinPort: 47000, MaxPort: 47199},
+			WAN: &rtpbridge.Pool{Address: wanIP, MinPort: 48000, MaxPort: 48199},
+		}
+	}
+	return runServer(t, log, opts)
 }
 
 func providerTrunk(allow ...string) trunk.Options {

@@ -241,21 +241,21 @@ func TestProviderSBCsAndAllowList(t *testing.T) {
 	await(t, "provider.test resolved", func() bool { return srv.trunkList()[1].Allows(sbc2.addr.Addr()) })
 
 	// 480: accepted and matched to a DID (no PBX in this test).
-	if got := sbc2.call(local, "4930123456", 5*time.Second); got != 480 {
+	if got := sbc2.call(local, "4930123456", 10*time.Second); got != 480 {
 		t.Errorf("INVITE from the second SRV target answered %d, want 480 (accepted)", got)
 	}
-	if got := other.call(local, "4940555", 5*time.Second); got != 480 {
+	if got := other.call(local, "4940555", 10*time.Second); got != 480 {
 		t.Errorf("INVITE from the other trunk's allow-listed SBC answered %d, want 480", got)
 	}
 	dropped := func(s *sbc, what string) {
 		t.Helper()
 		before := conn.Stats().DroppedSource
+		// Silence for 700 ms (an answer would come at once), and the
+		// drop counted, however long the read takes on a busy machine.
 		if got := s.call(local, "4930123456", 700*time.Millisecond); got != 0 {
 			t.Errorf("%s's INVITE answered %d, want it dropped", what, got)
 		}
-		if conn.Stats().DroppedSource == before {
-			t.Errorf("%s's INVITE was not counted as dropped", what)
-		}
+		await(t, what+"'s INVITE counted as dropped", func() bool { return conn.Stats().DroppedSource > before })
 	}
 	dropped(extra, "the SBC outside DNS and allow")
 	dropped(stranger, "a stranger")
@@ -287,16 +287,16 @@ func TestProviderSBCsAndAllowList(t *testing.T) {
 	if err != nil || strings.Join(changed, ",") != "trunk provider changed" {
 		t.Fatalf("reload: %v, %v", changed, err)
 	}
-	if got := extra.call(local, "4930123456", 5*time.Second); got != 480 {
+	if got := extra.call(local, "4930123456", 10*time.Second); got != 480 {
 		t.Errorf("after the reload the allow-listed SBC's INVITE answered %d, want 480", got)
 	}
 	if sendResponse() {
 		t.Error("after the reload a response from the allow-listed SBC is still dropped")
 	}
-	if got := other.call(local, "4930123456", 5*time.Second); got != 480 {
+	if got := other.call(local, "4930123456", 10*time.Second); got != 480 {
 		t.Errorf("the provider's DID from an SBC both trunks accept answered %d, want 480", got)
 	}
-	if got := sbc1.call(local, "4930123456", 5*time.Second); got != 480 {
+	if got := sbc1.call(local, "4930123456", 10*time.Second); got != 480 {
 		t.Errorf("after the reload the first SRV target's INVITE answered %d, want 480", got)
 	}
 	dropped(stranger, "a stranger after the reload")

@@ -1,7 +1,6 @@
 package linkmanager
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,7 +18,6 @@ import (
 	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
-	"github.com/linkmanager/linkmanager/stunkeeper"
 )
 
 // Loopback addresses standing in for the networks, so that a leak of one
@@ -146,16 +144,8 @@ func (p *fakeProvider) received(method string) []string {
 func startB2BUA(t *testing.T, prov *fakeProvider) (*Server, netip.AddrPort) {
 	t.Helper()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	conn := sharedconn.New(listenOn(t, wanIP), log, nil)
 	lan := sharedconn.New(listenOn(t, lanIP), log, nil)
-	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.SetSTUNHandler(keeper.HandlePacket)
-	conn.SetOnSend(keeper.NoteSent)
-	srv, err := New(Options{
-		Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log,
+	srv, _ := runServer(t, log, Options{
 		Trunks: []trunk.Options{{Name: "provider", Host: wanIP, Port: prov.port(), Domain: "sip.provider.test",
 			Username: "4930123456", Password: "secret", Expires: 300 * time.Second, Register: true,
 			Keepalive: config.KeepaliveOff, DIDs: []string{"4930123456"}}},
@@ -166,18 +156,6 @@ func startB2BUA(t *testing.T, prov *fakeProvider) (*Server, netip.AddrPort) {
 			LAN: &rtpbridge.Pool{Address: lanIP, MinPort: 45000, MaxPort: 45199},
 			WAN: &rtpbridge.Pool{Address: wanIP, MinPort: 46000, MaxPort: 46199},
 		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v", err)
-		}
 	})
 	await(t, "registration", func() bool { return srv.Status()[0].Registered })
 	return srv, lan.LocalAddrPort()

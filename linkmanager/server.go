@@ -498,7 +498,7 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	if to := req.To(); to != nil {
 		toUser = to.Address.User
 	}
-	did, ok := t.MatchDID(b2bua.CalledNumbers(req, b2bua.DIDSource(t.Options().DIDFrom))...)
+	t, did, ok := s.inboundTrunk(t, src.Addr().Unmap(), req)
 	log := s.log.With(zap.String("trunk", t.Name()), zap.String("call_id", callID))
 	if !ok {
 		log.Info("inbound call for unknown number", zap.String("ruri_user", req.Recipient.User), zap.String("to_user", toUser),
@@ -512,6 +512,28 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.Name(), DID: did, Contact: t.RegisteredContact, Latching: latchingOf(t)}, req, tx)
+}
+
+// inboundTrunk picks the trunk a new call from ip is for: of those that
+// allow ip (first the one trunkFor found), the first whose DIDs have the
+// number. Two accounts at one provider share its SBCs, so the source
+// alone does not say which account is called.
+func (s *Server) inboundTrunk(first *trunk.Trunk, ip netip.Addr, req *sip.Request) (*trunk.Trunk, string, bool) {
+	match := func(t *trunk.Trunk) (string, bool) {
+		return t.MatchDID(b2bua.CalledNumbers(req, b2bua.DIDSource(t.Options().DIDFrom))...)
+	}
+	if did, ok := match(first); ok {
+		return first, did, true
+	}
+	for _, t := range s.trunkList() {
+		if t == first || !t.Allows(ip) {
+			continue
+		}
+		if did, ok := match(t); ok {
+			return t, did, true
+		}
+	}
+	return first, "", false
 }
 
 func (s *Server) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string) {
@@ -584,7 +606,7 @@ func (s *Server) Route(dialled string) (b2bua.Route, error) {
 			return b2bua.Route{}, fmt.Errorf("%w: %w", b2bua.ErrUnresolved, err)
 		}
 		o := t.Options()
-		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Number: r.Number, Domain: r.Domain, User: r.User,
+		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Alt: r.Alt, Failed: r.Failed, Number: r.Number, Domain: r.Domain, User: r.User,
 			Denied: o.Outbound.Check(dialled, r.Number), MaxCalls: o.MaxCalls,
 			AuthUser: r.AuthUser, Password: r.Password, Contact: t.RegisteredContact, Latching: latchingOf(t),
 			CallerID: callerIDOf(t)}, nil

@@ -346,36 +346,18 @@ func firstLine(s string) string {
 
 func TestServerSeveralTrunksRegisterIndependently(t *testing.T) {
 	good, dead := startUDPRegistrar(t), listenOn(t, wanIP) // dead: never answers
-	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	conn := sharedconn.New(listenOn(t, wanIP), log, nil)
-	keeper, err := stunkeeper.New(stunkeeper.Config{Interval: time.Second, Send: conn.Send, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.SetSTUNHandler(keeper.HandlePacket)
-	conn.SetOnSend(keeper.NoteSent)
 	mkTrunk := func(name string, port uint16) trunk.Options {
 		return trunk.Options{Name: name, Host: "127.0.0.1", Port: int(port), Domain: name + ".test",
 			Username: "u-" + name, Password: "p", Expires: 300 * time.Second, Register: true, Keepalive: config.KeepaliveOff}
 	}
-	srv, err := New(Options{Conn: conn, Keeper: keeper, Interval: time.Second, Logger: log, Trunks: []trunk.Options{
+	srv, _ := runServer(t, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), Options{Trunks: []trunk.Options{
 		mkTrunk("dead", dead.LocalAddr().(*net.UDPAddr).AddrPort().Port()),
 		mkTrunk("good", good.addr().Port()),
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
 	// The dead provider's 10 s transaction timeout must not hold up the
 	// other trunk.
 	await(t, "the good trunk to register", func() bool { return srv.Status()[1].Registered })
 	if st := srv.Status()[0]; st.Registered || st.Trunk != "dead" {
 		t.Errorf("dead trunk status = %+v", st)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run = %v", err)
 	}
 }

@@ -175,12 +175,12 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	defer pbxConn.Close()
 
 	srv, err := linkmanager.New(linkmanager.Options{
-		Conn:     conn,
-		Keeper:   keeper,
-		Trunks:   trunkOptions(cfg.Trunks),
-		Interval: time.Duration(cfg.STUN.Interval),
-		Logger:   log,
-		PBXConn:  pbxConn,
+		Conn:        conn,
+		Keeper:      keeper,
+		Trunks:      trunkOptions(cfg.Trunks),
+		Interval:    time.Duration(cfg.STUN.Interval),
+		Logger:      log,
+		PBXConn:     pbxConn,
 		PBX:         pbxOptions(cfg.PBX),
 		Media:       mediaConfig(cfg.RTP, pbxListen.Addr(), listen.Addr()),
 		RingTimeout: time.Duration(cfg.PBX.RingTimeout),
@@ -335,7 +335,7 @@ func reloadConfig(path string, running *config.Config, level zap.AtomicLevel, sr
 	next.PBX.Listen, next.PBX.ListenAddr = running.PBX.Listen, running.PBX.ListenAddr
 
 	changed, err := srv.Reload(linkmanager.ReloadOptions{
-		Trunks: trunkOptions(next.Trunks),
+		Trunks:      trunkOptions(next.Trunks),
 		PBX:         pbxOptions(next.PBX),
 		STUNServers: next.STUN.Servers,
 	})
@@ -389,7 +389,7 @@ func trunkOptions(ts []config.Trunk) []trunk.Options {
 			Domain: t.Domain, Username: t.Username, AuthUsername: t.AuthUsername, Password: t.Password,
 			Expires: time.Duration(t.Expires), RefreshMax: time.Duration(t.RefreshMax), Register: *t.Register, Keepalive: t.Keepalive, DIDs: t.DIDs,
 			Prefixes: t.OutboundPrefixes, NumberFormat: t.NumberFormat, CountryCode: t.CountryCode,
-			Latching:       t.RTPLatching,
+			Latching: t.RTPLatching, Allow: t.AllowPrefixes,
 			CallerFromUser: t.CallerID.FromUser, CallerAsserted: t.CallerID.Asserted, CallerFormat: t.CallerID.NumberFormat,
 			DIDFrom:  t.DIDFrom,
 			Outbound: policy.Rules{Allow: t.OutboundAllow, Deny: t.OutboundDeny}, MaxCalls: t.MaxCalls,

@@ -44,12 +44,17 @@ type PBXOptions struct {
 // Route is where an outbound call goes, as the trunk that takes the
 // number decides it.
 type Route struct {
-	Trunk    string         // name, for logs and metrics
-	Dst      netip.AddrPort // next hop
-	Number   string         // the dialled number in the trunk's format
-	Domain   string         // the provider's domain: Request-URI, From and To
-	User     string         // our account: the From user unless CallerID says otherwise
-	AuthUser string         // digest user for a challenge; empty: none
+	Trunk string         // name, for logs and metrics
+	Dst   netip.AddrPort // next hop
+	// Alt are the next hops to try, in order, when Dst does not answer
+	// (within the hop timeout) or answers 408 or 503 before ringing
+	// (RFC 3263 §4.3). Failed, if set, hears of each such hop.
+	Alt      []netip.AddrPort
+	Failed   func(netip.AddrPort)
+	Number   string // the dialled number in the trunk's format
+	Domain   string // the provider's domain: Request-URI, From and To
+	User     string // our account: the From user unless CallerID says otherwise
+	AuthUser string // digest user for a challenge; empty: none
 	Password string
 	// Contact is our address as this trunk's registrar knows it; nil:
 	// the Internet side's default.
@@ -108,6 +113,7 @@ type Config struct {
 	Router      Router
 	Media       Media
 	RingTimeout time.Duration   // 0: DefaultRingTimeout
+	HopTimeout  time.Duration   // 0: DefaultHopTimeout
 	OnCallEnded func(CallEnded) // optional; called without any lock held
 	// MaxRinging bounds the calls offered by the providers that are not
 	// answered yet, per trunk and in total, so that a flood of INVITEs
@@ -127,6 +133,7 @@ type B2BUA struct {
 	media       Media
 	router      Router
 	ringTimeout time.Duration
+	hopTimeout  time.Duration
 	onEnded     func(CallEnded)
 	ringing     *ringing
 	admit       *admission
@@ -149,6 +156,7 @@ func New(cfg Config) (*B2BUA, error) {
 	b := &B2BUA{
 		log:         cmp.Or(cfg.Logger, zap.NewNop()),
 		ringTimeout: cmp.Or(cfg.RingTimeout, DefaultRingTimeout),
+		hopTimeout:  cmp.Or(cfg.HopTimeout, DefaultHopTimeout),
 		router:      cfg.Router,
 		media:       cfg.Media,
 		onEnded:     cfg.OnCallEnded,
@@ -483,17 +491,19 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 	id := outboundIdentity(req, r)
 	b.bridge(b.lan, req, tx, bridgeParams{
 		emergency: emergency,
-		to:      b.wanFor(r.Contact),
-		ruri:    sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
-		from:    id.from,
-		at:      sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
-		headers: id.headers,
-		dst:     r.Dst,
-		user:    r.AuthUser,
-		pass:    r.Password,
-		trunk:   r.Trunk,
-		latch:   r.Latching,
-		dir:     "outbound",
+		to:        b.wanFor(r.Contact),
+		ruri:      sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		from:      id.from,
+		at:        sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
+		headers:   id.headers,
+		dst:       r.Dst,
+		alt:       r.Alt,
+		hopFailed: r.Failed,
+		user:      r.AuthUser,
+		pass:      r.Password,
+		trunk:     r.Trunk,
+		latch:     r.Latching,
+		dir:       "outbound",
 	})
 }
 

@@ -24,6 +24,11 @@ const DefaultRingTimeout = 120 * time.Second
 
 const byeTimeout = 4 * time.Second
 
+// DefaultHopTimeout is how long an INVITE waits for any answer, even a
+// 100, before the next hop gets it. sipgo's Timer B would wait 32 s; a
+// live proxy answers within one or two retransmissions (T1 = 500 ms).
+const DefaultHopTimeout = 4 * time.Second
+
 // side is one network the B2BUA talks to: the LAN (PBX) or the Internet
 // (providers). Each has its own socket, sipgo client and addresses.
 type side struct {
@@ -229,16 +234,18 @@ func (c *call) other(leg rtpbridge.Leg) *dialog {
 
 // bridgeParams says where the new leg's INVITE goes.
 type bridgeParams struct {
-	to       *side
-	ruri     sip.Uri
-	from, at sip.Uri      // From and To of the new leg
-	headers  []sip.Header // added to the new leg's INVITE (identity.go)
-	dst      netip.AddrPort
-	user     string // digest credentials for the new leg; empty: none
-	pass     string
-	trunk    string
-	dir      string
-	latch    rtpbridge.Latching // the trunk's rtp_latching, for the Internet leg
+	to        *side
+	ruri      sip.Uri
+	from, at  sip.Uri      // From and To of the new leg
+	headers   []sip.Header // added to the new leg's INVITE (identity.go)
+	dst       netip.AddrPort
+	alt       []netip.AddrPort     // next hops for failover, in order
+	hopFailed func(netip.AddrPort) // told of a hop that failed; may be nil
+	user      string               // digest credentials for the new leg; empty: none
+	pass      string
+	trunk     string
+	dir       string
+	latch     rtpbridge.Latching // the trunk's rtp_latching, for the Internet leg
 	// emergency calls go out while draining too (policy.Emergency).
 	emergency bool
 }
@@ -322,8 +329,52 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		return
 	}
 	authed := false
+	// RFC 3263 §4.3 failover: until a hop answers at all, hopTimer
+	// runs; until it rings (a 1xx other than 100), a 408 or 503 from it,
+	// or its transaction's end, moves the INVITE to the next hop.
+	hopTimer := time.NewTimer(b.hopTimeout)
+	defer hopTimer.Stop()
+	answered, ringing := false, false
+	// failover reports the hop as failed and, if another is left and the
+	// call still wants one, sends the INVITE there: a new transaction
+	// with the next CSeq, on the same dialog.
+	failover := func(why string) (bool, error) {
+		if p.hopFailed != nil {
+			p.hopFailed(out.dst)
+		}
+		if ringing || cancelled == nil || len(p.alt) == 0 {
+			return false, nil
+		}
+		log.Info("next hop for the call", zap.Stringer("failed", out.dst), zap.Stringer("next", p.alt[0]), zap.String("why", why))
+		out.retarget(p.alt[0])
+		p.alt = p.alt[1:]
+		invite = out.resend(invite)
+		otx.Terminate()
+		var err error
+		if otx, err = b.send(octx, out, invite); err != nil {
+			return false, err
+		}
+		answered, authed = false, false
+		hopTimer.Reset(b.hopTimeout)
+		return true, nil
+	}
+	sendFailed := func(err error) {
+		b.finish(c, "invite send failed: "+err.Error())
+		code, reason := sendStatus(err)
+		b.reply(tx, req, in_, code, reason, nil)
+	}
 	for {
 		select {
+		case <-hopTimer.C:
+			if answered {
+				continue
+			}
+			// No alternative: keep waiting for sipgo's Timer B.
+			if _, err := failover("no answer"); err != nil {
+				sendFailed(err)
+				return
+			}
+			continue
 		case <-cancelled:
 			// sipgo already answered the CANCEL with 200 and the INVITE
 			// with 487; pass the CANCEL on and wait for the far side's
@@ -352,14 +403,32 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			b.finish(c, "ring timeout")
 			return
 		case <-otx.Done():
+			if !answered {
+				if moved, err := failover("transaction ended"); err != nil {
+					sendFailed(err)
+					return
+				} else if moved {
+					continue
+				}
+			}
 			b.finish(c, "no answer from "+out.side.name)
 			b.reply(tx, req, in_, sip.StatusRequestTimeout, "Request Timeout", nil)
 			return
 		case res := <-otx.Responses():
 			code := int(res.StatusCode)
+			answered = true
+			if (code == 408 || code == 503) && !ringing {
+				if moved, err := failover(fmt.Sprintf("%d %s", code, res.Reason)); err != nil {
+					sendFailed(err)
+					return
+				} else if moved {
+					continue
+				}
+			}
 			switch {
 			case code == 100:
 			case code < 200:
+				ringing = true
 				c.fork(res)
 				body, err := b.answerSDP(c, in.leg, p.to.leg, res.Body())
 				if err != nil {
@@ -422,9 +491,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				invite = next
 				otx.Terminate()
 				if otx, err = b.send(octx, out, invite); err != nil {
-					b.finish(c, "invite send failed: "+err.Error())
-					code, reason := sendStatus(err)
-					b.reply(tx, req, in_, code, reason, nil)
+					sendFailed(err)
 					return
 				}
 			default:
@@ -619,17 +686,34 @@ func (d *dialog) authorize(req *sip.Request, res *sip.Response, user, pass strin
 	if err != nil {
 		return nil, err
 	}
+	next := d.resend(req)
+	next.RemoveHeader(hdr)
+	next.AppendHeader(sip.NewHeader(hdr, cred.String()))
+	return next, nil
+}
+
+// retarget points the dialog's requests at dst: the INVITE moved to
+// another hop before any dialog state came back.
+func (d *dialog) retarget(dst netip.AddrPort) {
+	d.mu.Lock()
+	d.dst = dst
+	d.mu.Unlock()
+}
+
+// resend is req for the dialog's current hop: a new transaction (new
+// Via branch) with the next CSeq (RFC 3263 §4.3: a new request to the
+// next server, not a retransmission).
+func (d *dialog) resend(req *sip.Request) *sip.Request {
 	next := req.Clone()
 	next.RemoveHeader("Via")
 	next.PrependHeader(sipmsg.NewVia(d.side.contact()))
 	d.mu.Lock()
 	d.cseq++
 	next.CSeq().SeqNo = d.cseq
+	dst := d.dst
 	d.mu.Unlock()
-	next.RemoveHeader(hdr)
-	next.AppendHeader(sip.NewHeader(hdr, cred.String()))
-	next.SetDestination(d.dst.String())
-	return next, nil
+	next.SetDestination(dst.String())
+	return next
 }
 
 // send starts a client transaction from this side's socket.

@@ -236,9 +236,14 @@ type Trunk struct {
 	// At most this many calls on the trunk at once, both ways; an outbound
 	// call beyond it gets 503 (the PBX can try another trunk). 0: no cap.
 	MaxCalls int `yaml:"max_calls"`
+	// IPs or CIDRs of the provider's other SBCs, which may send requests
+	// and responses for this trunk besides every address of the
+	// registrar and proxy (SRV targets included); default none.
+	Allow []string `yaml:"allow"`
 
-	RegistrarAddr HostPort `yaml:"-"` // Registrar parsed; Port 0 = use SRV. Set by Validate.
-	ProxyAddr     HostPort `yaml:"-"` // Proxy parsed; Port 0 = use SRV. Set by Validate.
+	RegistrarAddr HostPort       `yaml:"-"` // Registrar parsed; Port 0 = use SRV. Set by Validate.
+	ProxyAddr     HostPort       `yaml:"-"` // Proxy parsed; Port 0 = use SRV. Set by Validate.
+	AllowPrefixes []netip.Prefix `yaml:"-"` // Allow parsed and masked; set by Validate
 }
 
 // CallerID is how a trunk's outbound calls present the caller. The

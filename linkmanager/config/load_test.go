@@ -164,6 +164,23 @@ func TestLoadProblemsOneLineEach(t *testing.T) {
 	}
 }
 
+// A bad trunks[].allow entry names the file, the line, the field and the
+// fix; a single CIDR written without the list brackets is a parse error
+// that says how to write it.
+func TestLoadBadTrunkAllow(t *testing.T) {
+	l := Loader{Getenv: env(nil), ReadFile: fakeFS(map[string]string{
+		"lm.yaml":     edit(t, base, "    dids:", "    allow: [\"198.51.100.0/28\", \"198.51.100.x/28\"]\n    dids:"),
+		"scalar.yaml": edit(t, base, "    dids:", "    allow: 198.51.100.0/28\n    dids:"),
+	})}
+	_, err := l.Load("lm.yaml")
+	assertProblems(t, err, 1, `lm.yaml: line 10: trunks[0].allow[1]: "198.51.100.x/28" is not an IP or CIDR: use the provider's SBC addresses, e.g. "198.51.100.0/28" or "198.51.100.7"`)
+	_, err = l.Load("scalar.yaml")
+	if !errors.Is(err, ErrParse) {
+		t.Errorf("errors.Is(err, ErrParse) = false for %v", err)
+	}
+	assertProblems(t, err, 1, `scalar.yaml: line 10: trunks[0].allow: want a list, got "198.51.100.0/28": write it as a list: ["198.51.100.0/28"]`)
+}
+
 // The shipped example must always load.
 func TestExampleConfig(t *testing.T) {
 	path := filepath.Join("..", "..", "configs", "linkmanager.yaml")

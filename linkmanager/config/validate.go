@@ -114,15 +114,7 @@ func (c *Config) check() []*FieldError {
 		k.add("pbx.listen", fmt.Sprintf("%s collides with sip.listen %s", c.PBX.ListenAddr, c.SIP.ListenAddr),
 			"use a different port for each, e.g. 5060 for pbx.listen and 65002 for sip.listen")
 	}
-	c.PBX.AllowPrefixes = nil
-	for i, s := range c.PBX.Allow {
-		p, ok := parseAllow(s)
-		if !ok {
-			k.add(fmt.Sprintf("pbx.allow[%d]", i), fmt.Sprintf("%q is not an IP or CIDR", s), "use e.g. 192.168.100.20 or 192.168.100.0/24")
-			continue
-		}
-		c.PBX.AllowPrefixes = append(c.PBX.AllowPrefixes, p)
-	}
+	c.PBX.AllowPrefixes = k.allowList("pbx.allow", c.PBX.Allow, "use e.g. 192.168.100.20 or 192.168.100.0/24")
 	if (c.PBX.Username == "") != (c.PBX.Password == "") {
 		k.add("pbx.password", "only one of pbx.username and pbx.password is set", "set both to require digest auth from the PBX, or neither")
 	}
@@ -226,6 +218,8 @@ func (k *checker) trunk(f string, t *Trunk) {
 	if t.RTPLatching != "" { // empty only when rtp.latching is bad, which is reported
 		k.oneOf(f+".rtp_latching", t.RTPLatching, LatchingStrict, LatchingIP, LatchingAny)
 	}
+	t.AllowPrefixes = k.allowList(f+".allow", t.Allow,
+		`use the provider's SBC addresses, e.g. "198.51.100.0/28" or "198.51.100.7"`)
 	switch {
 	case t.CountryCode != "" && !countryCode.MatchString(t.CountryCode):
 		k.add(f+".country_code", fmt.Sprintf("%q is not a country code", t.CountryCode), `use 1 to 3 digits without + or 00, e.g. "49"`)
@@ -440,6 +434,21 @@ func validHost(h string) bool {
 	// An all-digit last label is a mistyped IPv4 address (999.1.1.1), not a name.
 	_, err := strconv.Atoi(labels[len(labels)-1])
 	return err != nil
+}
+
+// allowList parses an allow list, reporting each entry that is neither
+// an IP nor a CIDR under field[i].
+func (k *checker) allowList(field string, list []string, fix string) []netip.Prefix {
+	var out []netip.Prefix
+	for i, s := range list {
+		p, ok := parseAllow(s)
+		if !ok {
+			k.add(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("%q is not an IP or CIDR", s), fix)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // parseAllow accepts a bare IP (one host) or a CIDR; host bits are masked

@@ -3,6 +3,7 @@ package trunk
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"time"
@@ -41,6 +42,9 @@ type Options struct {
 	// on calls at once (0: none); the B2BUA applies them.
 	Outbound policy.Rules
 	MaxCalls int
+	// Allow are the provider's other SBCs: requests and responses from
+	// them are this trunk's, besides the registrar's and proxy's.
+	Allow []netip.Prefix
 }
 
 // Same reports whether a reload may keep a trunk running with b.
@@ -52,7 +56,8 @@ func (a Options) Same(b Options) bool {
 		a.NumberFormat == b.NumberFormat && a.CountryCode == b.CountryCode && a.Latching == b.Latching &&
 		a.CallerFromUser == b.CallerFromUser && a.CallerAsserted == b.CallerAsserted && a.CallerFormat == b.CallerFormat &&
 		a.DIDFrom == b.DIDFrom && slices.Equal(a.Outbound.Allow, b.Outbound.Allow) &&
-		slices.Equal(a.Outbound.Deny, b.Outbound.Deny) && a.MaxCalls == b.MaxCalls
+		slices.Equal(a.Outbound.Deny, b.Outbound.Deny) && a.MaxCalls == b.MaxCalls &&
+		slices.Equal(a.Allow, b.Allow)
 }
 
 // Deps is what a trunk needs from the daemon: the shared socket, STUN and
@@ -81,9 +86,10 @@ func New(o Options, d Deps) *Trunk {
 		conf: o, host: o.Host, port: o.Port, also: o.RegistrarHost, prefixes: o.Prefixes,
 		format: o.NumberFormat, country: o.CountryCode, interval: d.Interval,
 		do: d.Do, probe: d.Probe, send: d.Send, lastSent: d.LastSent,
-		log: log, now: time.Now, lookup: d.Lookup, sources: map[netip.Addr]bool{},
+		log: log, now: time.Now, lookup: d.Lookup, allow: slices.Clone(o.Allow), randN: rand.IntN,
+		down: map[netip.AddrPort]time.Time{},
 	}
-	t.reg = newRegistration(t.conf, d.Do, t.resolveRegistrar, d.Keeper, d.Local, log)
+	t.reg = newRegistration(t.conf, d.Do, t, d.Keeper, d.Local, log)
 	t.reg.ua = d.UserAgent
 	return t
 }
@@ -136,17 +142,25 @@ func (t *Trunk) Status() RegStatus {
 // registrar again.
 func (t *Trunk) Inherit(prev *Trunk) {
 	prev.mu.Lock()
-	for ip := range prev.sources {
-		t.sources[ip] = true
+	t.mu.Lock()
+	t.targets, t.resolved = prev.targets, prev.resolved
+	for a, until := range prev.down {
+		t.down[a] = until
 	}
+	t.mu.Unlock()
 	prev.mu.Unlock()
+	t.sources.Store(prev.sources.Load())
 	t.dst.Store(prev.dst.Load())
 }
 
 // Route is where a call to a number goes on this trunk.
 type Route struct {
-	Dst      netip.AddrPort // the registrar or outbound proxy
-	Number   string         // the number in the trunk's format
+	Dst netip.AddrPort   // the registrar or outbound proxy: its best target
+	Alt []netip.AddrPort // the next targets, in order, for failover
+	// Failed is told a target that timed out or answered 408 or 503, so
+	// the next calls try others first for a while (HoldDown).
+	Failed   func(netip.AddrPort)
+	Number   string // the number in the trunk's format
 	Domain   string
 	User     string // our account: the From user
 	AuthUser string // digest user
@@ -160,10 +174,10 @@ func (t *Trunk) Route(number string) (Route, bool, error) {
 	if !t.takes(number) {
 		return Route{}, false, nil
 	}
-	dst := t.dst.Load()
-	if dst == nil {
+	hops := t.orderedHops()
+	if len(hops) == 0 {
 		return Route{}, true, fmt.Errorf("%w: %s", ErrUnresolved, t.conf.Name)
 	}
-	return Route{Dst: *dst, Number: normalizeNumber(number, t.format, t.country), Domain: t.conf.Domain,
+	return Route{Dst: hops[0], Alt: hops[1:], Failed: t.failed, Number: normalizeNumber(number, t.format, t.country), Domain: t.conf.Domain,
 		User: t.conf.Username, AuthUser: t.reg.authUser(), Password: t.conf.Password}, true, nil
 }

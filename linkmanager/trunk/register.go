@@ -38,6 +38,14 @@ const (
 // shared socket; tests pass a fake registrar.
 type TxFunc func(ctx context.Context, req *sip.Request, dst netip.AddrPort) (*sip.Response, error)
 
+// targets is where a registration may send its REGISTER, best first,
+// and what it tells the trunk about them.
+type targets interface {
+	hops(ctx context.Context) ([]netip.AddrPort, error)
+	failed(netip.AddrPort)
+	registeredAt(netip.AddrPort)
+}
+
 // PublicAddrs is what the registration needs from the STUN keeper.
 type PublicAddrs interface {
 	Public() (stunkeeper.Mapping, bool)
@@ -68,7 +76,7 @@ type RegStatus struct {
 type registration struct {
 	conf    Options
 	do      TxFunc
-	resolve func(ctx context.Context) (netip.AddrPort, error)
+	targets targets
 	keeper  PublicAddrs
 	local   netip.AddrPort
 	log     *zap.Logger
@@ -102,12 +110,11 @@ type registration struct {
 	status RegStatus // guarded by mu
 }
 
-func newRegistration(conf Options, do TxFunc, resolve func(context.Context) (netip.AddrPort, error),
-	keeper PublicAddrs, local netip.AddrPort, log *zap.Logger) *registration {
+func newRegistration(conf Options, do TxFunc, to targets, keeper PublicAddrs, local netip.AddrPort, log *zap.Logger) *registration {
 	return &registration{
 		conf:      conf,
 		do:        do,
-		resolve:   resolve,
+		targets:   to,
 		keeper:    keeper,
 		local:     local,
 		log:       log,
@@ -277,13 +284,42 @@ func (r *registration) contactFor(want netip.AddrPort) netip.AddrPort {
 // register runs one REGISTER (with digest) and records the outcome. It
 // returns a valid address when the registrar saw us somewhere other than
 // the Contact we registered, so the caller re-registers at once.
+//
+// It tries the targets in order: one that does not answer, or answers
+// 408 or 503, is held down and the next one gets the same REGISTER.
+// Every attempt starts from the best target, so a refresh returns to the
+// primary once its hold-down is over.
 func (r *registration) register(ctx context.Context, want netip.AddrPort) (netip.AddrPort, error) {
-	dst, err := r.resolve(ctx)
+	hops, err := r.targets.hops(ctx)
 	if err != nil {
 		r.fail(err)
-		return netip.AddrPort{}, fmt.Errorf("%w: %w", ErrResolve, err)
+		if !errors.Is(err, ErrResolve) {
+			err = fmt.Errorf("%w: %w", ErrResolve, err)
+		}
+		return netip.AddrPort{}, err
 	}
-	r.dst = dst
+	for i, dst := range hops {
+		next, err := r.registerAt(ctx, dst, want)
+		if err == nil {
+			r.targets.registeredAt(dst)
+			return next, nil
+		}
+		if !failover(err) || ctx.Err() != nil {
+			return netip.AddrPort{}, err
+		}
+		r.targets.failed(dst)
+		if i+1 < len(hops) {
+			r.log.Warn("registrar target failed; trying the next", zap.Stringer("target", dst),
+				zap.Stringer("next", hops[i+1]), zap.Error(err))
+			continue
+		}
+		return netip.AddrPort{}, err
+	}
+	return netip.AddrPort{}, fmt.Errorf("%w: no target", ErrResolve)
+}
+
+// registerAt is one REGISTER (with digest) at dst; see register.
+func (r *registration) registerAt(ctx context.Context, dst netip.AddrPort, want netip.AddrPort) (netip.AddrPort, error) {
 	if !want.IsValid() && !r.seen.IsValid() {
 		if _, ok := r.keeper.Public(); !ok {
 			// Nobody has told us our public address yet (no STUN
@@ -311,8 +347,8 @@ func (r *registration) register(ctx context.Context, want netip.AddrPort) (netip
 		r.seen = seen
 		r.keeper.Observe(stunkeeper.Mapping{Addr: seen, Via: dst, Source: stunkeeper.SourceRegistrar, At: r.now()})
 	}
-	wasRegistered := r.contact == contact
-	r.contact, r.okAt, r.granted = contact, r.now(), granted
+	wasRegistered := r.contact == contact && r.dst == dst
+	r.dst, r.contact, r.okAt, r.granted = dst, contact, r.now(), granted
 	r.setStatus(func(s *RegStatus) {
 		if !s.Registered || !wasRegistered {
 			s.Since = r.now()

@@ -30,6 +30,7 @@ var (
 // and writes what it sees (received/rport) into the Via.
 type fakeRegistrar struct {
 	t        *testing.T
+	addr     netip.AddrPort // where it listens
 	password string
 	realm    string
 	nonce    string
@@ -45,14 +46,14 @@ type fakeRegistrar struct {
 }
 
 func newFakeRegistrar(t *testing.T) *fakeRegistrar {
-	return &fakeRegistrar{t: t, password: "lab-secret", realm: "sip.provider.test", nonce: "n0nce", source: natAddr}
+	return &fakeRegistrar{t: t, addr: registrarAddr, password: "lab-secret", realm: "sip.provider.test", nonce: "n0nce", source: natAddr}
 }
 
 func (f *fakeRegistrar) do(ctx context.Context, req *sip.Request, dst netip.AddrPort) (*sip.Response, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if dst != registrarAddr {
-		f.t.Errorf("request sent to %v, want the registrar %v", dst, registrarAddr)
+	if dst != f.addr {
+		f.t.Errorf("request sent to %v, want the registrar %v", dst, f.addr)
 	}
 	// The public-address probe is kept apart so REGISTER counts stay exact.
 	if req.Method == sip.OPTIONS {
@@ -170,14 +171,22 @@ type regHarness struct {
 	done   chan error
 }
 
+// oneTarget is a provider with a single address.
+type oneTarget netip.AddrPort
+
+func (o oneTarget) hops(context.Context) ([]netip.AddrPort, error) {
+	return []netip.AddrPort{netip.AddrPort(o)}, nil
+}
+func (oneTarget) failed(netip.AddrPort)       {}
+func (oneTarget) registeredAt(netip.AddrPort) {}
+
 func startReg(t *testing.T, conf Options, k *fakeKeeper, f *fakeRegistrar) *regHarness {
 	t.Helper()
 	if conf.Name == "" {
 		conf = Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456",
 			Password: "lab-secret", Expires: 300 * time.Second, Register: true}
 	}
-	resolve := func(context.Context) (netip.AddrPort, error) { return registrarAddr, nil }
-	reg := newRegistration(conf, f.do, resolve, k, lanAddr, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
+	reg := newRegistration(conf, f.do, oneTarget(registrarAddr), k, lanAddr, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
 	reg.jitter = func() float64 { return 0.5 } // factor 1.0: exact schedules
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &regHarness{reg: reg, f: f, k: k, cancel: cancel, done: make(chan error, 1)}

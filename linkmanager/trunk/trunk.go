@@ -6,7 +6,6 @@ package trunk
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -48,11 +47,16 @@ type Trunk struct {
 	now      func() time.Time
 	lookup   Resolver
 
-	dst       atomic.Pointer[netip.AddrPort] // resolved registrar
-	keepalive atomic.Pointer[string]         // method in use (auto resolves to one)
+	allow     []netip.Prefix                      // the provider's other SBCs (trunks[].allow)
+	randN     func(int) int                       // RFC 2782 weighted draws
+	dst       atomic.Pointer[netip.AddrPort]      // the target the registration (or keepalive) uses
+	keepalive atomic.Pointer[string]              // method in use (auto resolves to one)
+	sources   atomic.Pointer[map[netip.Addr]bool] // resolved addresses allowed to send; replaced whole, never written
 
-	mu      sync.Mutex
-	sources map[netip.Addr]bool // guarded by mu; addresses allowed to send requests
+	mu       sync.Mutex
+	targets  []srvTarget                  // guarded by mu; where requests go, from the last good lookup
+	resolved map[netip.Addr]bool          // guarded by mu; every address that lookup found
+	down     map[netip.AddrPort]time.Time // guarded by mu; targets held down until
 
 	stop func()        // set by Start
 	done chan struct{} // closed when Run has returned
@@ -68,6 +72,7 @@ type Resolver interface {
 // ctx ends, then unregisters.
 func (t *Trunk) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return t.resolveLoop(ctx) })
 	if t.conf.Register {
 		g.Go(func() error { return t.reg.run(ctx) })
 	}
@@ -75,71 +80,20 @@ func (t *Trunk) run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// resolveRegistrar follows RFC 3263 loosely: an IP literal as is; a
-// name with a port by A lookup; a name without a port by SRV
-// _sip._udp, then A on 5060.
-func (t *Trunk) resolveRegistrar(ctx context.Context) (netip.AddrPort, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	dst, ips, err := t.resolveHost(ctx, t.host, t.port)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	if t.also != "" && t.also != t.host {
-		if _, more, err := t.resolveHost(ctx, t.also, 0); err == nil {
-			ips = append(ips, more...)
-		} else {
-			t.log.Warn("cannot resolve registrar; only the proxy may send requests", zap.String("registrar", t.also), zap.Error(err))
-		}
-	}
-	return t.setDst(dst, ips...), nil
-}
-
-// resolveHost returns where to send and every address the host has.
-func (t *Trunk) resolveHost(ctx context.Context, host string, port int) (netip.AddrPort, []netip.Addr, error) {
-	if ip, err := netip.ParseAddr(host); err == nil {
-		if port == 0 {
-			port = 5060
-		}
-		return netip.AddrPortFrom(ip.Unmap(), uint16(port)), []netip.Addr{ip.Unmap()}, nil
-	}
-	if port == 0 {
-		port = 5060
-		if _, srvs, err := t.lookup.LookupSRV(ctx, "sip", "udp", host); err == nil && len(srvs) > 0 {
-			host, port = strings.TrimSuffix(srvs[0].Target, "."), int(srvs[0].Port)
-		}
-	}
-	ips, err := t.lookup.LookupNetIP(ctx, "ip4", host)
-	if err != nil {
-		return netip.AddrPort{}, nil, err
-	}
-	if len(ips) == 0 {
-		return netip.AddrPort{}, nil, fmt.Errorf("no IPv4 address for %s", host)
-	}
-	for i := range ips {
-		ips[i] = ips[i].Unmap()
-	}
-	return netip.AddrPortFrom(ips[0], uint16(port)), ips, nil
-}
-
-// setDst records the registrar and who may send us requests for this
-// trunk: every address its name resolved to.
-func (t *Trunk) setDst(dst netip.AddrPort, sources ...netip.Addr) netip.AddrPort {
-	t.dst.Store(&dst)
-	t.mu.Lock()
-	for _, ip := range sources {
-		t.sources[ip] = true
-	}
-	t.mu.Unlock()
-	return dst
-}
-
-// Allows reports whether a request from ip belongs to this trunk's
-// provider.
+// Allows reports whether a request or response from ip belongs to this
+// trunk's provider: an address of its registrar or proxy (every SRV
+// target) or one of its allow prefixes. It runs per packet and
+// allocates nothing.
 func (t *Trunk) Allows(ip netip.Addr) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.sources[ip]
+	if s := t.sources.Load(); s != nil && (*s)[ip] {
+		return true
+	}
+	for _, p := range t.allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // MatchDID returns the configured DID that user (from the Request-URI or
@@ -207,7 +161,7 @@ func (t *Trunk) keepaliveLoop(ctx context.Context) error {
 		}
 		dst := t.dst.Load()
 		if dst == nil {
-			if _, err := t.resolveRegistrar(ctx); err != nil {
+			if _, err := t.hops(ctx); err != nil {
 				resetTimer(timer, t.interval)
 				continue
 			}

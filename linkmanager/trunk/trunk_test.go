@@ -3,6 +3,7 @@ package trunk
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"testing"
@@ -30,7 +31,7 @@ func (r *keepaliveRig) trunk(method string) *Trunk {
 	t := &Trunk{
 		conf: Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456", Keepalive: method},
 		host: registrarAddr.Addr().String(), port: int(registrarAddr.Port()), interval: 10 * time.Second,
-		log: zap.NewNop(), now: time.Now, sources: map[netip.Addr]bool{},
+		log: zap.NewNop(), now: time.Now, down: map[netip.AddrPort]time.Time{}, randN: rand.IntN,
 	}
 	t.probe = func(ctx context.Context, dst netip.AddrPort) (netip.AddrPort, error) {
 		r.mu.Lock()
@@ -69,7 +70,7 @@ func (r *keepaliveRig) trunk(method string) *Trunk {
 		defer r.mu.Unlock()
 		return r.lastSent
 	}
-	t.reg = newRegistration(t.conf, t.do, t.resolveRegistrar, &fakeKeeper{}, lanAddr, zap.NewNop())
+	t.reg = newRegistration(t.conf, t.do, t, &fakeKeeper{}, lanAddr, zap.NewNop())
 	return t
 }
 
@@ -202,13 +203,13 @@ func TestNormalizeNumber(t *testing.T) {
 func revivalRig(t *testing.T, f *fakeRegistrar, conf Options) (*Trunk, func()) {
 	tr := &Trunk{
 		conf: conf, host: registrarAddr.Addr().String(), port: int(registrarAddr.Port()), interval: 10 * time.Second,
-		log: zap.NewNop(), now: time.Now, sources: map[netip.Addr]bool{}, do: f.do,
+		log: zap.NewNop(), now: time.Now, down: map[netip.AddrPort]time.Time{}, randN: rand.IntN, do: f.do,
 		probe: func(context.Context, netip.AddrPort) (netip.AddrPort, error) {
 			return netip.AddrPort{}, errors.New("no STUN")
 		},
 		lastSent: func(netip.AddrPort) time.Time { return time.Time{} },
 	}
-	tr.reg = newRegistration(conf, f.do, tr.resolveRegistrar, &fakeKeeper{}, lanAddr, zap.NewNop())
+	tr.reg = newRegistration(conf, f.do, tr, &fakeKeeper{}, lanAddr, zap.NewNop())
 	tr.reg.jitter = func() float64 { return 0.5 }
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

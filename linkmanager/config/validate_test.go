@@ -202,6 +202,8 @@ func TestValidateErrors(t *testing.T) {
 			[]string{`admin.listen: "localhost:9065" is a host name, not an IP address: use an IP such as 127.0.0.1:9065, or "off" to disable`}, 0},
 		{"shutdown grace negative", []string{rtp, "shutdown: {grace: -1s}\n" + rtp},
 			[]string{"shutdown.grace: -1s is below 1s"}, 0},
+		{"nat portmap", []string{rtp, "nat: {portmap: upnp}\n" + rtp},
+			[]string{`nat.portmap: "upnp" is not allowed: use one of auto, off`}, 0},
 		{"ring timeout too long", []string{"pbx:\n", "pbx:\n  ring_timeout: 1h\n"},
 			[]string{"pbx.ring_timeout: 1h0m0s is outside 5s..10m0s: use 5s to 10m0s; e.g. 120s"}, 0},
 	}
@@ -278,6 +280,7 @@ func TestDefaults(t *testing.T) {
 		{"admin.listen", *c.Admin.Listen, "127.0.0.1:9065"},
 		{"admin parsed", c.Admin.ListenAddr, netip.MustParseAddrPort("127.0.0.1:9065")},
 		{"shutdown.grace", c.Shutdown.Grace, Duration(30 * time.Second)},
+		{"nat.portmap", c.NAT.Portmap, PortmapAuto},
 		{"pbx.ring_timeout", c.PBX.RingTimeout, Duration(120 * time.Second)},
 	}
 	for _, tt := range tests {

@@ -23,10 +23,15 @@ import (
 
 // StartMiniUPnPd runs miniupnpd in the router namespace (lab.sh
 // run-miniupnpd) and waits until it has passed its STUN check and serves
-// NAT-PMP. It is stopped by PID on cleanup.
-func (l *Lab) StartMiniUPnPd(t *testing.T) *Proc {
+// UPnP IGD and, unless upnpOnly, NAT-PMP. It is stopped by PID on cleanup.
+func (l *Lab) StartMiniUPnPd(t *testing.T, upnpOnly bool) *Proc {
 	t.Helper()
-	p := l.startRoot("miniupnpd", "miniupnpd.log", l.script, "run-miniupnpd", l.Prefix, l.Dir)
+	args := []string{l.script, "run-miniupnpd", l.Prefix, l.Dir}
+	ready := []string{"Port forwarding is now enabled", "HTTP listening on port", "Listening for NAT-PMP/PCP traffic"}
+	if upnpOnly {
+		args, ready = append(args, "upnp-only"), ready[:2]
+	}
+	p := l.startRoot("miniupnpd", "miniupnpd.log", args...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		b, _ := os.ReadFile(p.LogPath)
@@ -34,7 +39,7 @@ func (l *Lab) StartMiniUPnPd(t *testing.T) *Proc {
 		if strings.Contains(log, "Port forwarding is now disabled") {
 			t.Fatalf("miniupnpd refuses to map (its STUN check failed):\n%s", tail(log, 20))
 		}
-		if strings.Contains(log, "Port forwarding is now enabled") && strings.Contains(log, "Listening for NAT-PMP/PCP traffic") {
+		if containsAll(log, ready...) {
 			return p
 		}
 		if p.Exited() || time.Now().After(deadline) {
@@ -45,6 +50,31 @@ func (l *Lab) StartMiniUPnPd(t *testing.T) *Proc {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+func containsAll(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}
+
+// routerRedirects is the DNAT rules miniupnpd holds in the router.
+func routerRedirects(t *testing.T, l *Lab) []string {
+	t.Helper()
+	out, err := l.Exec(NSRouter, "iptables-legacy", "-t", "nat", "-S", "MINIUPNPD")
+	if err != nil {
+		t.Fatalf("iptables-legacy: %v: %s", err, out)
+	}
+	var rules []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "DNAT") {
+			rules = append(rules, line)
+		}
+	}
+	return rules
 }
 
 // portmapStatus is /status's portmap field.
@@ -62,29 +92,37 @@ func portmapStatus(t *testing.T, l *Lab) admin.Status {
 }
 
 // TestPortMapSymmetricNAT: through a symmetric NAT, a call to a phone that
-// does not latch has two-way audio when the router grants mappings, and
-// the PBX hears nothing from the phone without them (the control).
+// does not latch has two-way audio when the router grants mappings, by
+// NAT-PMP or (with NAT-PMP off at the router) by UPnP IGD, and the PBX
+// hears nothing from the phone without them (the control). The daemon
+// deletes its mappings when it stops.
 func TestPortMapSymmetricNAT(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		portmap string
-		mapped  bool
-	}{{"auto", true}, {"off", false}} {
-		t.Run(tc.portmap, func(t *testing.T) {
+		name, portmap string
+		upnpOnly      bool
+		proto         string // "": nothing mapped
+	}{
+		{"nat-pmp", "auto", false, "nat-pmp"},
+		{"upnp", "auto", true, "upnp"},
+		{"off", "off", false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
+			mapped := tc.proto != ""
 			l := newLab(t)
 			if err := l.SetNATMode(NATRandomFully); err != nil {
 				t.Fatal(err)
 			}
-			mu := l.StartMiniUPnPd(t)
+			l.StartMiniUPnPd(t, tc.upnpOnly)
 			d := l.StartDaemon(DaemonConfig{Extra: "nat: {portmap: " + tc.portmap + "}\n"}.YAML())
 			d.WaitLog(t, regTimeout, Msg("registered", "trunk", "provider"))
-			if tc.mapped {
+			if mapped {
 				d.WaitSeen(t, 30*time.Second, Msg("port mapped", "port", "65002"))
 				st := portmapStatus(t, l)
-				if pm := st.PortMap; pm == nil || pm.Protocol != "nat-pmp" || pm.External != WANIP1 ||
+				if pm := st.PortMap; pm == nil || pm.Protocol != tc.proto || pm.External != WANIP1 ||
 					len(pm.Mappings) != 1 || pm.Mappings[0].External != WANIP1+":65002" {
-					t.Fatalf("/status portmap = %+v, want nat-pmp, %s, 65002 mapped", st.PortMap, WANIP1)
+					t.Fatalf("/status portmap = %+v, want %s, %s, 65002 mapped", st.PortMap, tc.proto, WANIP1)
 				}
 			} else if st := portmapStatus(t, l); st.PortMap != nil {
 				t.Fatalf("/status portmap with portmap off = %+v, want none", st.PortMap)
@@ -96,7 +134,7 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 				t.Fatalf("the PBX's INVITE was answered %d, want 200", a)
 			}
 			sent := len(Select(r.Pkts[NSPhone], From(PhoneIP), RTPWithPT(PTPCMA)))
-			if tc.mapped {
+			if mapped {
 				requireCompleted(t, r, 200)
 				checkTwoWay(t, r, outbound, 1)
 				checkLegs(t, r)
@@ -111,7 +149,7 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 				}
 				d.WaitSeen(t, 10*time.Second, Msg("no media from leg B while we send"))
 			}
-			if tc.mapped {
+			if mapped {
 				// The call's pair goes with the call (its BYE may still be
 				// in flight when sipp is done); only 65002 stays.
 				for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
@@ -124,11 +162,14 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 					}
 				}
 			}
-			stopDaemon(t, d)
-			if tc.mapped {
-				if log := mu.Log(); !strings.Contains(log, "65002") {
-					t.Errorf("miniupnpd never saw the SIP port mapped:\n%s", tail(log, 20))
+			if mapped {
+				if r := routerRedirects(t, l); len(r) != 1 || !strings.Contains(r[0], "--dport 65002") {
+					t.Errorf("the router redirects %q, want only 65002", r)
 				}
+			}
+			stopDaemon(t, d)
+			if r := routerRedirects(t, l); len(r) != 0 {
+				t.Errorf("after the daemon stopped the router still redirects %q", r)
 			}
 		})
 	}

@@ -11,7 +11,7 @@
 #   lab.sh prepare DIR             write Kamailio db_text tables + coturn config into DIR
 #   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING]   exec Kamailio in the foreground
 #   lab.sh run-coturn PREFIX DIR IP [IP2]                 exec coturn in the foreground (two IPs: RFC 5780)
-#   lab.sh run-miniupnpd PREFIX DIR   exec miniupnpd (NAT-PMP/PCP + UPnP IGD) in the router, foreground
+#   lab.sh run-miniupnpd PREFIX DIR [upnp-only]   exec miniupnpd (NAT-PMP/PCP + UPnP IGD) in the router, foreground
 #   lab.sh redial PREFIX NEWIP     change the router's WAN address, flush conntrack + ARP
 #   lab.sh nat-mode PREFIX preserve|random-fully   port-preserving MASQUERADE (default) or --random-fully
 #   lab.sh exec PREFIX NS CMD...   run CMD inside PREFIX-NS
@@ -231,7 +231,8 @@ run_coturn() {
 # Granted mappings are DNAT'ed in the legacy tables; the nft FORWARD chain
 # lets DNAT'ed packets through, as a router's "port forwards" rule does.
 run_miniupnpd() {
-	local p=$1 d=$2 t c
+	local p=$1 d=$2 natpmp=yes t c
+	[ "${3:-}" = upnp-only ] && natpmp=no
 	mkdir -p "$d"
 	for t in nat mangle filter; do
 		nsx "$p" router iptables-legacy -t $t -N MINIUPNPD 2>/dev/null || true
@@ -253,7 +254,7 @@ run_miniupnpd() {
 	ext_ifname=wan
 	listening_ip=lan
 	port=0
-	enable_natpmp=yes
+	enable_natpmp=$natpmp
 	enable_upnp=yes
 	ext_perform_stun=yes
 	ext_stun_host=$STUN1_IP
@@ -374,7 +375,7 @@ net-down) net_down "$1" ;;
 prepare) prepare "$1" ;;
 run-kamailio) run_kamailio "$@" ;;
 run-coturn) run_coturn "$@" ;;
-run-miniupnpd) [ $# -eq 2 ] || die "usage: run-miniupnpd PREFIX DIR"; check_prefix "$1"; run_miniupnpd "$1" "$2" ;;
+run-miniupnpd) [ $# -ge 2 ] || die "usage: run-miniupnpd PREFIX DIR [upnp-only]"; check_prefix "$1"; run_miniupnpd "$@" ;;
 redial) redial "$1" "$2" ;;
 nat-mode) [ $# -eq 2 ] || die "usage: nat-mode PREFIX preserve|random-fully"; check_prefix "$1"; nat_mode "$1" "$2" ;;
 exec) p=$1 n=$2; shift 2; exec ip netns exec "$(ns "$p" "$n")" "$@" ;;

@@ -24,9 +24,7 @@ func Discover(ctx context.Context, gateway, local netip.Addr, timeout time.Durat
 	if errPMP == nil {
 		return pmp, nil
 	}
-	uctx, cancel := context.WithTimeout(ctx, 2*timeout)
-	defer cancel()
-	u, errUPnP := discoverUPnP(uctx, gateway, local)
+	u, errUPnP := discoverUPnP(ctx, gateway, local, timeout)
 	if errUPnP == nil {
 		return u, nil
 	}

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
+	"sync"
 	"time"
 
-	"github.com/huin/goupnp"
 	"github.com/huin/goupnp/dcps/internetgateway2"
 	"github.com/huin/goupnp/soap"
 )
@@ -72,27 +73,106 @@ func (u *UPnP) Unmap(ctx context.Context, _, external uint16) error {
 	return u.c.DeletePortMappingCtx(ctx, "", external, "UDP")
 }
 
-// discoverUPnP searches by SSDP for an IGD at gateway: WANIPConnection
-// first, then WANPPPConnection. Devices other than the gateway are ignored.
-func discoverUPnP(ctx context.Context, gateway, local netip.Addr) (*UPnP, error) {
-	atGateway := func(sc goupnp.ServiceClient) bool {
-		if sc.Location == nil {
-			return false
+// igdSearch is one SSDP search for one IGD service type.
+type igdSearch func(context.Context) ([]igdClient, []*url.URL, error)
+
+// searchFor adapts goupnp's typed client constructors to igdSearch.
+func searchFor[C interface {
+	igdClient
+	location() *url.URL
+}](find func(context.Context) ([]C, []error, error)) igdSearch {
+	return func(ctx context.Context) ([]igdClient, []*url.URL, error) {
+		cs, errs, err := find(ctx)
+		var out []igdClient
+		var locs []*url.URL
+		for _, c := range cs {
+			out, locs = append(out, c), append(locs, c.location())
 		}
-		h, err := netip.ParseAddr(sc.Location.Hostname())
-		return err == nil && h.Unmap() == gateway
+		return out, locs, errors.Join(append(errs, err)...)
 	}
-	ip1, _, err1 := internetgateway2.NewWANIPConnection1ClientsCtx(ctx)
-	for _, c := range ip1 {
-		if atGateway(c.ServiceClient) {
+}
+
+// Typed wrappers, so searchFor can read each client's Location.
+type (
+	ip2 struct {
+		*internetgateway2.WANIPConnection2
+	}
+	ip1 struct {
+		*internetgateway2.WANIPConnection1
+	}
+	ppp1 struct {
+		*internetgateway2.WANPPPConnection1
+	}
+)
+
+func (c ip2) location() *url.URL  { return c.Location }
+func (c ip1) location() *url.URL  { return c.Location }
+func (c ppp1) location() *url.URL { return c.Location }
+
+func wrap[T, C any](find func(context.Context) ([]T, []error, error), w func(T) C) func(context.Context) ([]C, []error, error) {
+	return func(ctx context.Context) ([]C, []error, error) {
+		ts, errs, err := find(ctx)
+		cs := make([]C, len(ts))
+		for i, t := range ts {
+			cs[i] = w(t)
+		}
+		return cs, errs, err
+	}
+}
+
+// igdSearches in order of preference: IGDv2 routers (miniupnpd's default)
+// offer WANIPConnection:2 only, older ones :1, PPPoE ones WANPPPConnection.
+var igdSearches = []igdSearch{
+	searchFor(wrap(internetgateway2.NewWANIPConnection2ClientsCtx, func(c *internetgateway2.WANIPConnection2) ip2 { return ip2{c} })),
+	searchFor(wrap(internetgateway2.NewWANIPConnection1ClientsCtx, func(c *internetgateway2.WANIPConnection1) ip1 { return ip1{c} })),
+	searchFor(wrap(internetgateway2.NewWANPPPConnection1ClientsCtx, func(c *internetgateway2.WANPPPConnection1) ppp1 { return ppp1{c} })),
+}
+
+// ssdpSearch is how long goupnp's SSDP search listens for answers (fixed
+// at 2 s inside DiscoverDevicesCtx); the device description is fetched
+// after it, within the same context.
+const ssdpSearch = 2 * time.Second
+
+// discoverUPnP searches by SSDP for an IGD at gateway, every service type
+// at once (each search listens ssdpSearch). Devices other than the gateway
+// are ignored. timeout bounds the description fetch.
+func discoverUPnP(ctx context.Context, gateway, local netip.Addr, timeout time.Duration) (*UPnP, error) {
+	ctx, cancel := context.WithTimeout(ctx, ssdpSearch+timeout)
+	defer cancel()
+	found := make([]igdClient, len(igdSearches))
+	errs := make([]error, len(igdSearches))
+	var wg sync.WaitGroup
+	for i, search := range igdSearches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cs, locs, err := search(ctx)
+			for j, c := range cs {
+				if atGateway(locs[j], gateway) {
+					found[i] = c
+					return
+				}
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for _, c := range found {
+		if c != nil {
 			return &UPnP{c: c, local: local.String()}, nil
 		}
 	}
-	ppp, _, err2 := internetgateway2.NewWANPPPConnection1ClientsCtx(ctx)
-	for _, c := range ppp {
-		if atGateway(c.ServiceClient) {
-			return &UPnP{c: c, local: local.String()}, nil
-		}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%w: no UPnP IGD at %s: %w", ErrNoGateway, gateway, err)
 	}
-	return nil, fmt.Errorf("%w: no UPnP IGD at %s (%w)", ErrNoGateway, gateway, errors.Join(err1, err2))
+	return nil, fmt.Errorf("%w: no UPnP IGD at %s", ErrNoGateway, gateway)
+}
+
+// atGateway: only the router we route through may map our ports.
+func atGateway(loc *url.URL, gateway netip.Addr) bool {
+	if loc == nil {
+		return false
+	}
+	h, err := netip.ParseAddr(loc.Hostname())
+	return err == nil && h.Unmap() == gateway
 }

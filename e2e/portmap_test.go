@@ -102,10 +102,12 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 		name, portmap string
 		upnpOnly      bool
 		proto         string // "": nothing mapped
+		dir           callDir
 	}{
-		{"nat-pmp", "auto", false, "nat-pmp"},
-		{"upnp", "auto", true, "upnp"},
-		{"off", "off", false, ""},
+		{"nat-pmp", "auto", false, "nat-pmp", outbound},
+		{"nat-pmp inbound", "auto", false, "nat-pmp", inbound},
+		{"upnp", "auto", true, "upnp", outbound},
+		{"off", "off", false, "", outbound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -128,15 +130,17 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 				t.Fatalf("/status portmap with portmap off = %+v, want none", st.PortMap)
 			}
 
-			r := placeCall(t, l, outbound, "uac-pcap.xml", "uas-pcap.xml", 8500*time.Millisecond, 0)
+			r := placeCall(t, l, tc.dir, "uac-pcap.xml", "uas-pcap.xml", 8500*time.Millisecond, 0)
 			defer r.ExplainOnFailure(t)
 			if a := r.Caller.Answer(); a != 200 {
-				t.Fatalf("the PBX's INVITE was answered %d, want 200", a)
+				t.Fatalf("the caller's INVITE was answered %d, want 200", a)
 			}
 			sent := len(Select(r.Pkts[NSPhone], From(PhoneIP), RTPWithPT(PTPCMA)))
 			if mapped {
+				e := d.WaitSeen(t, 5*time.Second, Msg("call's RTP pair mapped"))
+				t.Logf("the call's pair %v was mapped to %v in %v", e["port"], e["external"], e["took"])
 				requireCompleted(t, r, 200)
-				checkTwoWay(t, r, outbound, 1)
+				checkTwoWay(t, r, tc.dir, 1)
 				checkLegs(t, r)
 			} else {
 				// Today's failure: the phone's RTP dies at the router, the

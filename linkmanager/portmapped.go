@@ -3,6 +3,7 @@ package linkmanager
 import (
 	"context"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -39,6 +40,7 @@ func (m *mappedSession) mapPair(port uint16) {
 	if port == 0 {
 		return
 	}
+	start := time.Now()
 	rtp, err := m.pm.Add(context.Background(), port)
 	if err != nil {
 		return // ErrNoGateway (no router support) is the common case: /status says so
@@ -46,6 +48,7 @@ func (m *mappedSession) mapPair(port uint16) {
 	if _, err := m.pm.Add(context.Background(), port+1); err != nil {
 		m.log.Debug("RTCP port not mapped", zap.Uint16("port", port+1), zap.Error(err))
 	}
+	m.log.Debug("call's RTP pair mapped", zap.Uint16("port", port), zap.Stringer("external", rtp), zap.Duration("took", time.Since(start)))
 	m.mu.Lock()
 	m.local, m.public = port, rtp.Port()
 	m.mu.Unlock()

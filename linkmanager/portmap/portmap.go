@@ -50,15 +50,6 @@ type Protocol interface {
 	Unmap(ctx context.Context, internal, external uint16) error
 }
 
-// Mode is the config's nat.portmap.
-type Mode string
-
-// Modes.
-const (
-	ModeAuto Mode = "auto" // ask the router; go on without if none answers
-	ModeOff  Mode = "off"  // never ask
-)
-
 // Lease is one granted mapping.
 type Lease struct {
 	Internal uint16         // our local port

@@ -4,7 +4,9 @@ go 1.26.0
 
 require (
 	github.com/emiago/sipgo v1.7.3
+	github.com/huin/goupnp v1.3.1
 	github.com/icholy/digest v1.2.0
+	github.com/jackpal/go-nat-pmp v1.1.0
 	github.com/pion/logging v0.2.4
 	github.com/pion/rtp v1.10.6
 	github.com/pion/stun/v3 v3.1.7

@@ -20,6 +20,7 @@ import (
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
+	"github.com/linkmanager/linkmanager/linkmanager/portmap"
 	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
@@ -49,6 +50,11 @@ type Options struct {
 	// shows its last report with advice for the RTP pool RTPPorts.
 	NATWatch *stunkeeper.NATWatch
 	RTPPorts [2]int
+	// PortMap, if set, holds the router's mappings (nat.portmap auto):
+	// the caller runs it. Each call's Internet-side RTP pair is mapped
+	// before its SDP goes out, and the mapped addresses are advertised
+	// where they differ from the local ports.
+	PortMap *portmap.Mapper
 }
 
 // Server is the SIP side of the daemon on the shared Internet socket:
@@ -57,6 +63,7 @@ type Server struct {
 	conn     *sharedconn.Conn
 	keeper   *stunkeeper.Keeper
 	natw     *stunkeeper.NATWatch // nil: no self-test
+	portmap  *portmap.Mapper      // nil: nat.portmap off
 	rtpPorts [2]int
 	log      *zap.Logger
 	ua       *sipgo.UserAgent
@@ -90,7 +97,7 @@ func New(opts Options) (*Server, error) {
 	}
 	slogger := SIPGoLogger(log)
 	local := opts.Conn.LocalAddrPort()
-	s := &Server{conn: opts.Conn, keeper: opts.Keeper, natw: opts.NATWatch, rtpPorts: opts.RTPPorts, log: log.Named("sip"), metrics: admin.NewMetrics()}
+	s := &Server{conn: opts.Conn, keeper: opts.Keeper, natw: opts.NATWatch, portmap: opts.PortMap, rtpPorts: opts.RTPPorts, log: log.Named("sip"), metrics: admin.NewMetrics()}
 	// rport on the Internet side: the provider answers to our NAT
 	// mapping and tells us what it is.
 	ua, srv, client, err := s.sipStack("sip", local, slogger, sipgo.WithClientNAT())
@@ -171,6 +178,13 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 		return err
 	}
 	wanContact := func() netip.AddrPort {
+		// A router-granted mapping of the SIP port is reachable by anyone;
+		// what STUN saw is only reachable from where it was seen.
+		if pm := s.portmap; pm != nil {
+			if a, ok := pm.Lookup(s.conn.LocalAddrPort().Port()); ok {
+				return a
+			}
+		}
 		if m, ok := s.keeper.Public(); ok {
 			return m.Addr
 		}
@@ -209,9 +223,10 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 		WAN:                b2bua.Side{Client: s.client, Contact: wanContact},
 		PBX:                pbx,
 		Router:             s,
-		Media:              bridgeMedia{b: media, watch: &capacityWatch{log: log.Named("media")}, policy: s.policy},
-		RingTimeout:        opts.RingTimeout,
-		OnCallEnded:        s.metrics.CallEnded,
+		Media: bridgeMedia{b: media, watch: &capacityWatch{log: log.Named("media")}, policy: s.policy,
+			pm: s.portmap, log: log.Named("portmap")},
+		RingTimeout: opts.RingTimeout,
+		OnCallEnded: s.metrics.CallEnded,
 	})
 	if err != nil {
 		media.Close()
@@ -554,6 +569,8 @@ type bridgeMedia struct {
 	b      *rtpbridge.Bridge
 	watch  *capacityWatch
 	policy *mediaPolicy
+	pm     *portmap.Mapper // nil: no mappings
+	log    *zap.Logger
 }
 
 func (m bridgeMedia) NewSession(id string, latching rtpbridge.Latching) (b2bua.Session, error) {
@@ -562,7 +579,11 @@ func (m bridgeMedia) NewSession(id string, latching rtpbridge.Latching) (b2bua.S
 		return nil, err
 	}
 	m.watch.observe(m.b.Counts())
-	return policedSession{Session: s, policy: m.policy}, nil
+	var ms b2bua.Session = policedSession{Session: s, policy: m.policy}
+	if m.pm != nil {
+		ms = newMappedSession(ms, m.pm, m.log)
+	}
+	return ms, nil
 }
 
 // capacityClear is the share of the relay's capacity below which a

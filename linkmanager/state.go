@@ -59,6 +59,10 @@ func (s *Server) Snapshot() admin.Snapshot {
 			snap.NATAdvice = r.Advice(s.rtpPorts[0], s.rtpPorts[1])
 		}
 	}
+	if s.portmap != nil {
+		st := s.portmap.Status()
+		snap.PortMap = &st
+	}
 	for _, sc := range []struct {
 		name string
 		c    *sharedconn.Conn

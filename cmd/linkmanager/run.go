@@ -25,6 +25,7 @@ import (
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/config"
 	"github.com/linkmanager/linkmanager/linkmanager/policy"
+	"github.com/linkmanager/linkmanager/linkmanager/portmap"
 	"github.com/linkmanager/linkmanager/linkmanager/sharedconn"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
@@ -174,6 +175,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	pbxConn := sharedconn.New(pbxUDP, log, nil)
 	defer pbxConn.Close()
 
+	pm := newPortMapper(cfg, listen, log)
 	srv, err := linkmanager.New(linkmanager.Options{
 		Conn:        conn,
 		Keeper:      keeper,
@@ -185,6 +187,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 		Media:       mediaConfig(cfg.RTP, pbxListen.Addr(), listen.Addr()),
 		RingTimeout: time.Duration(cfg.PBX.RingTimeout),
 		NATWatch:    natw,
+		PortMap:     pm,
 		RTPPorts:    [2]int{cfg.RTP.PortMin, cfg.RTP.PortMax},
 	})
 	if err != nil {
@@ -214,7 +217,18 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
 	g, gctx := errgroup.WithContext(runCtx)
-	g.Go(func() error { return srv.Run(gctx) })
+	// The mappings outlive the drain: calls that finish during it keep
+	// their media. They are deleted once the server has stopped.
+	pmCtx, stopPM := context.WithCancel(context.Background())
+	defer stopPM()
+	g.Go(func() error {
+		err := srv.Run(gctx)
+		stopPM()
+		return err
+	})
+	if pm != nil {
+		g.Go(func() error { return pm.Run(pmCtx) })
+	}
 	if natw != nil {
 		g.Go(func() error { return natw.Run(gctx) })
 	}
@@ -440,4 +454,19 @@ func versionString() string {
 		v = bi.Main.Version
 	}
 	return "linkmanager " + v
+}
+
+// newPortMapper is nat.portmap: with auto, a mapper of the default
+// gateway for sip.listen's port (call pairs are added per call); nil with
+// off, or when there is no default route to ask.
+func newPortMapper(cfg *config.Config, listen netip.AddrPort, log *zap.Logger) *portmap.Mapper {
+	if cfg.NAT.Portmap != config.PortmapAuto {
+		return nil
+	}
+	pm, err := portmap.New(portmap.Config{Local: listen.Addr(), Ports: []uint16{listen.Port()}, Logger: log})
+	if err != nil {
+		log.Info("nat.portmap: no router to ask", zap.Error(err))
+		return nil
+	}
+	return pm
 }

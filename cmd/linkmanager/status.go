@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
+	"github.com/linkmanager/linkmanager/linkmanager/portmap"
 )
 
 const statusHelp = `NAME
@@ -89,6 +90,9 @@ func printStatus(w io.Writer, st admin.Status) {
 	if n := st.NATTest; n != nil {
 		fmt.Fprintf(w, "NAT test: %s\n", n.Advice)
 	}
+	if pm := st.PortMap; pm != nil {
+		fmt.Fprintf(w, "port mapping: %s\n", portmapLine(pm))
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TRUNK\tREGISTERED\tCONTACT\tKEEPALIVE\tLAST ERROR")
@@ -142,4 +146,15 @@ func orUnknown(s string) string {
 		return "?"
 	}
 	return s
+}
+
+// portmapLine is /status's portmap in one line: who grants what.
+func portmapLine(pm *portmap.Status) string {
+	if pm.Protocol == "" {
+		if pm.Error != "" {
+			return "none from " + pm.Gateway + " (" + pm.Error + ")"
+		}
+		return "asking " + pm.Gateway
+	}
+	return fmt.Sprintf("%s at %s, public %s, %d port(s) mapped", pm.Protocol, pm.Gateway, pm.External, len(pm.Mappings))
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
+	"github.com/linkmanager/linkmanager/linkmanager/portmap"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
@@ -35,7 +36,9 @@ func TestStatusCommand(t *testing.T) {
 			Answered: true, Duration: 12, Codec: "PCMA", OneWay: true}},
 		Ports: &admin.PortStatus{WAN: rtpbridge.PoolCounts{Pairs: 500, InUse: 460, Free: 40, MinPort: 55000, MaxPort: 56000},
 			LAN:      rtpbridge.PoolCounts{Pairs: 500, InUse: 460, Free: 40, MinPort: 40000, MaxPort: 41000},
-			Capacity: admin.Capacity{Calls: 460, Max: 500, Percent: 92, Warning: "relay ports 92 % used (460 of 500 calls): widen rtp.port_min and rtp.port_max"}}}
+			Capacity: admin.Capacity{Calls: 460, Max: 500, Percent: 92, Warning: "relay ports 92 % used (460 of 500 calls): widen rtp.port_min and rtp.port_max"}},
+		PortMap: &portmap.Status{Protocol: "nat-pmp", Gateway: "192.168.100.1", External: "198.51.100.1",
+			Mappings: []portmap.Mapping{{Internal: 65002, External: "198.51.100.1:65002"}}}}
 	var out, errOut bytes.Buffer
 	if code := cmdStatus([]string{"--admin", adminStub(t, ready)}, &out, &errOut); code != 0 {
 		t.Fatalf("ready daemon: exit %d (%s)", code, errOut.String())
@@ -43,7 +46,9 @@ func TestStatusCommand(t *testing.T) {
 	for _, want := range []string{"linkmanager: ready", "198.51.100.1:65002 (from stun)", "endpoint-independent",
 		"provider", "yes, 1m0s", "ONE-WAY AUDIO", "PCMA", "relay capacity: 460 of 500 calls (92.0 %)",
 		"internet 55000-56000: 460 in use", "WARNING: relay ports 92 % used",
-		"provider: registrar sees 198.51.100.1:65002, STUN sees 198.51.100.1:40123", "the router maps per destination"} {
+		"provider: registrar sees 198.51.100.1:65002, STUN sees 198.51.100.1:40123", "the router maps per destination",
+
+		"port mapping: nat-pmp at 192.168.100.1, public 198.51.100.1, 1 port(s) mapped"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())
 		}

@@ -11,6 +11,7 @@
 #   lab.sh prepare DIR             write Kamailio db_text tables + coturn config into DIR
 #   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING]   exec Kamailio in the foreground
 #   lab.sh run-coturn PREFIX DIR IP [IP2]                 exec coturn in the foreground (two IPs: RFC 5780)
+#   lab.sh run-miniupnpd PREFIX DIR [upnp-only]   exec miniupnpd (NAT-PMP/PCP + UPnP IGD) in the router, foreground
 #   lab.sh redial PREFIX NEWIP     change the router's WAN address, flush conntrack + ARP
 #   lab.sh nat-mode PREFIX preserve|random-fully   port-preserving MASQUERADE (default) or --random-fully
 #   lab.sh exec PREFIX NS CMD...   run CMD inside PREFIX-NS
@@ -221,6 +222,56 @@ run_coturn() {
 		--realm lab.test --no-software-attribute
 }
 
+# run_miniupnpd PREFIX DIR: Debian's miniupnpd (the iptables build, which
+# writes legacy x_tables rules next to the lab's nft-backed ones) serving
+# NAT-PMP/PCP and UPnP IGD on the router's LAN side. Its WAN address is in a
+# reserved range, which it refuses unless STUN (the lab's RFC 5780 coturn)
+# shows it is not behind another NAT (nat-findings 11); for that test the
+# router's own packets must leave un-NATed, so they skip MASQUERADE.
+# Granted mappings are DNAT'ed in the legacy tables; the nft FORWARD chain
+# lets DNAT'ed packets through, as a router's "port forwards" rule does.
+run_miniupnpd() {
+	local p=$1 d=$2 natpmp=yes t c
+	[ "${3:-}" = upnp-only ] && natpmp=no
+	mkdir -p "$d"
+	for t in nat mangle filter; do
+		nsx "$p" router iptables-legacy -t $t -N MINIUPNPD 2>/dev/null || true
+	done
+	nsx "$p" router iptables-legacy -t nat -N MINIUPNPD-POSTROUTING 2>/dev/null || true
+	nsx "$p" router iptables-legacy -t nat -C PREROUTING -i wan -j MINIUPNPD 2>/dev/null ||
+		nsx "$p" router iptables-legacy -t nat -I PREROUTING -i wan -j MINIUPNPD
+	nsx "$p" router iptables-legacy -t nat -C POSTROUTING -o wan -j MINIUPNPD-POSTROUTING 2>/dev/null ||
+		nsx "$p" router iptables-legacy -t nat -I POSTROUTING -o wan -j MINIUPNPD-POSTROUTING
+	nsx "$p" router iptables-legacy -t mangle -C PREROUTING -i wan -j MINIUPNPD 2>/dev/null ||
+		nsx "$p" router iptables-legacy -t mangle -I PREROUTING -i wan -j MINIUPNPD
+	nsx "$p" router iptables-legacy -t filter -C FORWARD -i wan ! -o wan -j MINIUPNPD 2>/dev/null ||
+		nsx "$p" router iptables-legacy -t filter -I FORWARD -i wan ! -o wan -j MINIUPNPD
+	c=(-o wan -m addrtype --src-type LOCAL -j RETURN)
+	nsx "$p" router iptables -t nat -C POSTROUTING "${c[@]}" 2>/dev/null || nsx "$p" router iptables -t nat -I POSTROUTING 1 "${c[@]}"
+	c=(-i wan -o lan -m conntrack --ctstate DNAT -j ACCEPT)
+	nsx "$p" router iptables -C FORWARD "${c[@]}" 2>/dev/null || nsx "$p" router iptables -I FORWARD 1 "${c[@]}"
+	cat >"$d/miniupnpd.conf" <<-EOF
+	ext_ifname=wan
+	listening_ip=lan
+	port=0
+	enable_natpmp=$natpmp
+	enable_upnp=yes
+	ext_perform_stun=yes
+	ext_stun_host=$STUN1_IP
+	ext_stun_port=3478
+	min_lifetime=120
+	max_lifetime=86400
+	secure_mode=yes
+	system_uptime=no
+	notify_interval=60
+	clean_ruleset_interval=0
+	uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b
+	allow 1024-65535 $LAN_NET.0/24 1024-65535
+	deny 0-65535 0.0.0.0/0 0-65535
+	EOF
+	exec ip netns exec "$(ns "$p" router)" miniupnpd -f "$d/miniupnpd.conf" -d -4 -P "$d/miniupnpd.pid"
+}
+
 # nat_mode PREFIX preserve|random-fully: the router's MASQUERADE keeps the source port
 # where it can (the default, a port-restricted cone) or picks a random one per flow
 # (--random-fully: symmetric, as carrier-grade NATs are). Conntrack is flushed so no
@@ -314,7 +365,7 @@ down() {
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,21p' "$0"; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,22p' "$0"; exit 2; }
 shift
 case "$cmd" in
 up) [ $# -ge 2 ] || die "usage: up PREFIX DIR [options]"; up "$@" ;;
@@ -324,6 +375,7 @@ net-down) net_down "$1" ;;
 prepare) prepare "$1" ;;
 run-kamailio) run_kamailio "$@" ;;
 run-coturn) run_coturn "$@" ;;
+run-miniupnpd) [ $# -ge 2 ] || die "usage: run-miniupnpd PREFIX DIR [upnp-only]"; check_prefix "$1"; run_miniupnpd "$@" ;;
 redial) redial "$1" "$2" ;;
 nat-mode) [ $# -eq 2 ] || die "usage: nat-mode PREFIX preserve|random-fully"; check_prefix "$1"; nat_mode "$1" "$2" ;;
 exec) p=$1 n=$2; shift 2; exec ip netns exec "$(ns "$p" "$n")" "$@" ;;

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
+	"github.com/linkmanager/linkmanager/linkmanager/portmap"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
@@ -27,6 +28,8 @@ type Status struct {
 	Trunks    []TrunkStatus `json:"trunks"`
 	Calls     []CallStatus  `json:"calls"`
 	Ports     *PortStatus   `json:"ports,omitempty"`
+	// PortMap is what the router granted (nat.portmap), nil when off.
+	PortMap *portmap.Status `json:"portmap,omitempty"`
 }
 
 // NATTest is the last NAT self-test (stunkeeper.NATWatch), in an admin's
@@ -197,6 +200,8 @@ type Snapshot struct {
 	// The B2BUA side; nil without a PBX socket.
 	Calls *b2bua.Snapshot
 	Media *MediaCounts
+	// PortMap is the router's mappings; nil with nat.portmap off.
+	PortMap *portmap.Status
 }
 
 // SocketDrops is what one SIP socket dropped before parsing.
@@ -220,6 +225,7 @@ type MediaCounts struct {
 // status turns a snapshot into what /status reports.
 func status(s Snapshot) Status {
 	st := Status{Ready: s.Ready, Reason: s.Reason, NAT: s.NAT, Draining: s.Draining, Trunks: []TrunkStatus{}, Calls: []CallStatus{}}
+	st.PortMap = s.PortMap
 	if r := s.NATTest; r != nil {
 		st.NATTest = &NATTest{Verdict: string(r.Verdict), Works: r.Works(), Advice: s.NATAdvice, Mapping: string(r.Mapping),
 			Filtering: string(r.Filtering), Hairpin: string(r.Hairpin), Server: r.Server, Note: r.Note, Tests: s.NATTests}

@@ -153,6 +153,7 @@ type Config struct {
 	RTP      RTP      `yaml:"rtp"`      // media relay ports and timers
 	Admin    Admin    `yaml:"admin"`    // local health/metrics HTTP endpoint
 	Shutdown Shutdown `yaml:"shutdown"` // graceful stop
+	NAT      NAT      `yaml:"nat"`      // help from the router
 
 	lines map[string]int // field path -> line, so Validate can point into the file
 }
@@ -320,6 +321,23 @@ type Admin struct {
 	ListenAddr netip.AddrPort `yaml:"-"` // Listen parsed; zero (!IsValid) when off. Set by Validate.
 }
 
+// Values of nat.portmap.
+const (
+	PortmapAuto = "auto" // ask the router (NAT-PMP, UPnP IGD); go on without if none answers
+	PortmapOff  = "off"  // never ask
+)
+
+// DefaultPortmap is nat.portmap's default.
+const DefaultPortmap = PortmapAuto
+
+// NAT is what the daemon asks of the router.
+type NAT struct {
+	// Ask the router for mappings of sip.listen's port and of each call's
+	// RTP pair: auto|off; default auto. There is no static port forward
+	// setting: with a forward on the router, set off.
+	Portmap string `yaml:"portmap"`
+}
+
 // Shutdown controls the drain on SIGTERM.
 type Shutdown struct {
 	// How long to let calls finish before hanging them up; default 30s.
@@ -372,6 +390,7 @@ func (c *Config) SetDefaults() {
 		c.Admin.Listen = &s
 	}
 	setDuration(&c.Shutdown.Grace, DefaultShutdownGrace)
+	setString(&c.NAT.Portmap, DefaultPortmap)
 	setDuration(&c.PBX.RingTimeout, DefaultRingTimeout)
 }
 

@@ -137,6 +137,7 @@ func (c *Config) check() []*FieldError {
 		c.Admin.ListenAddr = k.ipPort("admin.listen", *l, DefaultAdminPort, `use an IP such as 127.0.0.1:9065, or "off" to disable`)
 	}
 	k.duration("shutdown.grace", c.Shutdown.Grace, time.Second, 0, "e.g. 30s")
+	k.oneOf("nat.portmap", c.NAT.Portmap, PortmapAuto, PortmapOff)
 	return k.errs
 }
 

@@ -230,6 +230,8 @@ func TestValidateErrors(t *testing.T) {
 			[]string{`pbx.emergency_numbers[1]: "+112" is not an emergency number: use the exact digits the PBX dials, e.g. "112"`}, 0},
 		{"call rate negative", []string{"pbx:\n", "pbx:\n  max_call_rate: -1\n"},
 			[]string{`pbx.max_call_rate: -1 is out of range: use new calls per second per PBX address, 0 (no limit) to 1000; default 10`}, 0},
+		{"nat portmap", []string{rtp, "nat: {portmap: upnp}\n" + rtp},
+			[]string{`nat.portmap: "upnp" is not allowed: use one of auto, off`}, 0},
 		{"ring timeout too long", []string{"pbx:\n", "pbx:\n  ring_timeout: 1h\n"},
 			[]string{"pbx.ring_timeout: 1h0m0s is outside 5s..10m0s: use 5s to 10m0s; e.g. 120s"}, 0},
 	}
@@ -312,6 +314,7 @@ func TestDefaults(t *testing.T) {
 		{"admin.listen", *c.Admin.Listen, "127.0.0.1:9065"},
 		{"admin parsed", c.Admin.ListenAddr, netip.MustParseAddrPort("127.0.0.1:9065")},
 		{"shutdown.grace", c.Shutdown.Grace, Duration(30 * time.Second)},
+		{"nat.portmap", c.NAT.Portmap, PortmapAuto},
 		{"pbx.ring_timeout", c.PBX.RingTimeout, Duration(120 * time.Second)},
 		{"pbx.emergency_numbers", c.PBX.EmergencyNumbers, []string{"112", "110", "911", "999"}},
 		{"pbx.max_call_rate", *c.PBX.MaxCallRate, 10.0},

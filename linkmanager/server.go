@@ -291,6 +291,9 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if s.b2bua != nil {
+		g.Go(func() error { return s.followAddress(gctx) })
+	}
 	g.Go(func() error {
 		// Requests sent before sipgo has the socket in its pool would go
 		// out from a fresh ephemeral socket.
@@ -647,4 +650,80 @@ func callerIDOf(t *trunk.Trunk) b2bua.CallerID {
 		c.Asserted = b2bua.HeaderPPI
 	}
 	return c
+}
+
+// readdressWait bounds how long live calls wait after a change of the
+// public IP for their trunk to re-register with it before they are
+// re-INVITEd anyway.
+const readdressWait = 10 * time.Second
+
+// followAddress re-INVITEs the provider leg of every live call when the
+// public IP changes (a DSL redial; issue 9 item 9), each trunk's calls
+// once that trunk has re-registered with the new address, so that the
+// Contact the remote learns is the one the provider knows. Only an IP
+// change counts: the port of the SIP flow is the registrar's business, and
+// the calls' media ports do not change with it.
+func (s *Server) followAddress(ctx context.Context) error {
+	changes, stop := s.keeper.Subscribe()
+	defer stop()
+	last, _ := s.keeper.Public()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-changes:
+			if !ok {
+				return nil
+			}
+		}
+		cur, ok := s.keeper.Public()
+		if !ok || cur.Addr.Addr() == last.Addr.Addr() {
+			continue
+		}
+		prev := last
+		last = cur
+		if prev.Addr.IsValid() { // the first address learned is no change
+			s.readdress(ctx, cur.Addr.Addr())
+		}
+	}
+}
+
+// readdress re-INVITEs each trunk's calls as soon as the trunk is
+// registered at ip (at once for one that does not register), and the
+// rest after readdressWait. It polls only in that window.
+func (s *Server) readdress(ctx context.Context, ip netip.Addr) {
+	pending := map[string]*trunk.Trunk{}
+	for _, t := range s.trunkList() {
+		pending[t.Name()] = t
+	}
+	deadline := time.NewTimer(readdressWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for name, t := range pending {
+			if !t.Options().Register || t.RegisteredContact().Addr() == ip {
+				if n := s.b2bua.Readdress(name); n > 0 {
+					s.log.Info("public IP changed: re-INVITEd live calls", zap.String("trunk", name), zap.Stringer("ip", ip), zap.Int("calls", n))
+				}
+				delete(pending, name)
+			}
+		}
+		if len(pending) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			for name := range pending {
+				if n := s.b2bua.Readdress(name); n > 0 {
+					s.log.Warn("public IP changed and the trunk has not re-registered: re-INVITEd its live calls anyway",
+						zap.String("trunk", name), zap.Stringer("ip", ip), zap.Int("calls", n))
+				}
+			}
+			return
+		case <-tick.C:
+		}
+	}
 }

@@ -68,40 +68,58 @@ func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
 		c.log.Warn("media from the provider leg never arrived: NAT race lost; no port to move to", zap.Error(err))
 		return
 	}
+	const what = "media from the provider leg never arrived: NAT race lost"
+	// The answer commits the move; it is recorded before the ACK, so
+	// anyone who has seen the ACK sees the call as repaired.
+	moved := func() {
+		c.mu.Lock()
+		c.natMoved = true
+		c.mu.Unlock()
+	}
+	if b.reinviteWith(c, d, port, what, moved) {
+		c.log.Info(what+"; moved to a new port and re-INVITEd", zap.Uint16("old_port", old), zap.Uint16("port", port))
+	}
+}
+
+// reinviteWith re-INVITEs d (our leg's dialog on the Internet side) with
+// the SDP we last sent on it, the relayed stream on port and our current
+// address, and takes the answer: the remote's media address and target.
+// It reports whether the remote accepted; commit, if set, runs once the
+// answer has committed the offer, before the ACK. what says why, for the
+// log.
+func (b *B2BUA) reinviteWith(c *call, d *dialog, port uint16, what string, commit func()) bool {
+	leg := d.side.leg
 	body, err := withPort(d, c.index, port)
 	if err != nil {
-		c.log.Warn("media from the provider leg never arrived: NAT race lost; cannot rewrite SDP", zap.Error(err))
-		return
+		c.log.Warn(what+"; cannot rewrite SDP", zap.Error(err))
+		return false
 	}
 	req := d.newRequest(sip.INVITE, d.sent(body))
 	ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
 	defer stop()
 	tx, err := b.send(ctx, d, req)
 	if err != nil {
-		c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE not sent", zap.Error(err))
-		return
+		c.log.Warn(what+"; re-INVITE not sent", zap.Error(err))
+		return false
 	}
 	defer tx.Terminate()
 	for {
 		select {
 		case <-ctx.Done():
-			c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE timed out",
-				zap.Uint16("port", port))
-			return
+			c.log.Warn(what+"; re-INVITE timed out", zap.Uint16("port", port))
+			return false
 		case <-tx.Done():
-			c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE got no answer",
-				zap.Uint16("port", port), zap.Error(tx.Err()))
-			return
+			c.log.Warn(what+"; re-INVITE got no answer", zap.Uint16("port", port), zap.Error(tx.Err()))
+			return false
 		case <-c.done:
-			return
+			return false
 		case res := <-tx.Responses():
 			if res.StatusCode < 200 {
 				continue
 			}
 			if res.StatusCode >= 300 {
-				c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE refused",
-					zap.Uint16("port", port), zap.Int("status", int(res.StatusCode)))
-				return
+				c.log.Warn(what+"; re-INVITE refused", zap.Uint16("port", port), zap.Int("status", int(res.StatusCode)))
+				return false
 			}
 			if ct := res.Contact(); ct != nil {
 				d.mu.Lock()
@@ -115,15 +133,11 @@ func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
 				}
 				c.noteRemote(leg, m)
 			}
-			// The answer commits the move; record it before the ACK, so
-			// anyone who has seen the ACK sees the call as repaired.
-			c.mu.Lock()
-			c.natMoved = true
-			c.mu.Unlock()
+			if commit != nil {
+				commit()
+			}
 			b.ack(d, req.CSeq().SeqNo)
-			c.log.Info("media from the provider leg never arrived: NAT race lost; moved to a new port and re-INVITEd",
-				zap.Uint16("old_port", old), zap.Uint16("port", port))
-			return
+			return true
 		}
 	}
 }

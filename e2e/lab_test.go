@@ -116,6 +116,7 @@ type Lab struct {
 	sippDir  string
 	ctlSock  string
 	kamailio *Proc
+	kargs    []string // how kamailio was started, for RestartKamailio
 
 	mu       sync.Mutex
 	procs    []*Proc
@@ -270,6 +271,7 @@ func newLab(t testing.TB, opts ...LabOption) *Lab {
 	if o.kamailioPing {
 		kargs = append(kargs, "NATPING")
 	}
+	l.kargs = kargs
 	l.kamailio = l.startRoot("kamailio", "kamailio.log", kargs...)
 	if !o.noSTUNServer {
 		l.startCoturn()
@@ -670,6 +672,16 @@ func (l *Lab) Kamcmd(args ...string) (string, error) {
 
 // KamailioLog returns Kamailio's log so far.
 func (l *Lab) KamailioLog() string { return l.kamailio.Log() }
+
+// StopKamailio stops the provider (by PID); StartKamailio starts it
+// again, with an empty location table (usrloc db_mode 0): a provider
+// restart. Only the test goroutine may call them.
+func (l *Lab) StopKamailio() { l.kamailio.Stop(5 * time.Second) }
+
+func (l *Lab) StartKamailio() error {
+	l.kamailio = l.startRoot("kamailio", "kamailio.log", l.kargs...)
+	return l.waitReady(15 * time.Second)
+}
 
 // ListenUDP opens a UDP socket inside namespace ns (short name) bound to
 // addr. The socket stays in that namespace; use it from the test process.

@@ -2,11 +2,10 @@ package b2bua
 
 import (
 	"context"
-	"strconv"
+	"errors"
 	"strings"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
 
 	"github.com/linkmanager/linkmanager/linkmanager/sdp"
@@ -68,86 +67,64 @@ func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
 		c.log.Warn("media from the provider leg never arrived: NAT race lost; no port to move to", zap.Error(err))
 		return
 	}
-	body, err := withPort(d, c.index, port)
+	body, version, err := withPort(d, c.index, port)
 	if err != nil {
 		c.log.Warn("media from the provider leg never arrived: NAT race lost; cannot rewrite SDP", zap.Error(err))
 		return
 	}
-	req := d.newRequest(sip.INVITE, d.sent(body))
 	ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
 	defer stop()
-	tx, err := b.send(ctx, d, req)
-	if err != nil {
-		c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE not sent", zap.Error(err))
+	res, req, err := b.offer(ctx, c, leg, body)
+	switch {
+	case errors.Is(err, ErrCallEnded):
+		return
+	case err != nil:
+		c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE got no answer",
+			zap.Uint16("port", port), zap.Error(err))
+		return
+	case res.StatusCode >= 300:
+		c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE refused",
+			zap.Uint16("port", port), zap.Int("status", int(res.StatusCode)))
 		return
 	}
-	defer tx.Terminate()
-	for {
-		select {
-		case <-ctx.Done():
-			c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE timed out",
-				zap.Uint16("port", port))
-			return
-		case <-tx.Done():
-			c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE got no answer",
-				zap.Uint16("port", port), zap.Error(tx.Err()))
-			return
-		case <-c.done:
-			return
-		case res := <-tx.Responses():
-			if res.StatusCode < 200 {
-				continue
-			}
-			if res.StatusCode >= 300 {
-				c.log.Warn("media from the provider leg never arrived: NAT race lost; re-INVITE refused",
-					zap.Uint16("port", port), zap.Int("status", int(res.StatusCode)))
-				return
-			}
-			if ct := res.Contact(); ct != nil {
-				d.mu.Lock()
-				d.target = ct.Address
-				d.mu.Unlock()
-			}
-			if s, err := sdp.Parse(res.Body()); err == nil && c.index < len(s.Media) {
-				m := s.Media[c.index]
-				if err := setRemote(c.media, leg, m); err != nil {
-					c.log.Warn("bad media address in re-INVITE answer", zap.Error(err))
-				}
-				c.noteRemote(leg, m)
-			}
-			// The answer commits the move; record it before the ACK, so
-			// anyone who has seen the ACK sees the call as repaired.
-			c.mu.Lock()
-			c.natMoved = true
-			c.mu.Unlock()
-			b.ack(d, req.CSeq().SeqNo)
-			c.log.Info("media from the provider leg never arrived: NAT race lost; moved to a new port and re-INVITEd",
-				zap.Uint16("old_port", old), zap.Uint16("port", port))
-			return
-		}
+	if ct := res.Contact(); ct != nil {
+		d.mu.Lock()
+		d.target = ct.Address
+		d.mu.Unlock()
 	}
+	d.commit(body, version)
+	if s, err := sdp.Parse(res.Body()); err == nil && c.index < len(s.Media) {
+		m := s.Media[c.index]
+		if err := setRemote(c.media, leg, m); err != nil {
+			c.log.Warn("bad media address in re-INVITE answer", zap.Error(err))
+		}
+		c.noteRemote(leg, m)
+	}
+	// The answer commits the move; record it before the ACK, so anyone
+	// who has seen the ACK sees the call as repaired.
+	c.mu.Lock()
+	c.natMoved = true
+	c.mu.Unlock()
+	b.ack(d, req.CSeq().SeqNo, nil)
+	c.log.Info("media from the provider leg never arrived: NAT race lost; moved to a new port and re-INVITEd",
+		zap.Uint16("old_port", old), zap.Uint16("port", port))
 }
 
 // withPort is the SDP we last sent on d with the relayed stream on port
-// and the next o= version (RFC 3264 §8); the other streams keep theirs.
-func withPort(d *dialog, index int, port uint16) ([]byte, error) {
+// and the next o= version (RFC 3264 §8), which it returns; the other
+// streams keep theirs.
+func withPort(d *dialog, index int, port uint16) ([]byte, uint64, error) {
 	body := d.sdp()
 	s, err := sdp.Parse(body)
 	if err != nil {
-		return nil, err
-	}
-	// The initial offer's version was chosen before d existed.
-	version := d.nextVersion()
-	if v, err := strconv.ParseUint(s.Origin.Version, 10, 64); err == nil && v >= version {
-		version = v + 1
-		d.mu.Lock()
-		d.version = version
-		d.mu.Unlock()
+		return nil, 0, err
 	}
 	ports := make(map[int]int, len(s.Media))
 	for _, m := range s.Media {
 		ports[m.Index] = m.Port
 	}
 	ports[index] = int(port)
-	return sdp.Rewrite(body, d.side.contact().Addr(), ports, version)
+	version := d.offerVersion()
+	out, err := sdp.Rewrite(body, d.side.contact().Addr(), ports, version)
+	return out, version, err
 }

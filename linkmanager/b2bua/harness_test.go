@@ -305,6 +305,7 @@ type fakeSession struct {
 
 	mu      sync.Mutex
 	remote  [2]netip.AddrPort // guarded by mu
+	changed chan struct{}     // guarded by mu; closed and replaced by SetRemote
 	held    bool              // guarded by mu
 	closed  bool              // guarded by mu
 	rebinds []rtpbridge.Leg   // guarded by mu
@@ -333,8 +334,35 @@ func (s *fakeSession) LocalPort(l rtpbridge.Leg) uint16 {
 func (s *fakeSession) SetRemote(l rtpbridge.Leg, rtp, rtcp netip.AddrPort) error {
 	s.mu.Lock()
 	s.remote[l] = rtp
+	if s.changed != nil {
+		close(s.changed)
+	}
+	s.changed = make(chan struct{})
 	s.mu.Unlock()
 	return nil
+}
+
+// awaitRemote waits until the relay points leg at want.
+func (s *fakeSession) awaitRemote(t *testing.T, l rtpbridge.Leg, want netip.AddrPort) {
+	t.Helper()
+	timeout := time.After(wait)
+	for {
+		s.mu.Lock()
+		got, ch := s.remote[l], s.changed
+		if ch == nil {
+			s.changed = make(chan struct{})
+			ch = s.changed
+		}
+		s.mu.Unlock()
+		if got == want {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			t.Fatalf("leg %v points at %v, want %v", l, got, want)
+		}
+	}
 }
 func (s *fakeSession) SetRaw(bool) {}
 func (s *fakeSession) SetHold(held bool) {

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
@@ -168,7 +169,7 @@ func TestRefusedOfferRollsBack(t *testing.T) {
 		t.Run(string(tc.method), func(t *testing.T) {
 			directions(t, func(t *testing.T, h *harness, caller, callee *agent, dst netip.AddrPort) {
 				u, in := h.established(caller, callee, dst, "4930123456", "callee")
-				from, far := u.caller(), in.callee()
+				from := u.caller()
 				offered, answered := version(t, in.inv.Body()), version(t, u.ok.Body())
 				callerIP, calleeIP := caller.addr.Addr().String(), callee.addr.Addr().String()
 
@@ -215,7 +216,6 @@ func TestRefusedOfferRollsBack(t *testing.T) {
 				if v := version(t, res.Body()); v != answered+2 {
 					t.Errorf("answer after a refused offer has o= version %d, want %d", v, answered+2)
 				}
-				_ = far
 			})
 		})
 	}
@@ -227,4 +227,143 @@ func (a *agent) legOf(h *harness) rtpbridge.Leg {
 		return rtpbridge.LegA
 	}
 	return rtpbridge.LegB
+}
+
+// Item 4, glare: while an offer we relayed on a dialog is unanswered, an
+// offer from that dialog's peer gets 491 (RFC 3261 §14.2), and a second
+// offer from the peer whose offer we are relaying gets 500 with
+// Retry-After. Once the exchange is over, offers are taken again.
+func TestGlareGets491(t *testing.T) {
+	directions(t, func(t *testing.T, h *harness, caller, callee *agent, dst netip.AddrPort) {
+		u, in := h.established(caller, callee, dst, "4930123456", "callee")
+		from, far := u.caller(), in.callee()
+		gate, got := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		callee.on(sip.INVITE, func(req *sip.Request, tx sip.ServerTransaction) {
+			once.Do(func() { close(got) })
+			select {
+			case <-gate:
+			case <-time.After(wait):
+			}
+			respond(t, tx, req, 200, "OK", "callee", sdpOf(callee.addr.Addr().String(), 30010))
+		})
+		first := make(chan *sip.Response, 1)
+		from.cseq++
+		req := from.request(sip.INVITE, from.cseq, sdpOf(caller.addr.Addr().String(), 20010))
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			res, err := caller.client.Do(ctx, req, sipgo.ClientRequestBuild)
+			if err != nil {
+				t.Error(err)
+			}
+			first <- res
+		}()
+		select {
+		case <-got:
+		case <-time.After(wait):
+			t.Fatal("the callee never got the relayed re-INVITE")
+		}
+		if res := far.do(sip.INVITE, sdpOf(callee.addr.Addr().String(), 30020), nil); res.StatusCode != 491 {
+			t.Errorf("the callee's re-INVITE crossing ours answered %d, want 491", res.StatusCode)
+		}
+		res := from.do(sip.INVITE, sdpOf(caller.addr.Addr().String(), 20020), nil)
+		if res.StatusCode != 500 || res.GetHeader("Retry-After") == nil {
+			t.Errorf("the caller's second re-INVITE answered %d (Retry-After %v), want 500 with Retry-After", res.StatusCode, res.GetHeader("Retry-After"))
+		}
+		close(gate)
+		if res := <-first; res == nil || res.StatusCode != 200 {
+			t.Fatalf("the first re-INVITE answered %v", res)
+		}
+		from.ack(req.CSeq().SeqNo, nil)
+		callee.next(sip.ACK)
+		// The exchange is over: the callee may offer now.
+		answerReinvites(t, callee, "callee", "")
+		if res := far.do(sip.INVITE, sdpOf(callee.addr.Addr().String(), 30030), nil); res.StatusCode != 200 {
+			t.Errorf("re-INVITE after the exchange answered %d", res.StatusCode)
+		}
+	})
+}
+
+// Item 4: our own re-INVITE (the NAT repair) that gets 491 is sent again
+// after the RFC 3261 §14.1 delay: we chose the provider leg's Call-ID, so
+// 2.1 to 4 s.
+func TestOwnReinviteRetriedAfter491(t *testing.T) {
+	h := newHarness(t)
+	u, _ := h.established(h.pbx, h.prov, h.lan.addr, "0301234567", "prov")
+	scripted(t, h.prov, "prov", 30000, 491, 200)
+	h.b.OnNoInbound(u.inv.CallID().Value(), rtpbridge.LegB)
+	first := h.prov.next(sip.INVITE)
+	refused := time.Now()
+	second := h.prov.next(sip.INVITE)
+	if waited := time.Since(refused); waited < 2100*time.Millisecond {
+		t.Errorf("retried after %s, want at least 2.1 s (RFC 3261 §14.1, Call-ID owner)", waited)
+	}
+	if second.CSeq().SeqNo <= first.CSeq().SeqNo {
+		t.Errorf("retry CSeq %d after %d", second.CSeq().SeqNo, first.CSeq().SeqNo)
+	}
+	if v1, v2 := version(t, first.Body()), version(t, second.Body()); v2 < v1 {
+		t.Errorf("retry o= version %d went back from %d", v2, v1)
+	}
+	if ack := h.prov.next(sip.ACK); ack.CSeq().SeqNo != second.CSeq().SeqNo {
+		t.Errorf("ACK CSeq %d for the retry's %d", ack.CSeq().SeqNo, second.CSeq().SeqNo)
+	}
+}
+
+func TestGlareDelayBounds(t *testing.T) {
+	for range 1000 {
+		if d := glareDelay(true); d < 2100*time.Millisecond || d > 4*time.Second || d%(10*time.Millisecond) != 0 {
+			t.Fatalf("owner delay %s", d)
+		}
+		if d := glareDelay(false); d < 0 || d > 2*time.Second || d%(10*time.Millisecond) != 0 {
+			t.Fatalf("non-owner delay %s", d)
+		}
+	}
+}
+
+// Item 4: our 2xx to a re-INVITE is sent again until its ACK comes
+// (RFC 3261 §13.3.1.4; sipgo's server transaction leaves that to us).
+func TestReinvite2xxRetransmittedUntilAck(t *testing.T) {
+	directions(t, func(t *testing.T, h *harness, caller, callee *agent, dst netip.AddrPort) {
+		u, _ := h.established(caller, callee, dst, "4930123456", "callee")
+		answerReinvites(t, callee, "callee", "")
+		from := u.caller()
+		from.cseq++
+		req := from.request(sip.INVITE, from.cseq, sdpOf(caller.addr.Addr().String(), 20010))
+		tx, err := caller.client.TransactionRequest(context.Background(), req, sipgo.ClientRequestBuild)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Terminate()
+		again := make(chan struct{})
+		var once sync.Once
+		tx.(*sip.ClientTx).OnRetransmission(func(*sip.Response) { once.Do(func() { close(again) }) })
+		for res := range tx.Responses() {
+			if res.StatusCode >= 200 {
+				if res.StatusCode != 200 {
+					t.Fatalf("re-INVITE answered %d", res.StatusCode)
+				}
+				break
+			}
+		}
+		select {
+		case <-again:
+		case <-time.After(wait):
+			t.Fatal("our 2xx to the re-INVITE was never sent again while unacknowledged")
+		}
+		from.ack(from.cseq, nil)
+	})
+}
+
+// Item 4: the SDP in an ACK is the answer to the offer we made in our
+// 2xx (an offerless re-INVITE, RFC 3264 §4): the relay follows it.
+func TestAckAnswerIsTaken(t *testing.T) {
+	h := newHarness(t)
+	_, in := h.established(h.pbx, h.prov, h.lan.addr, "0301234567", "prov")
+	far := in.callee()
+	res := far.do(sip.INVITE, nil, sdpOf(provIP, 31000))
+	if res.StatusCode != 200 || len(res.Body()) == 0 {
+		t.Fatalf("offerless re-INVITE answered %d with %q", res.StatusCode, res.Body())
+	}
+	h.media.session(0).awaitRemote(t, rtpbridge.LegB, netip.MustParseAddrPort(provIP+":31000"))
 }

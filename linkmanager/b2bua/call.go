@@ -128,7 +128,7 @@ type call struct {
 	offerHeld bool
 	log       *zap.Logger
 	media     Session
-	index     int // relayed m-line
+	index     int // relayed m-line; guarded by mu (a delayed offer sets it late)
 	start     time.Time
 	answer    time.Time
 
@@ -254,17 +254,24 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
 		return
 	}
-	offer, err := sdp.Parse(req.Body())
-	if err != nil {
-		log.Info("call refused: unusable SDP offer", zap.Error(err))
-		code, reason := statusFor(err)
-		b.reply(tx, req, nil, code, reason, nil)
-		return
-	}
-	idx, ok := relayable(offer)
-	if !ok {
-		b.reply(tx, req, nil, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
-		return
+	// An INVITE without SDP is a delayed offer (RFC 3261 §13.2.1): it
+	// goes on without SDP, the offer comes in the 2xx and the answer in
+	// the ACK (delayedAnswer).
+	var offer *sdp.Session
+	idx := 0
+	if len(req.Body()) > 0 {
+		var err error
+		if offer, err = sdp.Parse(req.Body()); err != nil {
+			log.Info("call refused: unusable SDP offer", zap.Error(err))
+			code, reason := statusFor(err)
+			b.reply(tx, req, nil, code, reason, nil)
+			return
+		}
+		var ok bool
+		if idx, ok = relayable(offer); !ok {
+			b.reply(tx, req, nil, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
+			return
+		}
 	}
 	media, err := b.media.NewSession(callID, p.latch)
 	if err != nil {
@@ -279,23 +286,25 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		forks: map[string]*dialog{}, setup: true}
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
-	if err := c.applyOffer(in.leg, offer); err != nil {
-		log.Warn("bad media address in offer", zap.Error(err))
-	}
-	b.reply(tx, req, in_, sip.StatusTrying, "Trying", nil)
-
 	out := &dialog{side: p.to, callID: sip.GenerateTagN(24) + "@linkmanager", localTag: sip.GenerateTagN(12),
 		local: p.from, remote: p.at, target: p.ruri, dst: p.dst}
-	// The initial offer is committed as it leaves: there is no earlier
-	// state to go back to, and every fork starts from it.
-	outSDP, version, err := b.rewrite(c, out, req.Body())
-	if err != nil {
-		b.finish(c, "sdp rewrite failed: "+err.Error())
-		code, reason := statusFor(err)
-		b.reply(tx, req, in_, code, reason, nil)
-		return
+	var outSDP []byte
+	if offer != nil {
+		if err := c.applyOffer(in.leg, offer); err != nil {
+			log.Warn("bad media address in offer", zap.Error(err))
+		}
+		// The initial offer is committed as it leaves: there is no
+		// earlier state to go back to, and every fork starts from it.
+		var version uint64
+		if outSDP, version, err = b.rewrite(c, out, req.Body()); err != nil {
+			b.finish(c, "sdp rewrite failed: "+err.Error())
+			code, reason := statusFor(err)
+			b.reply(tx, req, in_, code, reason, nil)
+			return
+		}
+		out.commit(outSDP, version)
 	}
-	out.commit(outSDP, version)
+	b.reply(tx, req, in_, sip.StatusTrying, "Trying", nil)
 	c.legs[p.to.leg] = out
 	b.track(c)
 
@@ -355,6 +364,11 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			code := int(res.StatusCode)
 			switch {
 			case code == 100:
+			case code < 200 && offer == nil:
+				// SDP in an unreliable 1xx to a delayed offer is not an
+				// offer we can answer (RFC 3261 §13.2.1): relay the state.
+				c.fork(res)
+				b.reply(tx, req, in_, code, res.Reason, nil)
 			case code < 200:
 				c.fork(res)
 				body, err := b.answerSDP(c, in_, p.to.leg, res.Body())
@@ -366,6 +380,16 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				if d := c.fork(res); d != nil {
 					out = d
 					c.answered(out)
+				}
+				if offer == nil {
+					otx.Terminate()
+					select {
+					case <-cancelled:
+						cancelled = nil
+					default:
+					}
+					b.delayedAnswer(c, tx, req, in_, out, invite.CSeq().SeqNo, res, cancelled == nil)
+					return
 				}
 				// Point the relay at the answerer, which sends the pinhole
 				// packet, before the ACK: the callee may start sending the
@@ -480,22 +504,33 @@ func (b *B2BUA) rewrite(c *call, d *dialog, body []byte) ([]byte, uint64, error)
 	for _, m := range s.Media {
 		ports[m.Index] = 0
 	}
-	if m := s.Media; c.index < len(m) && m[c.index].Port != 0 {
-		ports[c.index] = int(c.media.LocalPort(d.side.leg))
+	if m, ok := c.stream(s); ok && m.Port != 0 {
+		ports[m.Index] = int(c.media.LocalPort(d.side.leg))
 	}
 	version := d.offerVersion()
 	out, err := sdp.Rewrite(body, d.side.contact().Addr(), ports, version)
 	return out, version, err
 }
 
+// stream is the relayed m-line of s.
+func (c *call) stream(s *sdp.Session) (sdp.Media, bool) {
+	c.mu.Lock()
+	i := c.index
+	c.mu.Unlock()
+	if i >= len(s.Media) {
+		return sdp.Media{}, false
+	}
+	return s.Media[i], true
+}
+
 // applyOffer points the relay at what the remote on leg offered, once
 // the offer is committed (the initial one at once, a re-offer when it is
 // answered).
 func (c *call) applyOffer(leg rtpbridge.Leg, s *sdp.Session) error {
-	if c.index >= len(s.Media) {
+	m, ok := c.stream(s)
+	if !ok {
 		return nil
 	}
-	m := s.Media[c.index]
 	err := setRemote(c.media, leg, m)
 	c.noteRemote(leg, m)
 	c.mu.Lock()
@@ -529,10 +564,10 @@ func (b *B2BUA) answerSDP(c *call, to *dialog, from rtpbridge.Leg, body []byte) 
 // takeAnswer points the relay at the answerer on leg and sets the hold
 // state the exchange ends in.
 func (c *call) takeAnswer(leg rtpbridge.Leg, s *sdp.Session) error {
-	if c.index >= len(s.Media) {
+	m, ok := c.stream(s)
+	if !ok {
 		return nil
 	}
-	m := s.Media[c.index]
 	if f := m.Formats; len(f) > 0 {
 		c.mu.Lock()
 		c.codec = codecName(f[0])

@@ -342,6 +342,12 @@ func (s *fakeSession) SetRemote(l rtpbridge.Leg, rtp, rtcp netip.AddrPort) error
 	return nil
 }
 
+func (s *fakeSession) remoteOf(l rtpbridge.Leg) netip.AddrPort {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.remote[l]
+}
+
 // awaitRemote waits until the relay points leg at want.
 func (s *fakeSession) awaitRemote(t *testing.T, l rtpbridge.Leg, want netip.AddrPort) {
 	t.Helper()

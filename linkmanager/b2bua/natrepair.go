@@ -67,7 +67,10 @@ func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
 		c.log.Warn("media from the provider leg never arrived: NAT race lost; no port to move to", zap.Error(err))
 		return
 	}
-	body, version, err := withPort(d, c.index, port)
+	c.mu.Lock()
+	index := c.index
+	c.mu.Unlock()
+	body, version, err := withPort(d, index, port)
 	if err != nil {
 		c.log.Warn("media from the provider leg never arrived: NAT race lost; cannot rewrite SDP", zap.Error(err))
 		return
@@ -93,12 +96,10 @@ func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
 		d.mu.Unlock()
 	}
 	d.commit(body, version)
-	if s, err := sdp.Parse(res.Body()); err == nil && c.index < len(s.Media) {
-		m := s.Media[c.index]
-		if err := setRemote(c.media, leg, m); err != nil {
+	if s, err := sdp.Parse(res.Body()); err == nil {
+		if err := c.takeAnswer(leg, s); err != nil {
 			c.log.Warn("bad media address in re-INVITE answer", zap.Error(err))
 		}
-		c.noteRemote(leg, m)
 	}
 	// The answer commits the move; record it before the ACK, so anyone
 	// who has seen the ACK sees the call as repaired.

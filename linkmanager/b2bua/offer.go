@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
 
+	"github.com/linkmanager/linkmanager/linkmanager/sdp"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
@@ -180,4 +182,86 @@ func (b *B2BUA) await(ctx context.Context, c *call, d *dialog, req *sip.Request)
 			}
 		}
 	}
+}
+
+// delayedAnswer finishes a call whose INVITE had no SDP: the callee's
+// 2xx res carries the offer, which goes to the caller in our 2xx; the
+// caller's answer comes in its ACK and goes to the callee in ours. The
+// relay points at the callee now, before the caller can answer (the
+// callee may send as soon as its 2xx is out), and at the caller once its
+// ACK arrives. cancelled: the caller gave up while the 2xx was on its
+// way. Called by the INVITE handler, which returns after it.
+func (b *B2BUA) delayedAnswer(c *call, tx sip.ServerTransaction, req *sip.Request, in, out *dialog, cseq uint32, res *sip.Response, cancelled bool) {
+	s, err := sdp.Parse(res.Body())
+	idx, ok := 0, false
+	if err == nil {
+		idx, ok = relayable(s)
+	}
+	if !ok || cancelled {
+		// A 2xx with an offer must be ACKed with an answer before the
+		// BYE (RFC 3261 §13.2.2.4): one that declines every stream.
+		b.ack(out, cseq, b.decline(out, res.Body()))
+		b.bye(out)
+		if cancelled {
+			b.finish(c, "answered after cancel")
+			return
+		}
+		c.log.Warn("unusable offer in the 2xx to a delayed offer", zap.Error(err))
+		b.finish(c, "bad offer SDP")
+		b.reply(tx, req, in, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
+		return
+	}
+	c.mu.Lock()
+	c.index = idx
+	c.mu.Unlock()
+	if err := c.applyOffer(out.side.leg, s); err != nil {
+		c.log.Warn("bad media address in offer", zap.Error(err))
+	}
+	body, version, err := b.rewrite(c, in, res.Body())
+	if err != nil {
+		b.ack(out, cseq, b.decline(out, res.Body()))
+		b.bye(out)
+		b.finish(c, "sdp rewrite failed: "+err.Error())
+		code, reason := statusFor(err)
+		b.reply(tx, req, in, code, reason, nil)
+		return
+	}
+	in.commit(body, version)
+	c.mu.Lock()
+	c.answer = time.Now()
+	c.mu.Unlock()
+	c.setupDone()
+	c.media.Established()
+	acked := c.expectAck(in.side.leg, req.CSeq().SeqNo)
+	ok2xx := b.reply(tx, req, in, sip.StatusOK, "OK", body)
+	c.log.Info("call answered (delayed offer)", zap.Duration("setup", time.Since(c.start)))
+	b.goCall(func() {
+		ack := b.retransmitUntilAck(c, tx, ok2xx, acked)
+		var answer []byte
+		if ack != nil {
+			answer, err = b.answerSDP(c, out, in.side.leg, ack.Body())
+		}
+		if ack != nil && err == nil && answer != nil {
+			b.ack(out, cseq, answer)
+			return
+		}
+		// No answer from the caller: the callee still gets its ACK, with
+		// a refusal, and the call ends (RFC 3261 §13.2.2.4).
+		b.ack(out, cseq, b.decline(out, res.Body()))
+		if ack != nil {
+			c.log.Warn("no usable answer in the ACK to a delayed offer", zap.Error(err))
+			b.hangup(c, "bad answer SDP")
+		}
+	})
+}
+
+// decline is an answer to offer that refuses every stream (port 0), for
+// the ACK of a 2xx we are about to hang up: an ACK to an offer must
+// carry an answer.
+func (b *B2BUA) decline(d *dialog, offer []byte) []byte {
+	body, err := sdp.Rewrite(offer, d.side.contact().Addr(), map[int]int{}, d.offerVersion())
+	if err != nil {
+		return nil
+	}
+	return body
 }

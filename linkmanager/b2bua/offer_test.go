@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -366,4 +367,70 @@ func TestAckAnswerIsTaken(t *testing.T) {
 		t.Fatalf("offerless re-INVITE answered %d with %q", res.StatusCode, res.Body())
 	}
 	h.media.session(0).awaitRemote(t, rtpbridge.LegB, netip.MustParseAddrPort(provIP+":31000"))
+}
+
+// Item 2, delayed offer: an INVITE without SDP, from either side, goes on
+// without SDP; the callee's offer in its 200 reaches the caller rewritten
+// (our address, the caller leg's relay port), the caller's answer in its
+// ACK reaches the callee rewritten in our ACK, and the relay points each
+// leg at its remote.
+func TestDelayedOffer(t *testing.T) {
+	directions(t, func(t *testing.T, h *harness, caller, callee *agent, dst netip.AddrPort) {
+		gate := make(chan struct{})
+		callee.on(sip.INVITE, answer(t, callee, "callee", gate))
+		u := caller.call(dst, "4930123456", nil)
+		u.ringing()
+		close(gate)
+		res, _ := u.final()
+		if res.StatusCode != 200 {
+			t.Fatalf("INVITE without SDP answered %d, want 200", res.StatusCode)
+		}
+		inv := callee.next(sip.INVITE)
+		if len(inv.Body()) != 0 || inv.GetHeader("Content-Type") != nil {
+			t.Errorf("the callee got an offer we made up:\n%s", inv)
+		}
+		ms := h.media.session(0)
+		cl, ce := caller.legOf(h), callee.legOf(h)
+		ours := map[rtpbridge.Leg]string{rtpbridge.LegA: lanIP, rtpbridge.LegB: wanIP}
+		offer := mustParse(t, res.Body())
+		if m := offer.Media[0]; m.Addr.String() != ours[cl] || m.Port != int(ms.LocalPort(cl)) {
+			t.Errorf("offer to the caller at %s:%d, want our %s:%d:\n%s", m.Addr, m.Port, ours[cl], ms.LocalPort(cl), res.Body())
+		}
+		calleeAt := netip.MustParseAddrPort(callee.addr.Addr().String() + ":30000")
+		ms.awaitRemote(t, ce, calleeAt)
+
+		ack := u.request(sip.ACK, u.inv.CSeq().SeqNo, sdpOf(caller.addr.Addr().String(), 20000))
+		if err := caller.client.WriteRequest(ack, sipgo.ClientRequestBuild); err != nil {
+			t.Fatal(err)
+		}
+		got := callee.next(sip.ACK)
+		if len(got.Body()) == 0 {
+			t.Fatalf("the callee's ACK carries no answer:\n%s", got)
+		}
+		answer := mustParse(t, got.Body())
+		if m := answer.Media[0]; m.Addr.String() != ours[ce] || m.Port != int(ms.LocalPort(ce)) {
+			t.Errorf("answer to the callee at %s:%d, want our %s:%d:\n%s", m.Addr, m.Port, ours[ce], ms.LocalPort(ce), got.Body())
+		}
+		ms.awaitRemote(t, cl, netip.MustParseAddrPort(caller.addr.Addr().String()+":20000"))
+		if r := ms.remoteOf(ce); r != calleeAt {
+			t.Errorf("callee leg moved to %v", r)
+		}
+		for _, leak := range []string{callee.addr.Addr().String()} {
+			if strings.Contains(string(res.Body()), leak) {
+				t.Errorf("offer to the caller names %s:\n%s", leak, res.Body())
+			}
+		}
+		if strings.Contains(string(got.Body()), caller.addr.Addr().String()) {
+			t.Errorf("answer to the callee names the caller:\n%s", got.Body())
+		}
+		// The call is up: the callee hangs up.
+		in := &inDialog{a: callee, inv: inv, tag: "callee", cseq: 100, remote: map[bool]netip.AddrPort{true: h.lan.addr, false: h.wan.addr}[callee == h.pbx]}
+		if res := in.do(sip.BYE, nil); res.StatusCode != 200 {
+			t.Errorf("BYE answered %d", res.StatusCode)
+		}
+		caller.next(sip.BYE)
+		if e := h.awaitEnded(); !e.Answered {
+			t.Errorf("call ended %+v", e)
+		}
+	})
 }

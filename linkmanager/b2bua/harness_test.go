@@ -399,13 +399,15 @@ type harness struct {
 	ended chan CallEnded
 }
 
-func newHarness(t *testing.T) *harness {
+// newHarness builds the harness; opts may change the B2BUA's Config
+// (real media, say) before it is built.
+func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, pbx: newAgent(t, pbxIP), prov: newAgent(t, provIP), media: &fakeMedia{},
 		ended: make(chan CallEnded, 16)}
 	stray := func(res *sip.Response) { h.b.OnStrayResponse(res) }
 	h.lan, h.wan = newStack(t, lanIP, stray), newStack(t, wanIP, stray)
-	b, err := New(Config{
+	cfg := Config{
 		Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
 		LAN:    Side{Client: h.lan.client, Contact: func() netip.AddrPort { return h.lan.addr }},
 		WAN:    Side{Client: h.wan.client, Contact: func() netip.AddrPort { return h.wan.addr }},
@@ -415,7 +417,11 @@ func newHarness(t *testing.T) *harness {
 		Media:       h.media,
 		RingTimeout: wait,
 		OnCallEnded: func(e CallEnded) { h.ended <- e },
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	b, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package b2bua
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/pion/rtp"
 
 	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 	"github.com/linkmanager/linkmanager/rtpbridge"
@@ -433,4 +435,118 @@ func TestDelayedOffer(t *testing.T) {
 			t.Errorf("call ended %+v", e)
 		}
 	})
+}
+
+// bridgeMedia is the real relay behind Media, as the daemon wires it.
+type bridgeMedia struct{ b *rtpbridge.Bridge }
+
+func (m bridgeMedia) NewSession(id string, latching rtpbridge.Latching) (Session, error) {
+	return m.b.NewSessionWith(id, rtpbridge.SessionOptions{Latching: [2]rtpbridge.Latching{rtpbridge.LegB: latching}})
+}
+
+// rtpEnd is a phone's RTP socket.
+type rtpEnd struct {
+	t    *testing.T
+	conn *net.UDPConn
+}
+
+func newRTPEnd(t *testing.T, ip string) *rtpEnd {
+	conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(ip+":0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &rtpEnd{t: t, conn: conn}
+}
+
+func (e *rtpEnd) port() int { return e.conn.LocalAddr().(*net.UDPAddr).Port }
+
+// talk sends RTP carrying word to the relay at to, every 20 ms like a
+// phone, until other has received it (the relay drops what comes before
+// its remote is known, so one packet would not prove anything).
+func (e *rtpEnd) talk(to netip.AddrPort, word string, other *rtpEnd) {
+	e.t.Helper()
+	got := make(chan error, 1)
+	go func() { got <- other.hear(word) }()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for seq := uint16(1); ; seq++ {
+		pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 8, SequenceNumber: seq, Timestamp: uint32(seq) * 160, SSRC: 0x1234},
+			Payload: []byte(word)}
+		raw, err := pkt.Marshal()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if _, err := e.conn.WriteToUDPAddrPort(raw, to); err != nil {
+			e.t.Fatal(err)
+		}
+		select {
+		case err := <-got:
+			if err != nil {
+				e.t.Fatalf("%s never arrived: %v", word, err)
+			}
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// hear reads until an RTP packet carrying word arrives (pinhole and
+// keepalive packets come too).
+func (e *rtpEnd) hear(word string) error {
+	if err := e.conn.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return err
+	}
+	buf := make([]byte, 1500)
+	for {
+		n, err := e.conn.Read(buf)
+		if err != nil {
+			return err
+		}
+		var pkt rtp.Packet
+		if pkt.Unmarshal(buf[:n]) == nil && string(pkt.Payload) == word {
+			return nil
+		}
+	}
+}
+
+// Item 2 with the real relay: after a delayed-offer call, audio flows
+// both ways through the ports the SDP named.
+func TestDelayedOfferAudio(t *testing.T) {
+	for _, out := range []bool{true, false} {
+		t.Run(map[bool]string{true: "outbound", false: "inbound"}[out], func(t *testing.T) {
+			br, err := rtpbridge.New(rtpbridge.Config{
+				LAN: &rtpbridge.Pool{Address: lanIP, MinPort: 41000, MaxPort: 41999, Quarantine: -1},
+				WAN: &rtpbridge.Pool{Address: wanIP, MinPort: 42000, MaxPort: 42999, Quarantine: -1},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { br.Close() })
+			h := newHarness(t, func(c *Config) { c.Media = bridgeMedia{br} })
+			caller, callee, dst := h.prov, h.pbx, h.wan.addr
+			if out {
+				caller, callee, dst = h.pbx, h.prov, h.lan.addr
+			}
+			callerRTP, calleeRTP := newRTPEnd(t, caller.addr.Addr().String()), newRTPEnd(t, callee.addr.Addr().String())
+			callee.on(sip.INVITE, func(req *sip.Request, tx sip.ServerTransaction) {
+				contact := &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callee", Host: callee.addr.Addr().String(), Port: int(callee.addr.Port())}}
+				respond(t, tx, req, 200, "OK", "callee", sdpOf(callee.addr.Addr().String(), calleeRTP.port()), contact)
+			})
+			u := caller.call(dst, "4930123456", nil)
+			res, _ := u.final()
+			if res.StatusCode != 200 {
+				t.Fatalf("INVITE without SDP answered %d", res.StatusCode)
+			}
+			ack := u.request(sip.ACK, u.inv.CSeq().SeqNo, sdpOf(caller.addr.Addr().String(), callerRTP.port()))
+			if err := caller.client.WriteRequest(ack, sipgo.ClientRequestBuild); err != nil {
+				t.Fatal(err)
+			}
+			calleeAck := callee.next(sip.ACK)
+			toRelayFromCaller := mustParse(t, res.Body()).Media[0]
+			toRelayFromCallee := mustParse(t, calleeAck.Body()).Media[0]
+			callerRTP.talk(netip.AddrPortFrom(toRelayFromCaller.Addr, uint16(toRelayFromCaller.Port)), "hello-callee", calleeRTP)
+			calleeRTP.talk(netip.AddrPortFrom(toRelayFromCallee.Addr, uint16(toRelayFromCallee.Port)), "hello-caller", callerRTP)
+		})
+	}
 }

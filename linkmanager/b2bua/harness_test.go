@@ -618,21 +618,7 @@ type inDialog struct {
 
 func (d *inDialog) request(method sip.RequestMethod, body []byte) *sip.Request {
 	d.cseq++
-	target := d.inv.Contact().Address
-	req := sip.NewRequest(method, target)
-	req.AppendHeader(sipmsg.NewVia(d.a.addr))
-	to := d.inv.From()
-	req.AppendHeader(&sip.FromHeader{Address: d.inv.To().Address, Params: sipmsg.Params("tag", d.tag)})
-	req.AppendHeader(&sip.ToHeader{Address: to.Address, Params: to.Params.Clone()})
-	req.AppendHeader(sip.HeaderClone(d.inv.CallID()))
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: d.cseq, MethodName: method})
-	req.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callee", Host: d.a.addr.Addr().String(), Port: int(d.a.addr.Port())}})
-	if body != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-	}
-	req.SetBody(body)
-	req.SetDestination(d.remote.String())
-	return req
+	return d.callee().request(method, d.cseq, body)
 }
 
 func (d *inDialog) do(method sip.RequestMethod, body []byte) *sip.Response {

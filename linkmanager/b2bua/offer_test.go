@@ -51,12 +51,12 @@ func (d *inDialog) callee() *endpoint {
 
 func (e *endpoint) request(method sip.RequestMethod, cseq uint32, body []byte) *sip.Request {
 	req := sip.NewRequest(method, e.target)
-	req.AppendHeader(sip.NewHeader("Via", "SIP/2.0/UDP "+e.a.addr.String()+";branch="+sip.GenerateBranch()))
+	req.AppendHeader(sipmsg.NewVia(e.a.addr))
 	req.AppendHeader(sip.HeaderClone(e.from))
 	req.AppendHeader(sip.HeaderClone(e.to))
 	req.AppendHeader(sip.HeaderClone(e.callID))
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: cseq, MethodName: method})
-	req.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "peer", Host: e.a.addr.Addr().String(), Port: int(e.a.addr.Port())}})
+	req.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: e.from.Address.User, Host: e.a.addr.Addr().String(), Port: int(e.a.addr.Port())}})
 	if body != nil {
 		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	}
@@ -70,12 +70,7 @@ func (e *endpoint) request(method sip.RequestMethod, cseq uint32, body []byte) *
 func (e *endpoint) do(method sip.RequestMethod, body, ackBody []byte) *sip.Response {
 	e.a.t.Helper()
 	e.cseq++
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	res, err := e.a.client.Do(ctx, e.request(method, e.cseq, body), sipgo.ClientRequestBuild)
-	if err != nil {
-		e.a.t.Fatalf("%s: %v", method, err)
-	}
+	res := doRequest(e.a.t, e.a, e.request(method, e.cseq, body))
 	if method == sip.INVITE && res.IsSuccess() {
 		e.ack(e.cseq, ackBody)
 	}

@@ -575,12 +575,8 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	if r := c.claimRelay(leg); r.code != 0 {
-		c.log.Info("offer refused: another exchange under way", zap.String("method", string(req.Method)), zap.Int("status", r.code))
-		var extra []sip.Header
-		if r.code == sip.StatusInternalServerError {
-			extra = append(extra, retryAfter())
-		}
-		b.reply(tx, req, in, r.code, r.reason, nil, extra...)
+		c.log.Debug("offer refused: another exchange under way", zap.String("method", string(req.Method)), zap.Int("status", r.code))
+		b.refuse(tx, req, in, r)
 		return
 	}
 	b.relay(c, leg, in, out, req, tx, offer, func() { c.release(leg, 1-leg) })
@@ -591,8 +587,8 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 // Offering exactly what this leg already has (same o= version) changes
 // nothing, so the other leg need not be asked.
 func (b *B2BUA) refresh(c *call, leg rtpbridge.Leg, in *dialog, req *sip.Request, tx sip.ServerTransaction) {
-	if !c.claimOwn(leg) {
-		b.reply(tx, req, in, sip.StatusRequestPending, "Request Pending", nil)
+	if r := c.claimOwn(leg); r.code != 0 {
+		b.refuse(tx, req, in, r)
 		return
 	}
 	acked := c.expectAck(leg, req.CSeq().SeqNo)

@@ -53,15 +53,27 @@ func (c *call) claimRelay(from rtpbridge.Leg) refusal {
 }
 
 // claimOwn starts an exchange of our own on leg: an offer we send in a
-// re-INVITE or in a 2xx. False: one is under way.
-func (c *call) claimOwn(leg rtpbridge.Leg) bool {
+// re-INVITE or in a 2xx. One under way refuses it, as in claimRelay.
+func (c *call) claimOwn(leg rtpbridge.Leg) refusal {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.offers[leg] != idle {
-		return false
+	switch c.offers[leg] {
+	case offerIn:
+		return refusal{sip.StatusInternalServerError, "Offer Pending"}
+	case offerOut:
+		return refusal{sip.StatusRequestPending, "Request Pending"}
 	}
 	c.offers[leg] = offerOut
-	return true
+	return refusal{}
+}
+
+// refuse answers an offer that would start a second exchange.
+func (b *B2BUA) refuse(tx sip.ServerTransaction, req *sip.Request, d *dialog, r refusal) {
+	var extra []sip.Header
+	if r.code == sip.StatusInternalServerError {
+		extra = append(extra, retryAfter())
+	}
+	b.reply(tx, req, d, r.code, r.reason, nil, extra...)
 }
 
 // release ends the exchange on legs.
@@ -131,7 +143,7 @@ func (b *B2BUA) offer(ctx context.Context, c *call, leg rtpbridge.Leg, body []by
 		var res *sip.Response
 		var req *sip.Request
 		var err error
-		if c.claimOwn(leg) {
+		if c.claimOwn(leg).code == 0 {
 			req = d.newRequest(sip.INVITE, body)
 			res, err = b.await(ctx, c, d, req)
 			c.release(leg)

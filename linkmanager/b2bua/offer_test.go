@@ -545,3 +545,51 @@ func TestDelayedOfferAudio(t *testing.T) {
 		})
 	}
 }
+
+// Item 2, the failures: an offer in the 2xx we cannot relay, or an ACK
+// without the caller's answer, still gets the callee its ACK, with an
+// answer that declines every stream (RFC 3261 §13.2.2.4), then a BYE.
+func TestDelayedOfferRefused(t *testing.T) {
+	t.Run("unusable-offer", func(t *testing.T) {
+		h := newHarness(t)
+		h.prov.on(sip.INVITE, func(req *sip.Request, tx sip.ServerTransaction) {
+			video := []byte("v=0\r\no=peer 1 1 IN IP4 " + provIP + "\r\ns=-\r\nc=IN IP4 " + provIP + "\r\nt=0 0\r\nm=video 30000 RTP/AVP 96\r\n")
+			respond(t, tx, req, 200, "OK", "callee", video,
+				&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callee", Host: provIP, Port: int(h.prov.addr.Port())}})
+		})
+		u := h.pbx.call(h.lan.addr, "0301234567", nil)
+		if res, _ := u.final(); res.StatusCode != 488 {
+			t.Errorf("answered %d, want 488", res.StatusCode)
+		}
+		checkDeclined(t, h.prov.next(sip.ACK))
+		h.prov.next(sip.BYE)
+	})
+	t.Run("ack-without-answer", func(t *testing.T) {
+		h := newHarness(t)
+		gate := make(chan struct{})
+		close(gate)
+		h.prov.on(sip.INVITE, answer(t, h.prov, "callee", gate))
+		u := h.pbx.call(h.lan.addr, "0301234567", nil)
+		if res, _ := u.final(); res.StatusCode != 200 {
+			t.Fatalf("answered %d", res.StatusCode)
+		}
+		u.ack()
+		checkDeclined(t, h.prov.next(sip.ACK))
+		h.prov.next(sip.BYE)
+		h.pbx.next(sip.BYE)
+		if e := h.awaitEnded(); e.Reason != "bad answer SDP" {
+			t.Errorf("call ended %+v", e)
+		}
+	})
+}
+
+// checkDeclined: the ACK answers the offer and declines every stream.
+func checkDeclined(t *testing.T, ack *sip.Request) {
+	t.Helper()
+	s := mustParse(t, ack.Body())
+	for _, m := range s.Media {
+		if m.Port != 0 {
+			t.Errorf("ACK accepts stream %d (port %d):\n%s", m.Index, m.Port, ack.Body())
+		}
+	}
+}

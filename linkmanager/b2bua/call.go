@@ -137,6 +137,9 @@ type call struct {
 	abortOnce sync.Once
 
 	uac rtpbridge.Leg // the leg of our INVITE
+	// offered is the leg our initial offer went out on: the UAC leg, or
+	// with a delayed offer the caller's, in our 2xx; guarded by mu.
+	offered rtpbridge.Leg
 
 	mu sync.Mutex
 	// legs are the call's two dialogs, by rtpbridge.Leg; guarded by mu.
@@ -282,7 +285,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now(),
 		from: req.From().Address.User, to: p.at.User,
-		acks: map[ackKey]chan *sip.Request{}, done: make(chan struct{}), abort: make(chan struct{}), uac: p.to.leg,
+		acks: map[ackKey]chan *sip.Request{}, done: make(chan struct{}), abort: make(chan struct{}), uac: p.to.leg, offered: p.to.leg,
 		forks: map[string]*dialog{}, setup: true}
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_

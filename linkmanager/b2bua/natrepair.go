@@ -44,15 +44,17 @@ func (b *B2BUA) OnNoInbound(id string, leg rtpbridge.Leg) {
 }
 
 // repairNAT moves the leg to a fresh port pair, whose pinhole leaves
-// first, and re-INVITEs the remote with the new port. Only a call we
-// placed on that leg can have lost the race (on a call the provider
-// offered, our pinhole leaves before our answer), only an answered one
+// first, and re-INVITEs the remote with the new port. Only a leg we sent
+// the initial offer on can have lost the race: a call we placed there,
+// or a delayed offer from the provider, whose answer comes in the ACK it
+// may send together with its first RTP (on a call the provider offered,
+// our pinhole leaves before our answer). Only an answered one
 // has a dialog to re-INVITE on, and only a remote whose SDP says it sends
 // is expected to. Once per call: a remote that stays silent after that is
 // silent by choice or beyond repair.
 func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
 	c.mu.Lock()
-	eligible := !c.ended && !c.setup && c.uac == leg && c.remoteSends[leg] && !c.offerHeld && !c.natRepaired
+	eligible := !c.ended && !c.setup && c.offered == leg && c.remoteSends[leg] && !c.offerHeld && !c.natRepaired
 	if eligible {
 		c.natRepaired = true
 	}

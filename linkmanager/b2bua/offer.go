@@ -224,7 +224,7 @@ func (b *B2BUA) delayedAnswer(c *call, tx sip.ServerTransaction, req *sip.Reques
 		return
 	}
 	c.mu.Lock()
-	c.index = idx
+	c.index, c.offered = idx, in.side.leg
 	c.mu.Unlock()
 	if err := c.applyOffer(out.side.leg, s); err != nil {
 		c.log.Warn("bad media address in offer", zap.Error(err))

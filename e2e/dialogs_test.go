@@ -77,7 +77,7 @@ func relayRange(at Endpoint) (int, int) {
 // wrong on the daemon's side.
 func requireDaemonQuiet(t *testing.T, d *Daemon) {
 	t.Helper()
-	for _, msg := range []string{"caller never acknowledged the answer; hanging up", "media timeout", "bad SDP in re-INVITE answer"} {
+	for _, msg := range []string{"peer never acknowledged our 2xx; hanging up", "media timeout", "bad SDP in re-INVITE answer", "no usable answer in the ACK to a delayed offer"} {
 		for _, e := range logsWith(d, msg) {
 			t.Errorf("daemon logged %q: %v", msg, e)
 		}

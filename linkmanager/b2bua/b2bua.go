@@ -138,6 +138,7 @@ type B2BUA struct {
 	ringing     *ringing
 	admit       *admission
 	policyLog   rate.Sometimes // refusals by the outbound policy: one line a while
+	glareDelay  func(owner bool) time.Duration // RFC 3261 §14.1; tests shorten it
 
 	mu       sync.Mutex
 	calls    map[string]*call       // guarded by mu; by the Call-ID of either leg
@@ -163,6 +164,7 @@ func New(cfg Config) (*B2BUA, error) {
 		ringing:     newRinging(cfg.MaxRingingPerTrunk, cfg.MaxRinging),
 		admit:       newAdmission(),
 		policyLog:   rate.Sometimes{Interval: 10 * time.Second},
+		glareDelay:  glareDelay,
 		calls:       map[string]*call{},
 		changed:     make(chan struct{}),
 		lan:         &side{name: "pbx", leg: rtpbridge.LegA, client: cfg.LAN.Client, contact: cfg.LAN.Contact},
@@ -581,10 +583,12 @@ func (b *B2BUA) OnBye(req *sip.Request, tx sip.ServerTransaction) {
 	b.finish(c, "bye from "+b.sideOf(leg).name)
 }
 
-// OnAck confirms an answered call; media was already running.
+// OnAck hands the ACK to the 2xx of ours that waits for it: the one
+// that answered the call, or a re-INVITE. Its SDP, if any, is the answer
+// to an offer we made in that 2xx.
 func (b *B2BUA) OnAck(req *sip.Request, tx sip.ServerTransaction) {
-	if c, _, _, ok := b.lookup(req); ok {
-		c.confirm()
+	if c, leg, _, ok := b.lookup(req); ok && req.CSeq() != nil {
+		c.acked(leg, req)
 	}
 }
 
@@ -620,7 +624,7 @@ func (b *B2BUA) OnStrayResponse(res *sip.Response) {
 	d.mu.Unlock()
 	if drop {
 		c.log.Info("second 2xx from another fork; hanging it up", zap.String("to_tag", id.remote))
-		b.ack(d, cs.SeqNo)
+		b.ack(d, cs.SeqNo, nil)
 		b.goCall(func() { b.bye(d) })
 		return
 	}
@@ -640,7 +644,10 @@ func (b *B2BUA) OnUpdate(req *sip.Request, tx sip.ServerTransaction) {
 
 // OnReinvite relays a mid-call INVITE or UPDATE (hold, resume, codec
 // change, RFC 4028 session refresh) to the other leg with its SDP
-// rewritten, and the answer back. The relay ports stay the same.
+// rewritten, and the answer back. The relay ports stay the same. Nothing
+// of the offer counts until the other leg accepts it: a refusal (488,
+// 491, any 3xx-6xx, a timeout) leaves media, hold, o= versions and the
+// SDP of both dialogs as they were (RFC 3264 §8).
 func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 	c, leg, in, ok := b.lookup(req)
 	if !ok {
@@ -648,79 +655,123 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	out := c.other(leg)
-	if req.Method == sip.INVITE && len(req.Body()) == 0 {
-		// An offerless re-INVITE, typically an RFC 4028 session refresh:
-		// our 200 must carry an offer and the answer comes in the ACK.
-		// Offering exactly what this leg already has (same o= version)
-		// changes nothing, so the other leg need not be asked.
-		b.reply(tx, req, in, sip.StatusOK, "OK", in.sdp())
+	if len(req.Body()) == 0 {
+		if req.Method == sip.INVITE {
+			b.refresh(c, leg, in, req, tx)
+			return
+		}
+		// An UPDATE without SDP (a session-timer refresh) carries no
+		// offer: relay it as it is.
+		b.relay(c, leg, in, out, req, tx, nil, nil)
 		return
+	}
+	offer, err := sdp.Parse(req.Body())
+	if err != nil {
+		code, reason := statusFor(err)
+		b.reply(tx, req, in, code, reason, nil)
+		return
+	}
+	if r := c.claimRelay(leg); r.code != 0 {
+		c.log.Debug("offer refused: another exchange under way", zap.String("method", string(req.Method)), zap.Int("status", r.code))
+		b.refuse(tx, req, in, r)
+		return
+	}
+	b.relay(c, leg, in, out, req, tx, offer, func() { c.release(leg, 1-leg) })
+}
+
+// refresh answers an offerless re-INVITE, typically an RFC 4028 session
+// refresh: our 2xx must carry an offer and the answer comes in the ACK.
+// Offering exactly what this leg already has (same o= version) changes
+// nothing, so the other leg need not be asked.
+func (b *B2BUA) refresh(c *call, leg rtpbridge.Leg, in *dialog, req *sip.Request, tx sip.ServerTransaction) {
+	if r := c.claimOwn(leg); r.code != 0 {
+		b.refuse(tx, req, in, r)
+		return
+	}
+	acked := c.expectAck(leg, req.CSeq().SeqNo)
+	ok := b.reply(tx, req, in, sip.StatusOK, "OK", in.sdp())
+	b.goCall(func() {
+		defer c.release(leg)
+		ack := b.retransmitUntilAck(c, tx, ok, acked)
+		if ack == nil || len(ack.Body()) == 0 {
+			return
+		}
+		// The answer to our offer: where the peer wants media now.
+		s, err := sdp.Parse(ack.Body())
+		if err == nil {
+			err = c.takeAnswer(leg, s)
+		}
+		if err != nil {
+			c.log.Warn("bad SDP answer in ACK", zap.Error(err))
+		}
+	})
+}
+
+// relay sends an in-dialog INVITE or UPDATE that arrived on in to out,
+// with body offer (nil: none), and relays the final answer back. done,
+// if set, ends the exchange; it runs before we answer, so the peer may
+// offer again as soon as it has our answer.
+func (b *B2BUA) relay(c *call, leg rtpbridge.Leg, in, out *dialog, req *sip.Request, tx sip.ServerTransaction, offer *sdp.Session, done func()) {
+	end := func() {
+		if done != nil {
+			done()
+		}
 	}
 	var body []byte
-	if len(req.Body()) > 0 {
-		offer, err := sdp.Parse(req.Body())
-		if err != nil {
-			code, reason := statusFor(err)
-			b.reply(tx, req, in, code, reason, nil)
-			return
-		}
-		if c.index < len(offer.Media) {
-			setRemote(c.media, leg, offer.Media[c.index])
-			c.noteRemote(leg, offer.Media[c.index])
-			c.mu.Lock()
-			c.offerHeld = held(offer.Media[c.index])
-			c.mu.Unlock()
-			c.media.SetHold(held(offer.Media[c.index]))
-		}
-		if body, err = b.rewrite(c, out.side, req.Body()); err != nil {
+	var version uint64
+	if offer != nil {
+		var err error
+		if body, version, err = b.rewrite(c, out, req.Body()); err != nil {
+			end()
 			code, reason := statusFor(err)
 			b.reply(tx, req, in, code, reason, nil)
 			return
 		}
 	}
-	ctx, stop := context.WithTimeout(context.Background(), 32*time.Second)
+	ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
 	defer stop()
-	fwd := out.newRequest(req.Method, out.sent(body))
-	otx, err := b.send(ctx, out, fwd)
-	if err != nil {
-		b.reply(tx, req, in, sip.StatusServiceUnavailable, "Service Unavailable", nil)
+	fwd := out.newRequest(req.Method, body)
+	res, err := b.await(ctx, c, out, fwd)
+	switch {
+	case err != nil:
+		end()
+		b.reply(tx, req, in, sip.StatusRequestTimeout, "Request Timeout", nil)
+		return
+	case res.StatusCode >= 300:
+		// Refused: nothing of the offer was applied, so nothing to undo.
+		end()
+		b.reply(tx, req, in, int(res.StatusCode), res.Reason, nil)
 		return
 	}
-	defer otx.Terminate()
-	for {
-		select {
-		case <-ctx.Done():
-			b.reply(tx, req, in, sip.StatusRequestTimeout, "Request Timeout", nil)
-			return
-		case <-otx.Done():
-			b.reply(tx, req, in, sip.StatusRequestTimeout, "Request Timeout", nil)
-			return
-		case res := <-otx.Responses():
-			if res.StatusCode < 200 {
-				continue
-			}
-			if res.StatusCode >= 300 {
-				b.reply(tx, req, in, int(res.StatusCode), res.Reason, nil)
-				return
-			}
-			// A 2xx refreshes the remote target; the route set was fixed
-			// when the dialog was made (RFC 3261 §12.2.1.2).
-			if ct := res.Contact(); ct != nil {
-				out.mu.Lock()
-				out.target = ct.Address
-				out.mu.Unlock()
-			}
-			// A new remote address gets its pinhole before our ACK, as on
-			// the initial answer.
-			answer, err := b.answerSDP(c, leg, out.side.leg, res.Body())
-			if err != nil {
-				c.log.Warn("bad SDP in re-INVITE answer", zap.Error(err))
-			}
-			if req.Method == sip.INVITE {
-				b.ack(out, fwd.CSeq().SeqNo)
-			}
-			b.reply(tx, req, in, sip.StatusOK, "OK", in.sent(answer))
-			return
+	// A 2xx refreshes the remote target; the route set was fixed when
+	// the dialog was made (RFC 3261 §12.2.1.2).
+	if ct := res.Contact(); ct != nil {
+		out.mu.Lock()
+		out.target = ct.Address
+		out.mu.Unlock()
+	}
+	// The answer commits the offer: both remotes, hold, and what we sent
+	// on each leg. A new remote address gets its pinhole before our ACK
+	// and our answer, as on the initial answer.
+	var answer []byte
+	if offer != nil {
+		if err := c.applyOffer(leg, offer); err != nil {
+			c.log.Warn("bad media address in re-offer", zap.Error(err))
+		}
+		out.commit(body, version)
+		if answer, err = b.answerSDP(c, in, out.side.leg, res.Body()); err != nil {
+			c.log.Warn("bad SDP in re-INVITE answer", zap.Error(err))
 		}
 	}
+	if req.Method == sip.INVITE {
+		b.ack(out, fwd.CSeq().SeqNo, nil)
+	}
+	end()
+	if req.Method != sip.INVITE {
+		b.reply(tx, req, in, sip.StatusOK, "OK", answer)
+		return
+	}
+	acked := c.expectAck(leg, req.CSeq().SeqNo)
+	ok := b.reply(tx, req, in, sip.StatusOK, "OK", answer)
+	b.goCall(func() { b.retransmitUntilAck(c, tx, ok, acked) })
 }

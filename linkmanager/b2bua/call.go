@@ -62,11 +62,22 @@ type dialog struct {
 	dropped   bool         // guarded by mu; a fork we ACKed only to hang it up
 }
 
-// sent records the SDP we sent on this leg and returns it.
-func (d *dialog) sent(body []byte) []byte {
+// offerVersion is the o= version of the next offer we send on this leg:
+// one above the last SDP we sent (RFC 3264 §8). It changes nothing: the
+// offer counts only once its answer commits it.
+func (d *dialog) offerVersion() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.version + 1
+}
+
+// commit records SDP we sent on this leg, with its o= version, once it
+// counts: an answer as we send it, an offer once the peer accepted it. A
+// refused offer is never committed, so the dialog stays as it was.
+func (d *dialog) commit(body []byte, version uint64) []byte {
 	if body != nil {
 		d.mu.Lock()
-		d.lastSDP = body
+		d.lastSDP, d.version = body, version
 		d.mu.Unlock()
 	}
 	return body
@@ -108,14 +119,6 @@ func (d *dialog) forkFor(tag string) *dialog {
 		lastSDP: d.lastSDP}
 }
 
-// nextVersion is the o= version for the next SDP we send on this leg.
-func (d *dialog) nextVersion() uint64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.version++
-	return d.version
-}
-
 // call is one bridged call: a dialog on each side and a media session.
 type call struct {
 	id    string // the first leg's Call-ID, used in logs
@@ -130,17 +133,18 @@ type call struct {
 	offerHeld bool
 	log       *zap.Logger
 	media     Session
-	index     int // relayed m-line
+	index     int // relayed m-line; guarded by mu (a delayed offer sets it late)
 	start     time.Time
 	answer    time.Time
 
 	done      chan struct{} // closed by finish
-	acked     chan struct{} // closed when the caller ACKs our 2xx
-	ackedOnce sync.Once
 	abort     chan struct{} // closed by hangup while the INVITE handler still owns the call
 	abortOnce sync.Once
 
 	uac rtpbridge.Leg // the leg of our INVITE
+	// offered is the leg our initial offer went out on: the UAC leg, or
+	// with a delayed offer the caller's, in our 2xx; guarded by mu.
+	offered rtpbridge.Leg
 
 	mu sync.Mutex
 	// legs are the call's two dialogs, by rtpbridge.Leg; guarded by mu.
@@ -158,6 +162,11 @@ type call struct {
 	remoteSends [2]bool // guarded by mu
 	natRepaired bool    // guarded by mu
 	natMoved    bool    // guarded by mu
+	// offers is the offer/answer exchange under way on each leg: one at
+	// a time per dialog (RFC 3264 §4); acks are the ACKs our 2xx
+	// responses wait for. Both guarded by mu.
+	offers [2]exchange
+	acks   map[ackKey]chan *sip.Request
 }
 
 // setupDone hands the answered call from the INVITE handler to hangup.
@@ -215,9 +224,6 @@ func (c *call) dialogFor(id dialogID, res *sip.Response) (d *dialog, extra bool)
 	return c.fork(res), true
 }
 
-// confirm records the caller's ACK for our 2xx.
-func (c *call) confirm() { c.ackedOnce.Do(func() { close(c.acked) }) }
-
 // legOf is the call's dialog on leg.
 func (c *call) legOf(leg rtpbridge.Leg) *dialog {
 	c.mu.Lock()
@@ -262,17 +268,24 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
 		return
 	}
-	offer, err := sdp.Parse(req.Body())
-	if err != nil {
-		log.Info("call refused: unusable SDP offer", zap.Error(err))
-		code, reason := statusFor(err)
-		b.reply(tx, req, nil, code, reason, nil)
-		return
-	}
-	idx, ok := relayable(offer)
-	if !ok {
-		b.reply(tx, req, nil, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
-		return
+	// An INVITE without SDP is a delayed offer (RFC 3261 §13.2.1): it
+	// goes on without SDP, the offer comes in the 2xx and the answer in
+	// the ACK (delayedAnswer).
+	var offer *sdp.Session
+	idx := 0
+	if len(req.Body()) > 0 {
+		var err error
+		if offer, err = sdp.Parse(req.Body()); err != nil {
+			log.Info("call refused: unusable SDP offer", zap.Error(err))
+			code, reason := statusFor(err)
+			b.reply(tx, req, nil, code, reason, nil)
+			return
+		}
+		var ok bool
+		if idx, ok = relayable(offer); !ok {
+			b.reply(tx, req, nil, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
+			return
+		}
 	}
 	media, err := b.media.NewSession(callID, p.latch)
 	if err != nil {
@@ -283,26 +296,29 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	c := &call{id: callID, dir: p.dir, trunk: p.trunk, log: log, media: media, index: idx, start: time.Now(),
 		from: req.From().Address.User, to: p.at.User,
-		acked: make(chan struct{}), done: make(chan struct{}), abort: make(chan struct{}), uac: p.to.leg,
+		acks: map[ackKey]chan *sip.Request{}, done: make(chan struct{}), abort: make(chan struct{}), uac: p.to.leg, offered: p.to.leg,
 		forks: map[string]*dialog{}, setup: true}
-	c.offerHeld = held(offer.Media[idx])
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
-	if err := setRemote(media, in.leg, offer.Media[idx]); err != nil {
-		log.Warn("bad media address in offer", zap.Error(err))
-	}
-	c.noteRemote(in.leg, offer.Media[idx])
-	b.reply(tx, req, in_, sip.StatusTrying, "Trying", nil)
-
-	outSDP, err := b.rewrite(c, p.to, req.Body())
-	if err != nil {
-		b.finish(c, "sdp rewrite failed: "+err.Error())
-		code, reason := statusFor(err)
-		b.reply(tx, req, in_, code, reason, nil)
-		return
-	}
 	out := &dialog{side: p.to, callID: sip.GenerateTagN(24) + "@linkmanager", localTag: sip.GenerateTagN(12),
 		local: p.from, remote: p.at, target: p.ruri, dst: p.dst}
+	var outSDP []byte
+	if offer != nil {
+		if err := c.applyOffer(in.leg, offer); err != nil {
+			log.Warn("bad media address in offer", zap.Error(err))
+		}
+		// The initial offer is committed as it leaves: there is no
+		// earlier state to go back to, and every fork starts from it.
+		var version uint64
+		if outSDP, version, err = b.rewrite(c, out, req.Body()); err != nil {
+			b.finish(c, "sdp rewrite failed: "+err.Error())
+			code, reason := statusFor(err)
+			b.reply(tx, req, in_, code, reason, nil)
+			return
+		}
+		out.commit(outSDP, version)
+	}
+	b.reply(tx, req, in_, sip.StatusTrying, "Trying", nil)
 	c.legs[p.to.leg] = out
 	b.track(c)
 
@@ -310,7 +326,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	var once sync.Once
 	tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
 
-	invite := out.newRequest(sip.INVITE, out.sent(outSDP))
+	invite := out.newRequest(sip.INVITE, outSDP)
 	for _, h := range p.headers {
 		invite.AppendHeader(h)
 	}
@@ -427,26 +443,41 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			}
 			switch {
 			case code == 100:
+			case code < 200 && offer == nil:
+				// SDP in an unreliable 1xx to a delayed offer is not an
+				// offer we can answer (RFC 3261 §13.2.1): relay the state.
+				c.fork(res)
+				b.reply(tx, req, in_, code, res.Reason, nil)
 			case code < 200:
 				ringing = true
 				c.fork(res)
-				body, err := b.answerSDP(c, in.leg, p.to.leg, res.Body())
+				body, err := b.answerSDP(c, in_, p.to.leg, res.Body())
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))
 				}
-				b.reply(tx, req, in_, code, res.Reason, in_.sent(body))
+				b.reply(tx, req, in_, code, res.Reason, body)
 			case code < 300:
 				if d := c.fork(res); d != nil {
 					out = d
 					c.answered(out)
+				}
+				if offer == nil {
+					otx.Terminate()
+					select {
+					case <-cancelled:
+						cancelled = nil
+					default:
+					}
+					b.delayedAnswer(c, tx, req, in_, out, invite.CSeq().SeqNo, res, cancelled == nil)
+					return
 				}
 				// Point the relay at the answerer, which sends the pinhole
 				// packet, before the ACK: the callee may start sending the
 				// instant our ACK reaches it, and if its RTP reaches the
 				// NAT first the router gives our port to that flow
 				// (nat-findings.md, finding 4).
-				body, sdpErr := b.answerSDP(c, in.leg, p.to.leg, res.Body())
-				b.ack(out, invite.CSeq().SeqNo)
+				body, sdpErr := b.answerSDP(c, in_, p.to.leg, res.Body())
+				b.ack(out, invite.CSeq().SeqNo, nil)
 				// sipgo keeps the transaction for 32 s and swallows 2xx
 				// retransmissions; ended, they reach onStrayResponse,
 				// which sends our ACK again.
@@ -476,9 +507,10 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				c.mu.Unlock()
 				c.setupDone()
 				media.Established()
-				ok := b.reply(tx, req, in_, sip.StatusOK, "OK", in_.sent(body))
+				acked := c.expectAck(in.leg, req.CSeq().SeqNo)
+				ok := b.reply(tx, req, in_, sip.StatusOK, "OK", body)
 				log.Info("call answered", zap.Duration("setup", time.Since(c.start)))
-				b.goCall(func() { b.retransmitUntilAck(c, tx, ok) })
+				b.goCall(func() { b.retransmitUntilAck(c, tx, ok, acked) })
 				return
 			case (code == 401 || code == 407) && p.user != "" && !authed:
 				authed = true
@@ -538,34 +570,59 @@ func setRemote(s Session, leg rtpbridge.Leg, m sdp.Media) error {
 	return s.SetRemote(leg, netip.AddrPortFrom(m.Addr, uint16(m.Port)), rtcp)
 }
 
-// rewrite turns an SDP body from one side into what we send on side to:
-// our address there and our relay port for that side's leg.
-func (b *B2BUA) rewrite(c *call, to *side, body []byte) ([]byte, error) {
+// rewrite turns an SDP body from one side into what we send on dialog
+// d: our address on d's side and our relay port for its leg, with the
+// o= version of d's next offer. Nothing is recorded: the caller commits
+// the result when it counts.
+func (b *B2BUA) rewrite(c *call, d *dialog, body []byte) ([]byte, uint64, error) {
 	s, err := sdp.Parse(body)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	ports := make(map[int]int, len(s.Media))
 	for _, m := range s.Media {
 		ports[m.Index] = 0
 	}
-	if m := s.Media; c.index < len(m) && m[c.index].Port != 0 {
-		ports[c.index] = int(c.media.LocalPort(to.leg))
+	if m, ok := c.stream(s); ok && m.Port != 0 {
+		ports[m.Index] = int(c.media.LocalPort(d.side.leg))
 	}
-	c.mu.Lock()
-	d := c.legs[to.leg]
-	c.mu.Unlock()
-	var version uint64 = 1
-	if d != nil {
-		version = d.nextVersion()
-	}
-	return sdp.Rewrite(body, to.contact().Addr(), ports, version)
+	version := d.offerVersion()
+	out, err := sdp.Rewrite(body, d.side.contact().Addr(), ports, version)
+	return out, version, err
 }
 
-// answerSDP takes an SDP answer from side `from` for the caller's side
-// `to`: it points the relay at the answerer and rewrites the body. An
-// empty body stays empty.
-func (b *B2BUA) answerSDP(c *call, to, from rtpbridge.Leg, body []byte) ([]byte, error) {
+// stream is the relayed m-line of s.
+func (c *call) stream(s *sdp.Session) (sdp.Media, bool) {
+	c.mu.Lock()
+	i := c.index
+	c.mu.Unlock()
+	if i >= len(s.Media) {
+		return sdp.Media{}, false
+	}
+	return s.Media[i], true
+}
+
+// applyOffer points the relay at what the remote on leg offered, once
+// the offer is committed (the initial one at once, a re-offer when it is
+// answered).
+func (c *call) applyOffer(leg rtpbridge.Leg, s *sdp.Session) error {
+	m, ok := c.stream(s)
+	if !ok {
+		return nil
+	}
+	err := setRemote(c.media, leg, m)
+	c.noteRemote(leg, m)
+	c.mu.Lock()
+	c.offerHeld = held(m)
+	c.mu.Unlock()
+	return err
+}
+
+// answerSDP takes an SDP answer from leg `from` for dialog to: it points
+// the relay at the answerer and returns the body rewritten for to,
+// committed there (an answer counts as it is sent). An empty body stays
+// empty.
+func (b *B2BUA) answerSDP(c *call, to *dialog, from rtpbridge.Leg, body []byte) ([]byte, error) {
 	if len(body) == 0 {
 		return nil, nil
 	}
@@ -573,24 +630,39 @@ func (b *B2BUA) answerSDP(c *call, to, from rtpbridge.Leg, body []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	if c.index < len(s.Media) {
-		if f := s.Media[c.index].Formats; len(f) > 0 {
-			c.mu.Lock()
-			c.codec = codecName(f[0])
-			c.mu.Unlock()
-		}
-		// The pinhole packet leaves inside SetRemote, before the answer is
-		// passed on: the remote cannot have started sending yet.
-		if err := setRemote(c.media, from, s.Media[c.index]); err != nil {
-			return nil, err
-		}
-		c.noteRemote(from, s.Media[c.index])
-		c.mu.Lock()
-		hold := c.offerHeld || held(s.Media[c.index])
-		c.mu.Unlock()
-		c.media.SetHold(hold)
+	if err := c.takeAnswer(from, s); err != nil {
+		return nil, err
 	}
-	return b.rewrite(c, b.sideOf(to), body)
+	out, version, err := b.rewrite(c, to, body)
+	if err != nil {
+		return nil, err
+	}
+	return to.commit(out, version), nil
+}
+
+// takeAnswer points the relay at the answerer on leg and sets the hold
+// state the exchange ends in.
+func (c *call) takeAnswer(leg rtpbridge.Leg, s *sdp.Session) error {
+	m, ok := c.stream(s)
+	if !ok {
+		return nil
+	}
+	if f := m.Formats; len(f) > 0 {
+		c.mu.Lock()
+		c.codec = codecName(f[0])
+		c.mu.Unlock()
+	}
+	// The pinhole packet leaves inside SetRemote, before the answer is
+	// passed on: the remote cannot have started sending yet.
+	if err := setRemote(c.media, leg, m); err != nil {
+		return err
+	}
+	c.noteRemote(leg, m)
+	c.mu.Lock()
+	hold := c.offerHeld || held(m)
+	c.mu.Unlock()
+	c.media.SetHold(hold)
+	return nil
 }
 
 // uasDialog records the dialog an incoming INVITE opens.
@@ -723,9 +795,9 @@ func (b *B2BUA) send(ctx context.Context, d *dialog, req *sip.Request) (sip.Clie
 
 // ack confirms a 2xx to the INVITE with CSeq number cseq (RFC 3261
 // §13.2.2.4): end to end, so it is ours to send, to the target the 2xx
-// named.
-func (b *B2BUA) ack(d *dialog, cseq uint32) {
-	ack := d.newRequest(sip.ACK, nil)
+// named. body is the answer when the 2xx carried an offer.
+func (b *B2BUA) ack(d *dialog, cseq uint32, body []byte) {
+	ack := d.newRequest(sip.ACK, body)
 	ack.CSeq().SeqNo = cseq
 	d.mu.Lock()
 	d.lastAck = ack
@@ -776,7 +848,7 @@ func (b *B2BUA) awaitCancelled(c *call, tx sip.ClientTransaction, d *dialog, inv
 				if f := c.fork(res); f != nil {
 					d = f
 				}
-				b.ack(d, invite.CSeq().SeqNo)
+				b.ack(d, invite.CSeq().SeqNo, nil)
 				b.bye(d)
 				return
 			}
@@ -830,28 +902,29 @@ func (b *B2BUA) reply(tx sip.ServerTransaction, req *sip.Request, d *dialog, cod
 	return res
 }
 
-// retransmitUntilAck resends our 2xx to the caller until its ACK arrives
-// (RFC 3261 §13.3.1.4): over UDP nobody else does, and a lost 200 would
-// leave the caller ringing while the callee talks. No ACK within 64*T1
-// ends the call.
-func (b *B2BUA) retransmitUntilAck(c *call, tx sip.ServerTransaction, res *sip.Response) {
+// retransmitUntilAck resends our 2xx until its ACK arrives on acked
+// (RFC 3261 §13.3.1.4): sipgo's server transaction does not (RFC 6026
+// leaves it to us), and over UDP a lost 200 would leave the peer
+// retrying while we think the exchange is over. No ACK within 64*T1
+// ends the call. It returns the ACK, nil if none came.
+func (b *B2BUA) retransmitUntilAck(c *call, tx sip.ServerTransaction, res *sip.Response, acked <-chan *sip.Request) *sip.Request {
 	interval := sip.T1
 	deadline := time.NewTimer(64 * sip.T1)
 	defer deadline.Stop()
 	for {
 		t := time.NewTimer(interval)
 		select {
-		case <-c.acked:
+		case ack := <-acked:
 			t.Stop()
-			return
+			return ack
 		case <-c.done:
 			t.Stop()
-			return
+			return nil
 		case <-deadline.C:
 			t.Stop()
-			c.log.Warn("caller never acknowledged the answer; hanging up")
+			c.log.Warn("peer never acknowledged our 2xx; hanging up", zap.Uint32("cseq", res.CSeq().SeqNo))
 			b.hangup(c, "no ACK")
-			return
+			return nil
 		case <-t.C:
 			if err := tx.Respond(res); err != nil {
 				c.log.Debug("2xx retransmission failed", zap.Error(err))

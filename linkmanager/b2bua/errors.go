@@ -14,6 +14,9 @@ var (
 	ErrConfig     = errors.New("b2bua: config needs both clients, a router and media")
 	ErrNoRoute    = errors.New("b2bua: no trunk for number")
 	ErrUnresolved = errors.New("b2bua: trunk not resolved yet")
+	ErrGlare      = errors.New("b2bua: offer refused by glare too often")
+	ErrCallEnded  = errors.New("b2bua: call ended")
+	ErrNoAnswer   = errors.New("b2bua: no final response")
 )
 
 // statusFor maps an error to the SIP response we give the caller: the one

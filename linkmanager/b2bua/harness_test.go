@@ -308,6 +308,7 @@ type fakeSession struct {
 
 	mu      sync.Mutex
 	remote  [2]netip.AddrPort // guarded by mu
+	changed chan struct{}     // guarded by mu; closed and replaced by SetRemote
 	held    bool              // guarded by mu
 	closed  bool              // guarded by mu
 	rebinds []rtpbridge.Leg   // guarded by mu
@@ -336,8 +337,41 @@ func (s *fakeSession) LocalPort(l rtpbridge.Leg) uint16 {
 func (s *fakeSession) SetRemote(l rtpbridge.Leg, rtp, rtcp netip.AddrPort) error {
 	s.mu.Lock()
 	s.remote[l] = rtp
+	if s.changed != nil {
+		close(s.changed)
+	}
+	s.changed = make(chan struct{})
 	s.mu.Unlock()
 	return nil
+}
+
+func (s *fakeSession) remoteOf(l rtpbridge.Leg) netip.AddrPort {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.remote[l]
+}
+
+// awaitRemote waits until the relay points leg at want.
+func (s *fakeSession) awaitRemote(t *testing.T, l rtpbridge.Leg, want netip.AddrPort) {
+	t.Helper()
+	timeout := time.After(wait)
+	for {
+		s.mu.Lock()
+		got, ch := s.remote[l], s.changed
+		if ch == nil {
+			s.changed = make(chan struct{})
+			ch = s.changed
+		}
+		s.mu.Unlock()
+		if got == want {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			t.Fatalf("leg %v points at %v, want %v", l, got, want)
+		}
+	}
 }
 func (s *fakeSession) SetRaw(bool) {}
 func (s *fakeSession) SetHold(held bool) {
@@ -615,21 +649,7 @@ type inDialog struct {
 
 func (d *inDialog) request(method sip.RequestMethod, body []byte) *sip.Request {
 	d.cseq++
-	target := d.inv.Contact().Address
-	req := sip.NewRequest(method, target)
-	req.AppendHeader(sipmsg.NewVia(d.a.addr))
-	to := d.inv.From()
-	req.AppendHeader(&sip.FromHeader{Address: d.inv.To().Address, Params: sipmsg.Params("tag", d.tag)})
-	req.AppendHeader(&sip.ToHeader{Address: to.Address, Params: to.Params.Clone()})
-	req.AppendHeader(sip.HeaderClone(d.inv.CallID()))
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: d.cseq, MethodName: method})
-	req.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callee", Host: d.a.addr.Addr().String(), Port: int(d.a.addr.Port())}})
-	if body != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-	}
-	req.SetBody(body)
-	req.SetDestination(d.remote.String())
-	return req
+	return d.callee().request(method, d.cseq, body)
 }
 
 func (d *inDialog) do(method sip.RequestMethod, body []byte) *sip.Response {

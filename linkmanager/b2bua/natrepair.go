@@ -2,11 +2,10 @@ package b2bua
 
 import (
 	"context"
-	"strconv"
+	"errors"
 	"strings"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
 
 	"github.com/linkmanager/linkmanager/linkmanager/sdp"
@@ -45,15 +44,17 @@ func (b *B2BUA) OnNoInbound(id string, leg rtpbridge.Leg) {
 }
 
 // repairNAT moves the leg to a fresh port pair, whose pinhole leaves
-// first, and re-INVITEs the remote with the new port. Only a call we
-// placed on that leg can have lost the race (on a call the provider
-// offered, our pinhole leaves before our answer), only an answered one
+// first, and re-INVITEs the remote with the new port. Only a leg we sent
+// the initial offer on can have lost the race: a call we placed there,
+// or a delayed offer from the provider, whose answer comes in the ACK it
+// may send together with its first RTP (on a call the provider offered,
+// our pinhole leaves before our answer). Only an answered one
 // has a dialog to re-INVITE on, and only a remote whose SDP says it sends
 // is expected to. Once per call: a remote that stays silent after that is
 // silent by choice or beyond repair.
 func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
 	c.mu.Lock()
-	eligible := !c.ended && !c.setup && c.uac == leg && c.remoteSends[leg] && !c.offerHeld && !c.natRepaired
+	eligible := !c.ended && !c.setup && c.offered == leg && c.remoteSends[leg] && !c.offerHeld && !c.natRepaired
 	if eligible {
 		c.natRepaired = true
 	}
@@ -81,87 +82,68 @@ func (b *B2BUA) repairNAT(c *call, leg rtpbridge.Leg) {
 	}
 }
 
-// reinviteWith re-INVITEs d (our leg's dialog on the Internet side) with
-// the SDP we last sent on it, the relayed stream on port and our current
-// address, and takes the answer: the remote's media address and target.
-// It reports whether the remote accepted; commit, if set, runs once the
-// answer has committed the offer, before the ACK. what says why, for the
-// log.
+// reinviteWith re-INVITEs d, our dialog on leg d.side.leg, with the SDP
+// we last sent on it, the relayed stream on port, our current address and
+// the next o= version, and takes the answer: the remote's media address
+// and target. It reports whether the remote accepted; commit, if set, runs
+// once the answer has committed the offer, before the ACK. what says why,
+// for the log.
 func (b *B2BUA) reinviteWith(c *call, d *dialog, port uint16, what string, commit func()) bool {
 	leg := d.side.leg
-	body, err := withPort(d, c.index, port)
+	c.mu.Lock()
+	index := c.index
+	c.mu.Unlock()
+	body, version, err := withPort(d, index, port)
 	if err != nil {
 		c.log.Warn(what+"; cannot rewrite SDP", zap.Error(err))
 		return false
 	}
-	req := d.newRequest(sip.INVITE, d.sent(body))
 	ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
 	defer stop()
-	tx, err := b.send(ctx, d, req)
-	if err != nil {
-		c.log.Warn(what+"; re-INVITE not sent", zap.Error(err))
+	res, req, err := b.offer(ctx, c, leg, body)
+	switch {
+	case errors.Is(err, ErrCallEnded):
+		return false
+	case err != nil:
+		c.log.Warn(what+"; re-INVITE got no answer", zap.Uint16("port", port), zap.Error(err))
+		return false
+	case res.StatusCode >= 300:
+		c.log.Warn(what+"; re-INVITE refused", zap.Uint16("port", port), zap.Int("status", int(res.StatusCode)))
 		return false
 	}
-	defer tx.Terminate()
-	for {
-		select {
-		case <-ctx.Done():
-			c.log.Warn(what+"; re-INVITE timed out", zap.Uint16("port", port))
-			return false
-		case <-tx.Done():
-			c.log.Warn(what+"; re-INVITE got no answer", zap.Uint16("port", port), zap.Error(tx.Err()))
-			return false
-		case <-c.done:
-			return false
-		case res := <-tx.Responses():
-			if res.StatusCode < 200 {
-				continue
-			}
-			if res.StatusCode >= 300 {
-				c.log.Warn(what+"; re-INVITE refused", zap.Uint16("port", port), zap.Int("status", int(res.StatusCode)))
-				return false
-			}
-			if ct := res.Contact(); ct != nil {
-				d.mu.Lock()
-				d.target = ct.Address
-				d.mu.Unlock()
-			}
-			if s, err := sdp.Parse(res.Body()); err == nil && c.index < len(s.Media) {
-				m := s.Media[c.index]
-				if err := setRemote(c.media, leg, m); err != nil {
-					c.log.Warn("bad media address in re-INVITE answer", zap.Error(err))
-				}
-				c.noteRemote(leg, m)
-			}
-			if commit != nil {
-				commit()
-			}
-			b.ack(d, req.CSeq().SeqNo)
-			return true
+	if ct := res.Contact(); ct != nil {
+		d.mu.Lock()
+		d.target = ct.Address
+		d.mu.Unlock()
+	}
+	d.commit(body, version)
+	if s, err := sdp.Parse(res.Body()); err == nil {
+		if err := c.takeAnswer(leg, s); err != nil {
+			c.log.Warn("bad media address in re-INVITE answer", zap.Error(err))
 		}
 	}
+	if commit != nil {
+		commit()
+	}
+	b.ack(d, req.CSeq().SeqNo, nil)
+	return true
 }
 
 // withPort is the SDP we last sent on d with the relayed stream on port
-// and the next o= version (RFC 3264 §8); the other streams keep theirs.
-func withPort(d *dialog, index int, port uint16) ([]byte, error) {
+// and the next o= version (RFC 3264 §8), which it returns; the other
+// streams keep theirs.
+func withPort(d *dialog, index int, port uint16) ([]byte, uint64, error) {
 	body := d.sdp()
 	s, err := sdp.Parse(body)
 	if err != nil {
-		return nil, err
-	}
-	// The initial offer's version was chosen before d existed.
-	version := d.nextVersion()
-	if v, err := strconv.ParseUint(s.Origin.Version, 10, 64); err == nil && v >= version {
-		version = v + 1
-		d.mu.Lock()
-		d.version = version
-		d.mu.Unlock()
+		return nil, 0, err
 	}
 	ports := make(map[int]int, len(s.Media))
 	for _, m := range s.Media {
 		ports[m.Index] = m.Port
 	}
 	ports[index] = int(port)
-	return sdp.Rewrite(body, d.side.contact().Addr(), ports, version)
+	version := d.offerVersion()
+	out, err := sdp.Rewrite(body, d.side.contact().Addr(), ports, version)
+	return out, version, err
 }

@@ -1,10 +1,12 @@
 package b2bua
 
 import (
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/linkmanager/linkmanager/linkmanager/sdp"
@@ -128,4 +130,38 @@ func TestNoInboundLeavesHealthyCallsAlone(t *testing.T) {
 			t.Fatalf("rebound %v on a call the provider offered", got)
 		}
 	})
+}
+
+// A delayed offer from the provider: we offer in our 200 and the answer
+// comes in its ACK, which a real stack sends together with its first RTP,
+// so this leg can lose the NAT race too, and is repaired like an
+// outbound call's.
+func TestNoInboundRepairsDelayedOfferFromProvider(t *testing.T) {
+	h := newHarness(t)
+	gate := make(chan struct{})
+	close(gate)
+	h.pbx.on(sip.INVITE, answer(t, h.pbx, "pbx", gate))
+	u := h.prov.call(h.wan.addr, "4930123456", nil)
+	res, _ := u.final()
+	if res.StatusCode != 200 {
+		t.Fatalf("answered %d", res.StatusCode)
+	}
+	ack := u.request(sip.ACK, u.inv.CSeq().SeqNo, sdpOf(provIP, 20000))
+	if err := h.prov.client.WriteRequest(ack, sipgo.ClientRequestBuild); err != nil {
+		t.Fatal(err)
+	}
+	h.pbx.next(sip.ACK)
+	ms := h.media.session(0)
+	ms.awaitRemote(t, rtpbridge.LegB, netip.MustParseAddrPort(provIP+":20000"))
+	h.b.OnNoInbound(u.inv.CallID().Value(), rtpbridge.LegB)
+	re := h.prov.next(sip.INVITE)
+	if got := ms.rebound(); len(got) != 1 || got[0] != rtpbridge.LegB {
+		t.Fatalf("Rebind calls %v, want one for leg B", got)
+	}
+	if p := mustParse(t, re.Body()).Media[0].Port; p != int(ms.LocalPort(rtpbridge.LegB)) {
+		t.Errorf("re-INVITE offers port %d, want the new %d", p, ms.LocalPort(rtpbridge.LegB))
+	}
+	if v, v0 := version(t, re.Body()), version(t, res.Body()); v != v0+1 {
+		t.Errorf("re-INVITE o= version %d after our offer's %d", v, v0)
+	}
 }

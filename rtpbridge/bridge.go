@@ -3,6 +3,7 @@ package rtpbridge
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -30,6 +31,18 @@ const (
 // its remote was set before its silence counts: proof that our side talks,
 // so the remote had something to answer and a pinhole to answer through.
 const noInboundMinSent = 10
+
+// IO modes of a Bridge: how its sockets are read.
+const (
+	// IOGoroutines gives every socket its own reader goroutine on Go's
+	// netpoller: one wake-up per packet. Portable.
+	IOGoroutines = "goroutines"
+	// IOEpoll serves all sockets from a few reactor goroutines on locked OS
+	// threads, each with a level-triggered epoll over raw non-blocking
+	// sockets, draining them with recvmmsg and sending with sendmmsg: one
+	// wake-up serves every socket that is ready. Linux only.
+	IOEpoll = "epoll"
+)
 
 // Config configures a Bridge. Zero values mean the documented defaults.
 type Config struct {
@@ -77,6 +90,13 @@ type Config struct {
 	// NoInboundAfter is that silence. Default DefaultNoInboundAfter;
 	// negative disables the check.
 	NoInboundAfter time.Duration
+	// IO is IOGoroutines (the default) or IOEpoll. With IOEpoll the Bridge
+	// binds the pools' sockets itself (Pool.ListenPacket is not used) and
+	// PortPair.RTP and RTCP are nil.
+	IO string
+	// Reactors is how many reactor threads IOEpoll runs. Default: 2, or 1
+	// with GOMAXPROCS 1.
+	Reactors int
 }
 
 // Bridge creates Sessions and tracks them so Close can end them all.
@@ -84,6 +104,7 @@ type Bridge struct {
 	cfg   Config
 	rates [128]uint32
 	log   *zap.Logger
+	rx    *reactors // IOEpoll; nil otherwise
 
 	mu       sync.Mutex
 	sessions map[*Session]struct{}
@@ -133,6 +154,23 @@ func New(cfg Config) (*Bridge, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
+	switch cfg.IO {
+	case "":
+		cfg.IO = IOGoroutines
+	case IOGoroutines:
+	case IOEpoll:
+		if !reactorSupported {
+			return nil, fmt.Errorf("%w: IO %q needs Linux", ErrInvalidConfig, cfg.IO)
+		}
+	default:
+		return nil, fmt.Errorf("%w: IO %q, want %q or %q", ErrInvalidConfig, cfg.IO, IOGoroutines, IOEpoll)
+	}
+	if cfg.Reactors < 0 {
+		return nil, fmt.Errorf("%w: %d reactors", ErrInvalidConfig, cfg.Reactors)
+	}
+	if cfg.Reactors == 0 {
+		cfg.Reactors = min(2, runtime.GOMAXPROCS(0))
+	}
 	b := &Bridge{cfg: cfg, log: cfg.Logger.Named("rtpbridge"), sessions: make(map[*Session]struct{})}
 	// An array indexed by the 7-bit payload type keeps the map off the
 	// packet path.
@@ -144,6 +182,17 @@ func New(cfg Config) (*Bridge, error) {
 			return nil, fmt.Errorf("%w: payload type %d > 127", ErrInvalidConfig, pt)
 		}
 		b.rates[pt] = rate
+	}
+	if cfg.IO == IOEpoll {
+		rx, err := newReactors(cfg.Reactors, b.log)
+		if err != nil {
+			return nil, err
+		}
+		if err := errors.Join(cfg.LAN.useReactors(rx), cfg.WAN.useReactors(rx)); err != nil {
+			rx.close()
+			return nil, err
+		}
+		b.rx = rx
 	}
 	return b, nil
 }
@@ -278,6 +327,10 @@ func (b *Bridge) Close() error {
 		errs = append(errs, s.Close())
 	}
 	errs = append(errs, b.cfg.LAN.Close(), b.cfg.WAN.Close())
+	if b.rx != nil {
+		// Every socket is closed: the pools' quarantines have ended.
+		b.rx.close()
+	}
 	return errors.Join(errs...)
 }
 

@@ -360,7 +360,7 @@ func TestPortsFreedAfterSessionsClose(t *testing.T) {
 	checkRoutines(t)
 	clk := newFakeClock()
 	lan, wan := testPool(lanRange, clk), testPool(wanRange, clk)
-	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
+	br, err := New(Config{IO: testIO, LAN: lan, WAN: wan, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -519,7 +519,7 @@ func oneWANPairBridge(t *testing.T, port uint16) (*Bridge, *Pool, *fakeClock) {
 	clk := newFakeClock()
 	lan := testPool(lanRange, clk)
 	wan := &Pool{Address: "127.0.0.1", MinPort: port, MaxPort: port + 1, Clock: clk}
-	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
+	br, err := New(Config{IO: testIO, LAN: lan, WAN: wan, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}

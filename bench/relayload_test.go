@@ -9,7 +9,8 @@ package bench
 //	go test -run '^$' -bench PacedRelay -benchtime 1x -count 5 ./bench/
 //
 // Environment: RELAY_CALLS (default "50,200"), RELAY_WINDOW (default 5s),
-// RELAY_GOMAXPROCS (the relay process's GOMAXPROCS; default: the runtime's).
+// RELAY_GOMAXPROCS (the relay process's GOMAXPROCS; default: the runtime's),
+// RELAY_IO (rtpbridge.Config.IO: "goroutines", the default, or "epoll").
 
 import (
 	"bufio"
@@ -54,6 +55,7 @@ func TestMain(m *testing.M) {
 func runRelay() error {
 	lo := "127.0.0.1"
 	br, err := rtpbridge.New(rtpbridge.Config{
+		IO:  os.Getenv("RELAY_IO"),
 		LAN: &rtpbridge.Pool{Address: lo, MinPort: 45000, MaxPort: 46999},
 		WAN: &rtpbridge.Pool{Address: lo, MinPort: 47000, MaxPort: 48999},
 	})

@@ -47,6 +47,8 @@ type reactor struct {
 	mu    sync.Mutex
 	socks map[int32]*rsock // registered sockets by fd
 
+	wakes atomic.Uint64 // epoll_wait returns, for tests and profiles
+
 	// Owned by the loop.
 	events [maxEvents]unix.EpollEvent
 	ready  [maxEvents]*rsock
@@ -321,6 +323,7 @@ func (r *reactor) loop(wg *sync.WaitGroup) {
 			r.log.Error("reactor stopped: epoll_wait failed", zap.Error(err))
 			return
 		}
+		r.wakes.Add(1)
 		stop := false
 		r.mu.Lock()
 		for i := range n {

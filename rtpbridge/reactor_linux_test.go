@@ -1,0 +1,165 @@
+package rtpbridge
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// bsAddr is where a reactor socket bound to port 0 listens.
+func bsAddr(rs *rsock) (netip.AddrPort, error) {
+	sa, err := unix.Getsockname(rs.fd)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	sa4 := sa.(*unix.SockaddrInet4)
+	return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), uint16(sa4.Port)), nil
+}
+
+// epollWatchers returns, for each epoll instance of the process, the fds
+// it watches, read from /proc/self/fdinfo.
+func epollWatchers(t *testing.T) map[int]map[int]bool {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[int]map[int]bool)
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err != nil || link != "anon_inode:[eventpoll]" {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		watched := make(map[int]bool)
+		for _, line := range strings.Split(string(info), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "tfd:" {
+				n, _ := strconv.Atoi(f[1])
+				watched[n] = true
+			}
+		}
+		out[fd] = watched
+	}
+	return out
+}
+
+// TestEpollSocketsNotOnNetpoller checks that a session's sockets are in
+// its reactor's epoll and in no other, so Go's netpoller is not woken by
+// their packets. Control: a net.UDPConn's socket is in the netpoller's.
+func TestEpollSocketsNotOnNetpoller(t *testing.T) {
+	if testIO != IOEpoll {
+		t.Skip("IOEpoll pass only")
+	}
+	h := newHarness(t, nil)
+	h.connect()
+	watchers := epollWatchers(t)
+	for leg, pp := range h.s.pairs {
+		for kind, rs := range pp.rs {
+			var in []int
+			for ep, fds := range watchers {
+				if fds[rs.fd] {
+					in = append(in, ep)
+				}
+			}
+			if len(in) != 1 || in[0] != rs.r.epfd {
+				t.Errorf("leg %d kind %d: fd %d watched by epolls %v, want only the reactor's %d", leg, kind, rs.fd, in, rs.r.epfd)
+			}
+		}
+	}
+	raw, err := h.pbx.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pbxFD int
+	_ = raw.Control(func(fd uintptr) { pbxFD = int(fd) })
+	seen := false
+	for _, fds := range watchers {
+		seen = seen || fds[pbxFD]
+	}
+	if !seen {
+		t.Fatal("control: a net.UDPConn is in no epoll, so the check above proves nothing")
+	}
+}
+
+// blocker is a handler that holds its reactor inside serve until released.
+type blocker struct{ entered, release chan struct{} }
+
+func (b *blocker) packet(*reactor, []byte, netip.AddrPort) {
+	b.entered <- struct{}{}
+	<-b.release
+}
+
+func (b *blocker) readError(error) {}
+
+// TestReactorServesManySocketsPerWake holds the one reactor busy while a
+// packet reaches each of many sessions, then checks that a single wake-up
+// served them all: what saves the wake per packet of a reader goroutine
+// per socket.
+func TestReactorServesManySocketsPerWake(t *testing.T) {
+	if testIO != IOEpoll {
+		t.Skip("IOEpoll pass only")
+	}
+	const calls = 20
+	h := newHarness(t, func(c *Config) { c.Reactors = 1 })
+	h.connect()
+	pbx, prov := udp(t), udp(t)
+	var legA []netip.AddrPort
+	for i := range calls {
+		s, err := h.br.NewSession(fmt.Sprint("call-", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetRemote(LegA, addrOf(pbx), netip.AddrPort{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetRemote(LegB, addrOf(prov), netip.AddrPort{}); err != nil {
+			t.Fatal(err)
+		}
+		recv(t, prov) // pinhole
+		legA = append(legA, loopback(s.LocalPort(LegA)))
+		// Latch leg A now, so the packets below take the steady path.
+		send(t, pbx, rtpPkt(1, 0, uint32(i), 'l'), legA[i])
+		recv(t, prov)
+	}
+	r := h.s.pairs[LegA].rs[0].r
+
+	// A socket of the reactor's own that blocks it.
+	rx := h.br.rx
+	bs, err := rx.listen("udp4", "127.0.0.1", 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bs.close() })
+	b := &blocker{entered: make(chan struct{}), release: make(chan struct{})}
+	if err := bs.attach(b); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := bsAddr(bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, pbx, []byte("block"), sa)
+	<-b.entered
+	before := r.wakes.Load()
+	for i := range calls {
+		send(t, pbx, rtpPkt(2, 160, uint32(i), 'm'), legA[i])
+	}
+	close(b.release)
+	for range calls {
+		recv(t, prov)
+	}
+	if got := r.wakes.Load() - before; got > 1 {
+		t.Fatalf("%d wake-ups for %d packets on %d sockets, want 1", got, calls, calls)
+	}
+}

@@ -104,7 +104,7 @@ type Bridge struct {
 	cfg   Config
 	rates [128]uint32
 	log   *zap.Logger
-	rx    *reactors // IOEpoll; nil otherwise
+	rx    *reactors // IOEpoll, until Close; guarded by mu after New
 
 	mu       sync.Mutex
 	sessions map[*Session]struct{}
@@ -189,6 +189,8 @@ func New(cfg Config) (*Bridge, error) {
 			return nil, err
 		}
 		if err := errors.Join(cfg.LAN.useReactors(rx), cfg.WAN.useReactors(rx)); err != nil {
+			cfg.LAN.dropReactors(rx)
+			cfg.WAN.dropReactors(rx)
 			rx.close()
 			return nil, err
 		}
@@ -317,6 +319,8 @@ func (b *Bridge) NoSessionDrops() uint64 {
 func (b *Bridge) Close() error {
 	b.mu.Lock()
 	b.closed = true
+	rx := b.rx
+	b.rx = nil // a second Close does not stop the reactors again
 	open := make([]*Session, 0, len(b.sessions))
 	for s := range b.sessions {
 		open = append(open, s)
@@ -327,9 +331,9 @@ func (b *Bridge) Close() error {
 		errs = append(errs, s.Close())
 	}
 	errs = append(errs, b.cfg.LAN.Close(), b.cfg.WAN.Close())
-	if b.rx != nil {
+	if rx != nil {
 		// Every socket is closed: the pools' quarantines have ended.
-		b.rx.close()
+		rx.close()
 	}
 	return errors.Join(errs...)
 }

@@ -401,6 +401,15 @@ func (p *Pool) useReactors(rx *reactors) error {
 	return nil
 }
 
+// dropReactors undoes useReactors(rx) for a Bridge that New refused.
+func (p *Pool) dropReactors(rx *reactors) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rx == rx {
+		p.rx = nil
+	}
+}
+
 // pickLocked probes linearly from a random pair, so exhaustion is detected
 // exactly rather than by running out of random tries.
 func (p *Pool) pickLocked() int {

@@ -79,8 +79,11 @@ type rsock struct {
 	fam  int
 	port uint16
 
+	// fd is -1 once closed. It changes under mu but is read without it
+	// too: keepalives are sent under the Session's lock, which the
+	// reactor may be waiting for while it holds mu.
+	fd     atomic.Int32
 	mu     sync.Mutex
-	fd     int // -1 once closed
 	h      rhandler
 	polled bool // in the epoll set
 }
@@ -186,8 +189,9 @@ func (rx *reactors) listen(network, address string, port, dscp int) (*rsock, err
 			return nil, errSetup{fmt.Errorf("rtpbridge: set DSCP %d: %w", dscp, err)}
 		}
 	}
-	r := rx.rs[int(rx.next.Add(1))%len(rx.rs)]
-	return &rsock{r: r, fam: fam, port: uint16(port), fd: fd}, nil
+	rs := &rsock{r: rx.rs[int(rx.next.Add(1))%len(rx.rs)], fam: fam, port: uint16(port)}
+	rs.fd.Store(int32(fd))
+	return rs, nil
 }
 
 // attach makes h the socket's handler and starts serving it. Packets that
@@ -195,7 +199,7 @@ func (rx *reactors) listen(network, address string, port, dscp int) (*rsock, err
 func (rs *rsock) attach(h rhandler) error {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if rs.fd < 0 {
+	if rs.fdn() < 0 {
 		return errRsockClosed
 	}
 	rs.h = h
@@ -204,10 +208,10 @@ func (rs *rsock) attach(h rhandler) error {
 	}
 	r := rs.r
 	r.mu.Lock()
-	r.socks[int32(rs.fd)] = rs
+	r.socks[int32(rs.fdn())] = rs
 	r.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(rs.fd)}
-	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, rs.fd, &ev); err != nil {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(rs.fdn())}
+	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, rs.fdn(), &ev); err != nil {
 		return fmt.Errorf("rtpbridge: epoll_ctl add: %w", err)
 	}
 	rs.polled = true
@@ -229,10 +233,10 @@ func (rs *rsock) pauseLocked() {
 		return
 	}
 	rs.polled = false
-	_ = unix.EpollCtl(rs.r.epfd, unix.EPOLL_CTL_DEL, rs.fd, nil)
+	_ = unix.EpollCtl(rs.r.epfd, unix.EPOLL_CTL_DEL, rs.fdn(), nil)
 	rs.r.mu.Lock()
-	if rs.r.socks[int32(rs.fd)] == rs {
-		delete(rs.r.socks, int32(rs.fd))
+	if rs.r.socks[int32(rs.fdn())] == rs {
+		delete(rs.r.socks, int32(rs.fdn()))
 	}
 	rs.r.mu.Unlock()
 }
@@ -249,14 +253,16 @@ func (rs *rsock) barrier() {
 func (rs *rsock) close() error {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if rs.fd < 0 {
+	if rs.fdn() < 0 {
 		return nil
 	}
 	rs.pauseLocked()
-	err := unix.Close(rs.fd)
-	rs.fd = -1
+	err := unix.Close(rs.fdn())
+	rs.fd.Store(-1)
 	return err
 }
+
+func (rs *rsock) fdn() int { return int(rs.fd.Load()) }
 
 // writeTo sends one datagram outside the reactor: keepalives and
 // pinholes, not the packet path.
@@ -266,9 +272,7 @@ func (rs *rsock) writeTo(b []byte, to netip.AddrPort) error {
 	if !ok {
 		return errAddrFamily
 	}
-	rs.mu.Lock()
-	fd := rs.fd
-	rs.mu.Unlock()
+	fd := rs.fdn()
 	if fd < 0 {
 		return errRsockClosed
 	}
@@ -352,7 +356,7 @@ func (r *reactor) serve(rs *rsock) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	h := rs.h
-	if h == nil || rs.fd < 0 {
+	if h == nil || rs.fdn() < 0 {
 		return // paused or closed since epoll_wait
 	}
 	for i := range r.in {
@@ -360,7 +364,7 @@ func (r *reactor) serve(rs *rsock) {
 		r.in[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 		r.in[i].Hdr.Flags = 0
 	}
-	n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(rs.fd), uintptr(unsafe.Pointer(&r.in[0])), batch,
+	n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(rs.fdn()), uintptr(unsafe.Pointer(&r.in[0])), batch,
 		unix.MSG_DONTWAIT, 0, 0)
 	if e != 0 {
 		if e != unix.EAGAIN && e != unix.EINTR {
@@ -396,14 +400,15 @@ func sockaddrAddrPort(sa *unix.RawSockaddrInet6) (netip.AddrPort, bool) {
 func (r *reactor) queue(out *rsock, b []byte, to netip.AddrPort, by *sock) {
 	i := r.queued
 	n, ok := out.sockaddr(&r.outTo[i], to)
-	if !ok || out.fd < 0 {
+	fd := out.fdn()
+	if !ok || fd < 0 {
 		by.sendFailed()
 		return
 	}
 	r.outIov[i].Base = &b[0]
 	r.outIov[i].SetLen(len(b))
 	r.out[i].Hdr.Namelen = n
-	r.outFd[i] = out.fd
+	r.outFd[i] = fd
 	r.outBy[i] = by
 	r.queued++
 }

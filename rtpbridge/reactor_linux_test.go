@@ -13,7 +13,7 @@ import (
 
 // bsAddr is where a reactor socket bound to port 0 listens.
 func bsAddr(rs *rsock) (netip.AddrPort, error) {
-	sa, err := unix.Getsockname(rs.fd)
+	sa, err := unix.Getsockname(rs.fdn())
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
@@ -68,12 +68,12 @@ func TestEpollSocketsNotOnNetpoller(t *testing.T) {
 		for kind, rs := range pp.rs {
 			var in []int
 			for ep, fds := range watchers {
-				if fds[rs.fd] {
+				if fds[rs.fdn()] {
 					in = append(in, ep)
 				}
 			}
 			if len(in) != 1 || in[0] != rs.r.epfd {
-				t.Errorf("leg %d kind %d: fd %d watched by epolls %v, want only the reactor's %d", leg, kind, rs.fd, in, rs.r.epfd)
+				t.Errorf("leg %d kind %d: fd %d watched by epolls %v, want only the reactor's %d", leg, kind, rs.fdn(), in, rs.r.epfd)
 			}
 		}
 	}

@@ -49,9 +49,9 @@ const (
 const keepalivePT = 20
 
 // Session relays one media stream (RTP and RTCP) between leg A and leg B.
-// Each of its four sockets has one reader goroutine; a timer handles the
-// media timeout and keepalives. Close releases everything and waits for the
-// readers.
+// Each of its four sockets has one reader goroutine, or with IOEpoll is
+// served by a reactor; a timer handles the media timeout and keepalives.
+// Close releases everything and waits for the readers.
 type Session struct {
 	id    string
 	br    *Bridge

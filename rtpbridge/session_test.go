@@ -454,6 +454,8 @@ func TestConfigValidation(t *testing.T) {
 		"bad WAN":          func(c *Config) { c.WAN = &Pool{} },
 		"negative timeout": func(c *Config) { c.MediaTimeout = -1 },
 		"payload type":     func(c *Config) { c.ClockRates = map[uint8]uint32{200: 8000} },
+		"unknown IO":       func(c *Config) { c.IO = "poll" },
+		"reactors":         func(c *Config) { c.IO, c.Reactors = IOEpoll, -1 },
 	} {
 		cfg := good()
 		mod(&cfg)
@@ -463,6 +465,22 @@ func TestConfigValidation(t *testing.T) {
 	}
 	if _, err := New(good()); err != nil {
 		t.Fatal(err)
+	}
+	if reactorSupported {
+		// A pool serves the reactors of one bridge only.
+		cfg := good()
+		cfg.IO = IOEpoll
+		br, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer br.Close()
+		if other, err := New(Config{IO: IOEpoll, LAN: cfg.LAN, WAN: testPool(wanRange, nil)}); !errors.Is(err, ErrInvalidConfig) {
+			if other != nil {
+				_ = other.Close()
+			}
+			t.Fatalf("a second bridge on the same pool: %v, want ErrInvalidConfig", err)
+		}
 	}
 }
 

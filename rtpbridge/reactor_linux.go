@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -36,12 +37,16 @@ type reactors struct {
 	wg   sync.WaitGroup
 }
 
-// reactor is one goroutine on a locked OS thread that owns a
-// level-triggered epoll over raw non-blocking UDP sockets, which Go's
-// netpoller never sees: a socket the netpoller also watched would wake it
-// on every packet as well.
+// reactor is one goroutine that owns a level-triggered epoll over raw
+// non-blocking UDP sockets, which Go's netpoller never sees: a socket the
+// netpoller also watched would wake it on every packet as well. The
+// netpoller watches the epoll fd instead, and wakes the reactor once for
+// whatever is ready.
 type reactor struct {
 	epfd, evfd int
+	file       *os.File        // epfd, registered with Go's netpoller
+	wait       syscall.RawConn // of file
+	pollFn     func(uintptr) bool
 	log        *zap.Logger
 
 	mu    sync.Mutex
@@ -50,18 +55,19 @@ type reactor struct {
 	wakes atomic.Uint64 // epoll_wait returns, for tests and profiles
 
 	// Owned by the loop.
-	events [maxEvents]unix.EpollEvent
-	ready  [maxEvents]*rsock
-	in     [batch]unix.Mmsghdr
-	inIov  [batch]unix.Iovec
-	inName [batch]unix.RawSockaddrInet6
-	bufs   [batch][bufSize]byte
-	out    [batch]unix.Mmsghdr
-	outIov [batch]unix.Iovec
-	outTo  [batch]unix.RawSockaddrInet6
-	outFd  [batch]int
-	outBy  [batch]*sock // the socket whose packet it is, for its counters
-	queued int
+	stopped bool
+	events  [maxEvents]unix.EpollEvent
+	ready   [maxEvents]*rsock
+	in      [batch]unix.Mmsghdr
+	inIov   [batch]unix.Iovec
+	inName  [batch]unix.RawSockaddrInet6
+	bufs    [batch][bufSize]byte
+	out     [batch]unix.Mmsghdr
+	outIov  [batch]unix.Iovec
+	outTo   [batch]unix.RawSockaddrInet6
+	outFd   [batch]int
+	outBy   [batch]*sock // the socket whose packet it is, for its counters
+	queued  int
 }
 
 // rhandler is what a reactor hands a socket's datagrams to: a Session's
@@ -119,7 +125,24 @@ func newReactor(log *zap.Logger) (*reactor, error) {
 		_ = unix.Close(evfd)
 		return nil, fmt.Errorf("rtpbridge: epoll_ctl: %w", err)
 	}
-	r := &reactor{epfd: epfd, evfd: evfd, log: log, socks: make(map[int32]*rsock)}
+	// Only the epoll fd itself is on Go's netpoller: one netpoller wake-up
+	// per batch of ready sockets, on whichever thread polls, instead of a
+	// thread of our own whose blocking epoll_wait makes the scheduler hand
+	// its P off and back on every wake-up.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		_ = unix.Close(epfd)
+		_ = unix.Close(evfd)
+		return nil, fmt.Errorf("rtpbridge: epoll fd: %w", err)
+	}
+	file := os.NewFile(uintptr(epfd), "rtpbridge-epoll")
+	wait, err := file.SyscallConn()
+	if err != nil {
+		_ = file.Close()
+		_ = unix.Close(evfd)
+		return nil, fmt.Errorf("rtpbridge: epoll fd: %w", err)
+	}
+	r := &reactor{epfd: epfd, evfd: evfd, file: file, wait: wait, log: log, socks: make(map[int32]*rsock)}
+	r.pollFn = r.poll
 	for i := range r.in {
 		r.inIov[i].Base = &r.bufs[i][0]
 		r.inIov[i].SetLen(bufSize)
@@ -143,7 +166,7 @@ func (rx *reactors) close() {
 	}
 	rx.wg.Wait()
 	for _, r := range rx.rs {
-		_ = unix.Close(r.epfd)
+		_ = r.file.Close()
 		_ = unix.Close(r.evfd)
 	}
 	rx.rs = nil
@@ -314,40 +337,52 @@ var (
 
 func (r *reactor) loop(wg *sync.WaitGroup) {
 	defer wg.Done()
-	// A locked thread blocks in epoll_wait without taking a P from the
-	// goroutines, and wakes for all its sockets at once.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	for {
-		n, err := unix.EpollWait(r.epfd, r.events[:], -1)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			r.log.Error("reactor stopped: epoll_wait failed", zap.Error(err))
+		if err := r.wait.Read(r.pollFn); err != nil {
+			r.log.Error("reactor stopped: wait failed", zap.Error(err))
 			return
 		}
-		r.wakes.Add(1)
-		stop := false
-		r.mu.Lock()
-		for i := range n {
-			fd := r.events[i].Fd
-			if int(fd) == r.evfd {
-				stop = true
-			}
-			r.ready[i] = r.socks[fd]
-		}
-		r.mu.Unlock()
-		if stop {
+		if r.stopped {
 			return
-		}
-		for i := range n {
-			if rs := r.ready[i]; rs != nil {
-				r.serve(rs)
-				r.ready[i] = nil
-			}
 		}
 	}
+}
+
+// poll takes what is ready without blocking; false (nothing ready) makes
+// the netpoller wait until the epoll fd is readable again.
+func (r *reactor) poll(uintptr) bool {
+	n, err := unix.EpollWait(r.epfd, r.events[:], 0)
+	if err != nil {
+		if errors.Is(err, unix.EINTR) {
+			return false
+		}
+		r.log.Error("epoll_wait failed", zap.Error(err))
+		r.stopped = true
+		return true
+	}
+	if n == 0 {
+		return false
+	}
+	r.wakes.Add(1)
+	r.mu.Lock()
+	for i := range n {
+		fd := r.events[i].Fd
+		if int(fd) == r.evfd {
+			r.stopped = true
+		}
+		r.ready[i] = r.socks[fd]
+	}
+	r.mu.Unlock()
+	if r.stopped {
+		return true
+	}
+	for i := range n {
+		if rs := r.ready[i]; rs != nil {
+			r.serve(rs)
+			r.ready[i] = nil
+		}
+	}
+	return true
 }
 
 // serve reads what is queued on one socket with one recvmmsg, hands each

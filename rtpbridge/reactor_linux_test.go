@@ -2,12 +2,14 @@ package rtpbridge
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -161,5 +163,90 @@ func TestReactorServesManySocketsPerWake(t *testing.T) {
 	}
 	if got := r.wakes.Load() - before; got > 1 {
 		t.Fatalf("%d wake-ups for %d packets on %d sockets, want 1", got, calls, calls)
+	}
+}
+
+// TestEpollSocketsSetDSCP is TestPoolSetsDSCP for the raw sockets.
+func TestEpollSocketsSetDSCP(t *testing.T) {
+	if testIO != IOEpoll {
+		t.Skip("IOEpoll pass only")
+	}
+	for _, tc := range []struct{ dscp, tos int }{{0, DefaultDSCP << 2}, {10, 10 << 2}, {-1, 0}} {
+		p := &Pool{Address: "127.0.0.1", MinPort: 44800, MaxPort: 44899, DSCP: tc.dscp}
+		if err := p.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		withTestIO(t, p)
+		closeAtEnd(t, p)
+		pp, err := p.Allocate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rs := range pp.rs {
+			tos, err := unix.GetsockoptInt(rs.fdn(), unix.IPPROTO_IP, unix.IP_TOS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tos != tc.tos {
+				t.Errorf("DSCP %d: TOS %#x, want %#x", tc.dscp, tos, tc.tos)
+			}
+		}
+		if err := pp.close(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// recorder is a handler that hands over what it receives.
+type recorder struct{ got chan netip.AddrPort }
+
+func (r *recorder) packet(_ *reactor, _ []byte, src netip.AddrPort) { r.got <- src }
+
+func (r *recorder) readError(error) {}
+
+// TestEpollIPv6 receives on and sends from a raw udp6 socket, including to
+// a v4-mapped address, which a v6 socket needs for an IPv4 peer.
+func TestEpollIPv6(t *testing.T) {
+	if testIO != IOEpoll {
+		t.Skip("IOEpoll pass only")
+	}
+	peer, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	t.Cleanup(func() { _ = peer.Close() })
+	rx, err := newReactors(1, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rx.close)
+	rs, err := rx.listen("udp6", "::1", 0, DefaultDSCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rs.close() })
+	rec := &recorder{got: make(chan netip.AddrPort, 1)}
+	if err := rs.attach(rec); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(rs.fdn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := netip.AddrPortFrom(netip.AddrFrom16(sa.(*unix.SockaddrInet6).Addr), uint16(sa.(*unix.SockaddrInet6).Port))
+	send(t, peer, []byte("v6"), local)
+	if src := <-rec.got; src != addrOf(peer) {
+		t.Fatalf("source %s, want %s", src, addrOf(peer))
+	}
+	if err := rs.writeTo([]byte("back"), addrOf(peer)); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := recv(t, peer); string(b) != "back" {
+		t.Fatalf("got %q", b)
+	}
+	// An IPv4 destination fails on a v6-only socket, as it does through
+	// a udp6 net.UDPConn, rather than leaving from the wrong family.
+	if err := rs.writeTo([]byte("v4"), loopback(9)); err == nil {
+		t.Fatal("a v4-mapped send from a v6-only socket succeeded")
 	}
 }

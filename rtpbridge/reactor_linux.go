@@ -348,8 +348,12 @@ func (r *reactor) loop(wg *sync.WaitGroup) {
 	}
 }
 
-// poll takes what is ready without blocking; false (nothing ready) makes
-// the netpoller wait until the epoll fd is readable again.
+// poll serves what is ready without blocking. It returns false, to wait
+// for the netpoller, once it has drained every socket it was told of: a
+// packet that arrives after its socket's recvmmsg notifies the netpoller
+// anew, so nothing waits unseen, and the epoll_wait that would only find
+// nothing is saved. It returns true to be called again at once, when a
+// full batch may have left something behind, or to stop.
 func (r *reactor) poll(uintptr) bool {
 	n, err := unix.EpollWait(r.epfd, r.events[:], 0)
 	if err != nil {
@@ -376,23 +380,25 @@ func (r *reactor) poll(uintptr) bool {
 	if r.stopped {
 		return true
 	}
+	more := n == len(r.events)
 	for i := range n {
 		if rs := r.ready[i]; rs != nil {
-			r.serve(rs)
+			more = r.serve(rs) || more
 			r.ready[i] = nil
 		}
 	}
-	return true
+	return more
 }
 
 // serve reads what is queued on one socket with one recvmmsg, hands each
 // datagram to the socket's handler and sends what the handler forwarded.
-func (r *reactor) serve(rs *rsock) {
+// It reports whether the batch was full, so more may be queued.
+func (r *reactor) serve(rs *rsock) bool {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	h := rs.h
 	if h == nil || rs.fdn() < 0 {
-		return // paused or closed since epoll_wait
+		return false // paused or closed since epoll_wait
 	}
 	for i := range r.in {
 		r.in[i].Hdr.Name = (*byte)(unsafe.Pointer(&r.inName[i]))
@@ -406,7 +412,8 @@ func (r *reactor) serve(rs *rsock) {
 			// A queued ICMP error, say; reading it cleared it.
 			h.readError(e)
 		}
-		return
+		// After an error, datagrams may still be queued behind it.
+		return e != unix.EAGAIN
 	}
 	for i := range int(n) {
 		src, ok := sockaddrAddrPort(&r.inName[i])
@@ -416,6 +423,7 @@ func (r *reactor) serve(rs *rsock) {
 		h.packet(r, r.bufs[i][:r.in[i].Len], src)
 	}
 	r.flush()
+	return n == batch
 }
 
 // sockaddrAddrPort decodes a received source address without allocating.

@@ -97,6 +97,55 @@ func TestEpollSocketsNotOnNetpoller(t *testing.T) {
 // blocker is a handler that holds its reactor inside serve until released.
 type blocker struct{ entered, release chan struct{} }
 
+// blockReactor holds rx's first reactor busy until the blocker is
+// released, with a socket of its own that c sends to.
+func blockReactor(t *testing.T, rx *reactors, c *net.UDPConn) *blocker {
+	t.Helper()
+	bs, err := rx.listen("udp4", "127.0.0.1", 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bs.close() })
+	b := &blocker{entered: make(chan struct{}), release: make(chan struct{})}
+	if err := bs.attach(b); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := bsAddr(bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, c, []byte("block"), sa)
+	<-b.entered
+	return b
+}
+
+// TestReactorDrainsBacklog queues more than several recvmmsg batches on
+// one socket while the reactor is busy: all of it is relayed, in order,
+// without another packet arriving to wake the reactor.
+func TestReactorDrainsBacklog(t *testing.T) {
+	if testIO != IOEpoll {
+		t.Skip("IOEpoll pass only")
+	}
+	const n = 3*batch + 1
+	h := newHarness(t, func(c *Config) { c.Reactors = 1 })
+	h.connect()
+	send(t, h.pbx, rtpPkt(0, 0, 7, 'l'), h.aRTP) // latch
+	recv(t, h.sdp)
+	b := blockReactor(t, h.br.rx, h.pbx)
+	for i := 1; i <= n; i++ {
+		send(t, h.pbx, rtpPkt(uint16(i), uint32(i)*160, 7, byte(i)), h.aRTP)
+	}
+	close(b.release)
+	for i := 1; i <= n; i++ {
+		if got, _ := recv(t, h.sdp); got[12] != byte(i) {
+			t.Fatalf("packet %d: payload %d", i, got[12])
+		}
+	}
+	if st := h.s.Stats().AtoB; st.Forwarded != n+1 || st.Lost != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
 func (b *blocker) packet(*reactor, []byte, netip.AddrPort) {
 	b.entered <- struct{}{}
 	<-b.release
@@ -135,24 +184,7 @@ func TestReactorServesManySocketsPerWake(t *testing.T) {
 		recv(t, prov)
 	}
 	r := h.s.pairs[LegA].rs[0].r
-
-	// A socket of the reactor's own that blocks it.
-	rx := h.br.rx
-	bs, err := rx.listen("udp4", "127.0.0.1", 0, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = bs.close() })
-	b := &blocker{entered: make(chan struct{}), release: make(chan struct{})}
-	if err := bs.attach(b); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := bsAddr(bs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	send(t, pbx, []byte("block"), sa)
-	<-b.entered
+	b := blockReactor(t, h.br.rx, pbx)
 	before := r.wakes.Load()
 	for i := range calls {
 		send(t, pbx, rtpPkt(2, 160, uint32(i), 'm'), legA[i])

@@ -52,7 +52,7 @@ type reactor struct {
 	mu    sync.Mutex
 	socks map[int32]*rsock // registered sockets by fd
 
-	wakes atomic.Uint64 // epoll_wait returns, for tests and profiles
+	wakes atomic.Uint64 // polls that found something ready, for tests
 
 	// Owned by the loop.
 	stopped bool
@@ -81,9 +81,8 @@ type rhandler interface {
 // the reactor serves it, so once attach, pause or close returns, the old
 // handler sees no more packets.
 type rsock struct {
-	r    *reactor
-	fam  int
-	port uint16
+	r   *reactor
+	fam int
 
 	// fd is -1 once closed. It changes under mu but is read without it
 	// too: keepalives are sent under the Session's lock, which the
@@ -212,7 +211,7 @@ func (rx *reactors) listen(network, address string, port, dscp int) (*rsock, err
 			return nil, errSetup{fmt.Errorf("rtpbridge: set DSCP %d: %w", dscp, err)}
 		}
 	}
-	rs := &rsock{r: rx.rs[int(rx.next.Add(1))%len(rx.rs)], fam: fam, port: uint16(port)}
+	rs := &rsock{r: rx.rs[int(rx.next.Add(1))%len(rx.rs)], fam: fam}
 	rs.fd.Store(int32(fd))
 	return rs, nil
 }

@@ -19,7 +19,7 @@ var errNoReactor = errors.New("rtpbridge: epoll IO needs Linux")
 // reactors off Linux.
 type reactors struct{}
 
-type rsock struct{ port uint16 }
+type rsock struct{}
 
 func newReactors(int, *zap.Logger) (*reactors, error) { return nil, errNoReactor }
 

@@ -9,7 +9,9 @@ package bench
 //	go test -run '^$' -bench PacedRelay -benchtime 1x -count 5 ./bench/
 //
 // Environment: RELAY_CALLS (default "50,200"), RELAY_WINDOW (default 5s),
-// RELAY_GOMAXPROCS (the relay process's GOMAXPROCS; default: the runtime's).
+// RELAY_GOMAXPROCS (the relay process's GOMAXPROCS; default: the runtime's),
+// RELAY_IO (rtpbridge.Config.IO: "goroutines", the default, or "epoll"),
+// RELAY_REACTORS (rtpbridge.Config.Reactors with epoll).
 
 import (
 	"bufio"
@@ -53,9 +55,18 @@ func TestMain(m *testing.M) {
 // until stdin closes.
 func runRelay() error {
 	lo := "127.0.0.1"
+	reactors := 0
+	if r := os.Getenv("RELAY_REACTORS"); r != "" {
+		var err error
+		if reactors, err = strconv.Atoi(r); err != nil {
+			return fmt.Errorf("RELAY_REACTORS: %w", err)
+		}
+	}
 	br, err := rtpbridge.New(rtpbridge.Config{
-		LAN: &rtpbridge.Pool{Address: lo, MinPort: 45000, MaxPort: 46999},
-		WAN: &rtpbridge.Pool{Address: lo, MinPort: 47000, MaxPort: 48999},
+		IO:       os.Getenv("RELAY_IO"),
+		Reactors: reactors,
+		LAN:      &rtpbridge.Pool{Address: lo, MinPort: 45000, MaxPort: 46999},
+		WAN:      &rtpbridge.Pool{Address: lo, MinPort: 47000, MaxPort: 48999},
 	})
 	if err != nil {
 		return err

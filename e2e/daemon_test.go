@@ -118,6 +118,10 @@ func (c DaemonConfig) YAML() string {
 	for i, s := range servers {
 		q[i] = fmt.Sprintf("%q", s)
 	}
+	rtp := def(c.RTP, "{port_min: 55000, port_max: 56000}")
+	if io := os.Getenv(rtpIOEnv); io != "" && strings.HasSuffix(rtp, "}") {
+		rtp = strings.TrimSuffix(rtp, "}") + ", io: " + io + "}"
+	}
 	return fmt.Sprintf(`log: {level: %s, format: json}
 sip: {listen: %s}
 stun: {servers: [%s], interval: %s}
@@ -137,8 +141,12 @@ admin: {listen: 127.0.0.1:9065}
 		strings.Join(q, ", "), def(c.Interval, "10s"),
 		ProviderAddr, SIPDomain, TrunkUser, def(c.Password, TrunkPass), def(c.Expires, "300s"),
 		def(c.Keepalive, "auto"), DID, DID, trunkExtra, DaemonIP, PBXIP, PBXIP, pbxExtra,
-		def(c.RTP, "{port_min: 55000, port_max: 56000}"), c.Extra)
+		rtp, c.Extra)
 }
+
+// rtpIOEnv, set to epoll, runs every lab daemon with rtp.io: epoll, for
+// the relay's reactors; unset, the daemon's default.
+const rtpIOEnv = "LINKMANAGER_E2E_RTP_IO"
 
 // Daemon is a linkmanager process running in the "lm" namespace.
 type Daemon struct {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -153,6 +154,9 @@ func startB2BUA(t *testing.T, prov *fakeProvider) (*Server, netip.AddrPort) {
 		PBX: b2bua.PBXOptions{Addr: netip.MustParseAddrPort(pbxIP + ":5060"),
 			Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}},
 		Media: rtpbridge.Config{
+			// RTPBRIDGE_TEST_IO=epoll runs these calls on the relay's
+			// reactors, as it does the rtpbridge tests.
+			IO:  os.Getenv("RTPBRIDGE_TEST_IO"),
 			LAN: &rtpbridge.Pool{Address: lanIP, MinPort: 45000, MaxPort: 45199},
 			WAN: &rtpbridge.Pool{Address: wanIP, MinPort: 46000, MaxPort: 46199},
 		},

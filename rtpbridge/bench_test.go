@@ -33,7 +33,7 @@ func reportCPU(b *testing.B, start int64) {
 func systemBridge(b *testing.B) *Bridge {
 	b.Helper()
 	clk := systemClock{}
-	br, err := New(Config{LAN: testPool(lanRange, clk), WAN: testPool(wanRange, clk)})
+	br, err := New(Config{IO: testIO, LAN: testPool(lanRange, clk), WAN: testPool(wanRange, clk)})
 	if err != nil {
 		b.Fatal(err)
 	}

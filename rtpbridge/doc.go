@@ -38,9 +38,25 @@
 //     packets out of the new one.
 //
 // The per-packet path does no allocation and takes no lock that another
-// packet path contends for: each socket has one reader goroutine, shared
-// latch state is read through atomics, and the RTP header is parsed into a
-// reused struct.
+// packet path contends for: each socket is served by one reader at a time,
+// shared latch state is read through atomics, and the RTP header is parsed
+// into a reused struct. Who reads is [Config.IO]:
+//
+//   - [IOGoroutines], the default and the portable fallback: one reader
+//     goroutine per socket on Go's netpoller, so every packet costs a
+//     goroutine wake-up, which on the 2-vCPU VMs we measure costs far more
+//     than the relay's own work (shared/notes/perf-anchors.md).
+//   - [IOEpoll], on Linux: a reactor goroutine (or [Config.Reactors])
+//     owning a level-triggered epoll over raw non-blocking sockets that
+//     the netpoller never sees, so one wake-up serves every ready socket;
+//     a socket is drained with one recvmmsg and what it forwards leaves
+//     with one sendmmsg. Only the reactor's epoll fd is on the netpoller:
+//     a goroutine of our own blocked in epoll_wait on a locked thread was
+//     measured slower, since the scheduler hands its P off and back on
+//     every wake-up. Sessions and quarantine drains are handlers attached
+//     to a socket; a socket's mutex is held while it is served, so pausing
+//     it (Close, Rebind, a take-over) returns once its handler is done, as
+//     waiting for a reader goroutine does.
 //
 // SDP is not parsed here. The SIP layer allocates a [Session] from a
 // [Bridge], writes [Session.LocalPort] into the SDP it sends on each leg, and

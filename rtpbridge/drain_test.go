@@ -21,6 +21,7 @@ func drainPool(t *testing.T, port uint16, mod func(*Pool)) (*Pool, *fakeClock) {
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	withTestIO(t, p)
 	closeAtEnd(t, p)
 	return p, clk
 }
@@ -219,6 +220,7 @@ func TestPoolCloseStopsDrainers(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	withTestIO(t, p)
 	var ports []uint16
 	var pairs []*PortPair
 	for range 4 {
@@ -405,7 +407,7 @@ func TestReuseTakesQuietestPair(t *testing.T) {
 func TestPoolTurnover(t *testing.T) {
 	checkRoutines(t)
 	clk := newFakeClock()
-	br, err := New(Config{LAN: testPool(lanRange, clk), WAN: testPool(wanRange, clk), Clock: clk})
+	br, err := New(Config{IO: testIO, LAN: testPool(lanRange, clk), WAN: testPool(wanRange, clk), Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -455,7 +457,7 @@ func TestMaxSessions(t *testing.T) {
 	}
 	clk := newFakeClock()
 	shared := testPool(lanRange, clk)
-	br, err := New(Config{LAN: shared, WAN: shared, Clock: clk})
+	br, err := New(Config{IO: testIO, LAN: shared, WAN: shared, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -518,6 +520,7 @@ func TestPoolCloseRacesExpiry(t *testing.T) {
 		if err := p.Validate(); err != nil {
 			t.Fatal(err)
 		}
+		withTestIO(t, p)
 		var pairs []*PortPair
 		for range 10 {
 			pp, err := p.Allocate()

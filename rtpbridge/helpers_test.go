@@ -2,8 +2,11 @@ package rtpbridge
 
 import (
 	"errors"
+	"flag"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pion/rtp"
+	"go.uber.org/zap"
 )
 
 // fakeClock runs timers synchronously inside Advance, so timer-driven
@@ -200,6 +204,49 @@ var (
 	wanRange = [2]uint16{43000, 43999}
 )
 
+// testIOEnv picks the IO mode of one test run; unset, TestMain runs the
+// package once per mode.
+const testIOEnv = "RTPBRIDGE_TEST_IO"
+
+// testIO is the IO mode of the bridges and pools the tests make. It is set
+// before any test runs and not changed while one does.
+var testIO = os.Getenv(testIOEnv)
+
+// TestMain runs every test against both paths: the reader goroutines
+// (IOGoroutines, the portable fallback) and, on Linux, the reactors
+// (IOEpoll). Benchmarks run once, in the mode the environment names
+// (default IOGoroutines), so that benchstat compares like with like.
+func TestMain(m *testing.M) {
+	if testIO != "" {
+		os.Exit(m.Run())
+	}
+	testIO = IOGoroutines
+	code := m.Run()
+	if f := flag.Lookup("test.bench"); code != 0 || !reactorSupported || (f != nil && f.Value.String() != "") {
+		os.Exit(code)
+	}
+	fmt.Println("rtpbridge: again with", testIOEnv+"="+IOEpoll)
+	testIO = IOEpoll
+	os.Exit(m.Run())
+}
+
+// withTestIO makes a pool that the test uses without a Bridge serve its
+// sockets in the test's IO mode, with reactors closed after the pool.
+func withTestIO(t testing.TB, p *Pool) {
+	t.Helper()
+	if testIO != IOEpoll {
+		return
+	}
+	rx, err := newReactors(1, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.useReactors(rx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rx.close)
+}
+
 func testPool(r [2]uint16, clk Clock) *Pool {
 	return &Pool{Address: "127.0.0.1", MinPort: r[0], MaxPort: r[1], Clock: clk}
 }
@@ -225,6 +272,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	checkRoutines(t)
 	h := &harness{t: t, clk: newFakeClock(), timeouts: make(chan *Session, 4)}
 	cfg := Config{
+		IO:        testIO,
 		LAN:       testPool(lanRange, h.clk),
 		WAN:       testPool(wanRange, h.clk),
 		Clock:     h.clk,

@@ -85,13 +85,17 @@ type Pool struct {
 	// Rand picks the pair to try. Default: a PCG seeded from the runtime.
 	Rand Rand
 	// ListenPacket binds one socket. It must return a *net.UDPConn. Default:
-	// net.ListenPacket.
+	// net.ListenPacket. A Bridge with IOEpoll binds raw sockets itself and
+	// does not use it.
 	ListenPacket func(network, address string) (net.PacketConn, error)
 	// Clock times quarantine. Default: the system clock.
 	Clock Clock
 
 	noSession atomic.Uint64
 	wg        sync.WaitGroup // drain readers
+	// rx serves the sockets in IOEpoll mode; nil: a reader goroutine per
+	// socket. Set by New before the first Allocate.
+	rx *reactors
 
 	mu          sync.Mutex
 	first       int         // the lowest even port; pair i is first+2i
@@ -114,7 +118,8 @@ const (
 // drain keeps a quarantined pair's sockets bound and read.
 type drain struct {
 	idx      int
-	conns    [2]*net.UDPConn // RTP, RTCP
+	conns    [2]*net.UDPConn // RTP, RTCP; nil in IOEpoll mode
+	rs       [2]*rsock       // RTP, RTCP in IOEpoll mode
 	released int64           // ns since the pool's epoch
 	last     atomic.Int64    // last packet, or the release; ns since the epoch
 	timer    Timer           // guarded by the pool's mu
@@ -125,6 +130,14 @@ type drain struct {
 	peers [2]netip.AddrPort
 	heard [2]netip.AddrPort
 	bufs  [2][drainBufSize]byte
+}
+
+// drainSock is a quarantined socket's handler in IOEpoll mode: like
+// drainLoop, it only records that something arrived.
+type drainSock struct {
+	p    *Pool
+	d    *drain
+	kind int
 }
 
 // PoolCounts is a snapshot of a Pool, in pairs. Quarantined pairs are
@@ -285,6 +298,16 @@ func (p *Pool) quietestLocked() *drain {
 // PortPair tainted with the old call's sources. The pair is already in use,
 // so nothing else touches d.
 func (p *Pool) takeOver(d *drain) *PortPair {
+	if d.rs[0] != nil {
+		// Paused, the drain handlers have returned; what arrives waits
+		// for the new session.
+		pp := &PortPair{pool: p, idx: d.idx, port: uint16(p.first + 2*d.idx), rs: d.rs}
+		for kind, rs := range d.rs {
+			rs.pause()
+			pp.taint[kind] = [2]netip.AddrPort{d.peers[kind], d.heard[kind]}
+		}
+		return pp
+	}
 	d.taken.Store(true)
 	for _, c := range d.conns {
 		if c.SetReadDeadline(aLongTimeAgo) != nil {
@@ -309,6 +332,17 @@ func (p *Pool) bindLocked() (*PortPair, error) {
 			break
 		}
 		port := p.first + 2*idx
+		if p.rx != nil {
+			pp, err := p.bindRawLocked(idx, port)
+			if err != nil {
+				if !retryable(err) {
+					return nil, err
+				}
+				lastErr = err
+				continue
+			}
+			return pp, nil
+		}
 		rtpConn, err := p.listen(port)
 		if err != nil {
 			if !retryable(err) {
@@ -334,6 +368,46 @@ func (p *Pool) bindLocked() (*PortPair, error) {
 		return nil, fmt.Errorf("%w: %d binds failed, last: %w", ErrPoolExhausted, p.MaxRetries, lastErr)
 	}
 	return nil, ErrPoolExhausted
+}
+
+// bindRawLocked binds pair idx as raw sockets for the reactors.
+func (p *Pool) bindRawLocked(idx, port int) (*PortPair, error) {
+	rtp, err := p.rx.listen(p.Network, p.Address, port, p.DSCP)
+	if err != nil {
+		return nil, err
+	}
+	rtcp, err := p.rx.listen(p.Network, p.Address, port+1, p.DSCP)
+	if err != nil {
+		_ = rtp.close()
+		return nil, err
+	}
+	p.state[idx] = pairInUse
+	p.inUse++
+	return &PortPair{pool: p, idx: idx, port: uint16(port), rs: [2]*rsock{rtp, rtcp}}, nil
+}
+
+// useReactors makes the pool bind raw sockets served by rx. It must be
+// called before the first Allocate.
+func (p *Pool) useReactors(rx *reactors) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.rx == rx:
+		return nil
+	case p.rx != nil || p.inUse > 0 || p.quarantined > 0:
+		return fmt.Errorf("%w: pool already in use by another bridge", ErrInvalidConfig)
+	}
+	p.rx = rx
+	return nil
+}
+
+// dropReactors undoes useReactors(rx) for a Bridge that New refused.
+func (p *Pool) dropReactors(rx *reactors) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rx == rx {
+		p.rx = nil
+	}
 }
 
 // pickLocked probes linearly from a random pair, so exhaustion is detected
@@ -386,12 +460,20 @@ func (p *Pool) release(pp *PortPair, quarantine bool) error {
 	if quarantine && p.Quarantine >= 0 && !p.closed {
 		defer p.mu.Unlock()
 		now := p.nowNS()
-		d := &drain{idx: pp.idx, conns: [2]*net.UDPConn{pp.rtp, pp.rtcp}, released: now, peers: pp.peers}
+		d := &drain{idx: pp.idx, conns: [2]*net.UDPConn{pp.rtp, pp.rtcp}, rs: pp.rs, released: now, peers: pp.peers}
 		d.last.Store(now)
 		p.inUse--
 		p.state[pp.idx] = pairQuarantined
 		p.quarantined++
 		p.drains[pp.idx] = d
+		d.timer = p.Clock.AfterFunc(p.Quarantine, func() { p.expire(d) })
+		if pp.rs[0] != nil {
+			var errs []error
+			for kind, rs := range pp.rs {
+				errs = append(errs, rs.attach(&drainSock{p: p, d: d, kind: kind}))
+			}
+			return errors.Join(errs...)
+		}
 		for kind, c := range d.conns {
 			// The session's readers were ended by a read deadline; clear it.
 			_ = c.SetReadDeadline(time.Time{})
@@ -399,11 +481,10 @@ func (p *Pool) release(pp *PortPair, quarantine bool) error {
 			d.done.Add(1)
 			go p.drainLoop(d, kind)
 		}
-		d.timer = p.Clock.AfterFunc(p.Quarantine, func() { p.expire(d) })
 		return nil
 	}
 	p.mu.Unlock()
-	err := errors.Join(ignoreClosed(pp.rtp.Close()), ignoreClosed(pp.rtcp.Close()))
+	err := pp.closeSockets()
 	p.mu.Lock()
 	p.inUse--
 	p.state[pp.idx] = pairFree
@@ -476,6 +557,9 @@ func (p *Pool) expire(d *drain) {
 }
 
 func (d *drain) close() error {
+	if d.rs[0] != nil {
+		return errors.Join(d.rs[0].close(), d.rs[1].close())
+	}
 	return errors.Join(ignoreClosed(d.conns[0].Close()), ignoreClosed(d.conns[1].Close()))
 }
 
@@ -522,7 +606,8 @@ type PortPair struct {
 	pool      *Pool
 	idx       int
 	port      uint16
-	rtp, rtcp *net.UDPConn
+	rtp, rtcp *net.UDPConn // nil in IOEpoll mode
+	rs        [2]*rsock    // RTP, RTCP in IOEpoll mode
 	once      sync.Once
 	// peers are the latched sources (RTP, RTCP) the session leaves for the
 	// pool at release; taint is what the previous call on a reused pair
@@ -534,10 +619,11 @@ type PortPair struct {
 // Port is the RTP port; RTCP is on Port()+1.
 func (pp *PortPair) Port() uint16 { return pp.port }
 
-// RTP is the socket on the even port.
+// RTP is the socket on the even port; nil when a Bridge with IOEpoll owns
+// the pool, whose sockets only its reactors use.
 func (pp *PortPair) RTP() *net.UDPConn { return pp.rtp }
 
-// RTCP is the socket on the odd port.
+// RTCP is the socket on the odd port; nil with IOEpoll, like RTP.
 func (pp *PortPair) RTCP() *net.UDPConn { return pp.rtcp }
 
 // Release hands the pair back to the pool, which quarantines it: the sockets
@@ -559,6 +645,12 @@ func (pp *PortPair) close(quarantine bool) error {
 // interrupt ends blocked reads on both sockets without closing them, so the
 // pair can be drained after the readers have returned.
 func (pp *PortPair) interrupt() {
+	if pp.rs[0] != nil {
+		// Paused, a socket's handler has returned and gets no more packets.
+		pp.rs[0].pause()
+		pp.rs[1].pause()
+		return
+	}
 	for _, c := range []*net.UDPConn{pp.rtp, pp.rtcp} {
 		if c.SetReadDeadline(aLongTimeAgo) != nil {
 			// Cannot happen on an open socket; closing is the fallback
@@ -566,6 +658,13 @@ func (pp *PortPair) interrupt() {
 			_ = c.Close()
 		}
 	}
+}
+
+func (pp *PortPair) closeSockets() error {
+	if pp.rs[0] != nil {
+		return errors.Join(pp.rs[0].close(), pp.rs[1].close())
+	}
+	return errors.Join(ignoreClosed(pp.rtp.Close()), ignoreClosed(pp.rtcp.Close()))
 }
 
 // aLongTimeAgo is a read deadline that has passed, as in net/http.

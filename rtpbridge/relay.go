@@ -31,12 +31,13 @@ type sock struct {
 	s    *Session
 	leg  Leg
 	kind int
-	conn *net.UDPConn
+	conn *net.UDPConn // nil in IOEpoll mode
+	rs   *rsock       // the socket in IOEpoll mode, served by a reactor
 	// out is the same kind on the other leg: where our packets go out.
 	// Atomic because Rebind swaps the other leg's socket; nil on a socket
 	// Rebind retired, whose late packets must not reach the call.
 	out  atomic.Pointer[sock]
-	done chan struct{} // closed when the reader returns
+	done chan struct{} // closed when the reader returns; IOGoroutines only
 
 	// dst is where packets for this socket's peer are sent: the latched
 	// source, else the SDP address; nil means send nothing. peer is the
@@ -61,7 +62,8 @@ type sock struct {
 	sdp   netip.AddrPort // last usable SDP address; guarded by s.mu
 	kaDst netip.AddrPort // keepalive target, survives a 0.0.0.0 hold; guarded by s.mu
 
-	// Owned by the reader goroutine.
+	// Owned by the reader goroutine, or in IOEpoll mode by the reactor
+	// while it holds rs.mu. buf is nil there: the reactor has its own.
 	buf        []byte
 	hdr        rtp.Header
 	lastPeerRx int64 // last packet accepted from the latched source
@@ -88,8 +90,34 @@ type sockStats struct {
 	jitter                 jitterState
 }
 
-func newSock(s *Session, leg Leg, kind int, c *net.UDPConn) *sock {
-	return &sock{s: s, leg: leg, kind: kind, conn: c, buf: make([]byte, bufSize), done: make(chan struct{})}
+func newSock(s *Session, leg Leg, kind int, pp *PortPair) *sock {
+	k := &sock{s: s, leg: leg, kind: kind, rs: pp.rs[kind]}
+	if k.rs == nil {
+		k.conn = [2]*net.UDPConn{pp.rtp, pp.rtcp}[kind]
+		k.buf, k.done = make([]byte, bufSize), make(chan struct{})
+	}
+	return k
+}
+
+// start serves the socket: a reader goroutine, or the reactor.
+func (k *sock) start() {
+	if k.rs != nil {
+		if err := k.rs.attach(k); err != nil {
+			k.s.log.Error("cannot serve media socket", zap.Error(err), zap.Stringer("leg", k.leg))
+		}
+		return
+	}
+	k.s.wg.Add(1)
+	go k.run()
+}
+
+// writeTo sends one datagram off the packet path (keepalives, pinholes).
+func (k *sock) writeTo(b []byte, to netip.AddrPort) error {
+	if k.rs != nil {
+		return k.rs.writeTo(b, to)
+	}
+	_, err := k.conn.WriteToUDPAddrPort(b, to)
+	return err
 }
 
 func (k *sock) run() {
@@ -199,23 +227,36 @@ func (k *sock) dropMalformed() bool {
 }
 
 func (k *sock) forward(b []byte, now int64) {
+	if out, dst := k.route(now); out != nil {
+		if _, err := out.conn.WriteToUDPAddrPort(b, dst); err != nil {
+			k.sendFailed()
+		}
+	}
+}
+
+// route is where an accepted packet goes out, and counts it as forwarded;
+// nil means it is not sent.
+func (k *sock) route(now int64) (*sock, netip.AddrPort) {
 	out := k.out.Load()
 	if out == nil {
-		return // retired by Rebind
+		return nil, netip.AddrPort{} // retired by Rebind
 	}
 	dst := out.dst.Load()
 	if dst == nil {
 		k.unsent.Add(1)
-		return
+		return nil, netip.AddrPort{}
 	}
 	// Counted before the write: loopback delivers inside sendto, and a
 	// receiver must never see a packet that Stats does not count yet.
 	k.forwarded.Add(1)
 	out.lastTx.Store(now)
-	if _, err := out.conn.WriteToUDPAddrPort(b, *dst); err != nil {
-		k.forwarded.Add(^uint64(0))
-		k.sendErrors.Add(1)
-	}
+	return out, *dst
+}
+
+// sendFailed takes back the count of a packet that route let through.
+func (k *sock) sendFailed() {
+	k.forwarded.Add(^uint64(0))
+	k.sendErrors.Add(1)
 }
 
 // admit decides on a packet from a source other than the latched one (or

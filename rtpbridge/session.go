@@ -5,7 +5,6 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -50,9 +49,9 @@ const (
 const keepalivePT = 20
 
 // Session relays one media stream (RTP and RTCP) between leg A and leg B.
-// Each of its four sockets has one reader goroutine; a timer handles the
-// media timeout and keepalives. Close releases everything and waits for the
-// readers.
+// Each of its four sockets has one reader goroutine, or with IOEpoll is
+// served by a reactor; a timer handles the media timeout and keepalives.
+// Close releases everything and waits for the readers.
 type Session struct {
 	id    string
 	br    *Bridge
@@ -105,8 +104,8 @@ func newSession(b *Bridge, id string, lan, wan *PortPair, latching [2]Latching) 
 	}
 	s.epoch = s.clock.Now()
 	for leg, pp := range s.pairs {
-		for kind, c := range [2]*net.UDPConn{pp.rtp, pp.rtcp} {
-			k := newSock(s, Leg(leg), kind, c)
+		for kind := range 2 {
+			k := newSock(s, Leg(leg), kind, pp)
 			k.mode = latching[leg]
 			k.taint = pp.taint[kind]
 			s.socks[leg][kind] = k
@@ -123,8 +122,7 @@ func newSession(b *Bridge, id string, lan, wan *PortPair, latching [2]Latching) 
 func (s *Session) start() {
 	for leg := range s.socks {
 		for _, k := range s.socks[leg] {
-			s.wg.Add(1)
-			go k.run()
+			k.start()
 		}
 	}
 	s.mu.Lock()
@@ -423,9 +421,9 @@ func (s *Session) Rebind(l Leg) (uint16, error) {
 	now := s.nowNS()
 	old, oldPair := s.socks[l], s.pairs[l]
 	var fresh [2]*sock
-	for kind, c := range [2]*net.UDPConn{pp.rtp, pp.rtcp} {
+	for kind := range 2 {
 		o := old[kind]
-		k := newSock(s, l, kind, c)
+		k := newSock(s, l, kind, pp)
 		k.mode, k.taint = o.mode, pp.taint[kind]
 		k.sdp, k.kaDst = o.sdp, o.kaDst
 		k.expect.Store(o.expect.Load())
@@ -441,8 +439,9 @@ func (s *Session) Rebind(l Leg) (uint16, error) {
 		fresh[kind] = k
 	}
 	for kind, k := range fresh {
-		s.wg.Add(1)
-		go k.run()
+		if k.rs == nil {
+			k.start()
+		}
 		s.socks[1-l][kind].out.Store(k)
 		old[kind].out.Store(nil)
 	}
@@ -451,11 +450,21 @@ func (s *Session) Rebind(l Leg) (uint16, error) {
 	s.fired = false
 	s.watchLocked(now)
 	s.armLocked(now)
+	other := s.socks[1-l]
 	s.mu.Unlock()
 
 	oldPair.interrupt()
 	for kind, k := range old {
-		<-k.done
+		if k.rs != nil {
+			// Outside s.mu, which the reactor may need while it serves
+			// a socket. The other leg's barrier: a packet it was
+			// forwarding out of the old socket has gone, so the old pair
+			// may be closed.
+			fresh[kind].start()
+			other[kind].rs.barrier()
+		} else {
+			<-k.done
+		}
 		if p := k.peer.Load(); p != nil {
 			oldPair.peers[kind] = *p
 		}
@@ -484,7 +493,7 @@ func (s *Session) sendKeepaliveLocked(k *sock, to netip.AddrPort, now int64) {
 		binary.BigEndian.PutUint32(b[4:], uint32(now/int64(time.Millisecond))*8)
 		binary.BigEndian.PutUint32(b[8:], s.ssrc)
 	}
-	if _, err := k.conn.WriteToUDPAddrPort(b[:n], to); err != nil {
+	if err := k.writeTo(b[:n], to); err != nil {
 		s.log.Warn("keepalive send failed", zap.Stringer("addr", to), zap.Error(err))
 		return
 	}

@@ -416,7 +416,7 @@ func TestPortsFreedAfterSessionsClose(t *testing.T) {
 	checkRoutines(t)
 	clk := newFakeClock()
 	lan, wan := testPool(lanRange, clk), testPool(wanRange, clk)
-	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
+	br, err := New(Config{IO: testIO, LAN: lan, WAN: wan, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -510,6 +510,8 @@ func TestConfigValidation(t *testing.T) {
 		"bad WAN":          func(c *Config) { c.WAN = &Pool{} },
 		"negative timeout": func(c *Config) { c.MediaTimeout = -1 },
 		"payload type":     func(c *Config) { c.ClockRates = map[uint8]uint32{200: 8000} },
+		"unknown IO":       func(c *Config) { c.IO = "poll" },
+		"reactors":         func(c *Config) { c.IO, c.Reactors = IOEpoll, -1 },
 	} {
 		cfg := good()
 		mod(&cfg)
@@ -519,6 +521,22 @@ func TestConfigValidation(t *testing.T) {
 	}
 	if _, err := New(good()); err != nil {
 		t.Fatal(err)
+	}
+	if reactorSupported {
+		// A pool serves the reactors of one bridge only.
+		cfg := good()
+		cfg.IO = IOEpoll
+		br, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer br.Close()
+		if other, err := New(Config{IO: IOEpoll, LAN: cfg.LAN, WAN: testPool(wanRange, nil)}); !errors.Is(err, ErrInvalidConfig) {
+			if other != nil {
+				_ = other.Close()
+			}
+			t.Fatalf("a second bridge on the same pool: %v, want ErrInvalidConfig", err)
+		}
 	}
 }
 
@@ -575,7 +593,7 @@ func oneWANPairBridge(t *testing.T, port uint16) (*Bridge, *Pool, *fakeClock) {
 	clk := newFakeClock()
 	lan := testPool(lanRange, clk)
 	wan := &Pool{Address: "127.0.0.1", MinPort: port, MaxPort: port + 1, Clock: clk}
-	br, err := New(Config{LAN: lan, WAN: wan, Clock: clk})
+	br, err := New(Config{IO: testIO, LAN: lan, WAN: wan, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}

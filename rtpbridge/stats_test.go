@@ -135,7 +135,7 @@ func bareSock(t testing.TB, rates map[uint8]uint32) *sock {
 		t.Fatal(err)
 	}
 	s := &Session{br: br, log: zap.NewNop(), clock: clk, epoch: clk.Now(), closed: make(chan struct{})}
-	k := newSock(s, LegA, kindRTP, nil)
+	k := newSock(s, LegA, kindRTP, &PortPair{})
 	k.mode = LatchIP
 	sdp := loopback(5004)
 	k.expect.Store(&sdp)

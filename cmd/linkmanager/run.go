@@ -334,8 +334,8 @@ func reloadConfig(path string, running *config.Config, level zap.AtomicLevel, sr
 			fmt.Sprint(next.RTP.PortMin, next.RTP.PortMax, next.RTP.LANPortMin, next.RTP.LANPortMax)},
 		{"admin.listen", running.Admin.ListenAddr.String(), next.Admin.ListenAddr.String()},
 		{"stun.interval", running.STUN.Interval.String(), next.STUN.Interval.String()},
-		{"rtp timers, dscp and lan_latching", fmt.Sprint(running.RTP.MediaTimeout, running.RTP.HoldTimeout, running.RTP.RelatchAfter, *running.RTP.DSCP, running.RTP.LANLatching),
-			fmt.Sprint(next.RTP.MediaTimeout, next.RTP.HoldTimeout, next.RTP.RelatchAfter, *next.RTP.DSCP, next.RTP.LANLatching)},
+		{"rtp timers, dscp, lan_latching and io", fmt.Sprint(running.RTP.MediaTimeout, running.RTP.HoldTimeout, running.RTP.RelatchAfter, *running.RTP.DSCP, running.RTP.LANLatching, running.RTP.IO),
+			fmt.Sprint(next.RTP.MediaTimeout, next.RTP.HoldTimeout, next.RTP.RelatchAfter, *next.RTP.DSCP, next.RTP.LANLatching, next.RTP.IO)},
 	} {
 		if k.was != k.would {
 			log.Warn("cannot change on reload; restart to apply", zap.String("key", k.key),
@@ -378,6 +378,7 @@ func mediaConfig(c config.RTP, lan, wan netip.Addr) rtpbridge.Config {
 		HoldTimeout:  time.Duration(c.HoldTimeout),
 		Latching:     [2]rtpbridge.Latching{rtpbridge.LegA: latching(c.LANLatching), rtpbridge.LegB: latching(c.Latching)},
 		RelatchAfter: time.Duration(c.RelatchAfter),
+		IO:           c.IO,
 	}
 }
 

@@ -137,7 +137,7 @@ type B2BUA struct {
 	onEnded     func(CallEnded)
 	ringing     *ringing
 	admit       *admission
-	policyLog   rate.Sometimes // refusals by the outbound policy: one line a while
+	policyLog   rate.Sometimes                 // refusals by the outbound policy: one line a while
 	glareDelay  func(owner bool) time.Duration // RFC 3261 §14.1; tests shorten it
 
 	mu       sync.Mutex

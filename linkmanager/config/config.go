@@ -108,6 +108,13 @@ const (
 	DefaultLANLatching = LatchingStrict
 )
 
+// rtp.io: how the relay reads its sockets (rtpbridge.Config.IO).
+const (
+	IOGoroutines = "goroutines" // a reader goroutine per socket; portable
+	IOEpoll      = "epoll"      // reactor threads with epoll, recvmmsg, sendmmsg; Linux only
+	DefaultIO    = IOGoroutines
+)
+
 // Values of trunks[].number_format and trunks[].caller_id.number_format.
 const (
 	NumberE164       = "e164"         // +4930123456
@@ -310,6 +317,9 @@ type RTP struct {
 	// How long a latched source must be silent before another accepted
 	// source replaces it; default 1s, 100ms..10s.
 	RelatchAfter Duration `yaml:"relatch_after"`
+	// How the relay reads its sockets: goroutines|epoll; default
+	// goroutines. epoll (Linux) serves every ready socket per wake-up.
+	IO string `yaml:"io"`
 }
 
 // Admin is the local HTTP endpoint for health and metrics.
@@ -381,6 +391,7 @@ func (c *Config) SetDefaults() {
 	setDuration(&c.RTP.MediaTimeout, DefaultMediaTimeout)
 	setDuration(&c.RTP.HoldTimeout, DefaultHoldTimeout)
 	setDuration(&c.RTP.RelatchAfter, DefaultRelatchAfter)
+	setString(&c.RTP.IO, DefaultIO)
 	if c.RTP.DSCP == nil {
 		d := DefaultDSCP
 		c.RTP.DSCP = &d

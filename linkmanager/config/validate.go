@@ -276,6 +276,7 @@ func (k *checker) rtp(r *RTP, sip, pbx netip.AddrPort) {
 	k.duration("rtp.hold_timeout", r.HoldTimeout, time.Second, 0, "e.g. 1h")
 	k.oneOf("rtp.latching", r.Latching, LatchingStrict, LatchingIP, LatchingAny)
 	k.oneOf("rtp.lan_latching", r.LANLatching, LatchingStrict, LatchingIP, LatchingAny)
+	k.oneOf("rtp.io", r.IO, IOGoroutines, IOEpoll)
 	k.duration("rtp.relatch_after", r.RelatchAfter, MinRelatchAfter, MaxRelatchAfter,
 		"shorter lets an injector take over in a pause, longer cuts a moved stream for longer; 1s suits most")
 	if r.DSCP != nil && (*r.DSCP < 0 || *r.DSCP > 63) {

@@ -217,6 +217,8 @@ func TestValidateErrors(t *testing.T) {
 		// A bad global value is not repeated for the trunks inheriting it.
 		{"rtp latching once", []string{rtp, "rtp: {latching: none}\n" + rtp},
 			[]string{`rtp.latching: "none" is not allowed`}, 1},
+		{"rtp io", []string{rtp, "rtp: {io: poll}\n" + rtp},
+			[]string{`line 11: rtp.io: "poll" is not allowed: use one of goroutines, epoll`}, 0},
 		{"rtp relatch too short", []string{rtp, "rtp: {relatch_after: 20ms}\n" + rtp},
 			[]string{"line 11: rtp.relatch_after: 20ms is outside 100ms..10s: use 100ms to 10s; shorter lets an injector take over"}, 0},
 		{"rtp negative timeout", []string{rtp, "rtp: {media_timeout: -5s, hold_timeout: 500ms}\n" + rtp},
@@ -308,6 +310,7 @@ func TestDefaults(t *testing.T) {
 		{"rtp.latching", c.RTP.Latching, "ip"},
 		{"rtp.lan_latching", c.RTP.LANLatching, "strict"},
 		{"rtp.relatch_after", c.RTP.RelatchAfter, Duration(time.Second)},
+		{"rtp.io", c.RTP.IO, "goroutines"},
 		{"trunks[0].rtp_latching", tr.RTPLatching, "ip"},
 		{"trunks[0].allow", tr.Allow, []string(nil)},
 		{"trunks[0].allow parsed", tr.AllowPrefixes, []netip.Prefix(nil)},
@@ -442,6 +445,7 @@ rtp:
   latching: strict
   lan_latching: ip
   relatch_after: 2s
+  io: epoll
 admin: {listen: "off"}
 shutdown: {grace: 1m30s}
 `

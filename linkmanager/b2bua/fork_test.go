@@ -200,7 +200,7 @@ func TestByeOnOtherDialogLeavesCallUp(t *testing.T) {
 	}
 }
 
-func doRequest(t *testing.T, a *agent, req *sip.Request) *sip.Response {
+func doRequest(t testing.TB, a *agent, req *sip.Request) *sip.Response {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()

@@ -65,7 +65,7 @@ type stack struct {
 	client *sipgo.Client
 }
 
-func newStack(t *testing.T, ip string, stray func(*sip.Response)) *stack {
+func newStack(t testing.TB, ip string, stray func(*sip.Response)) *stack {
 	t.Helper()
 	pc, err := net.ListenPacket("udp4", ip+":0")
 	if err != nil {
@@ -95,7 +95,7 @@ func newStack(t *testing.T, ip string, stray func(*sip.Response)) *stack {
 }
 
 // serve runs the server until the test ends; the cleanup waits for it.
-func (s *stack) serve(t *testing.T) {
+func (s *stack) serve(t testing.TB) {
 	t.Helper()
 	done := make(chan struct{})
 	go func() {
@@ -119,7 +119,7 @@ func (s *stack) serve(t *testing.T) {
 // handler the test set for the method, else with a plain default.
 type agent struct {
 	*stack
-	t *testing.T
+	t testing.TB
 
 	mu       sync.Mutex
 	handlers map[sip.RequestMethod]sipgo.RequestHandler // guarded by mu
@@ -128,7 +128,7 @@ type agent struct {
 	arrived  chan struct{}                              // guarded by mu; closed and replaced on each request
 }
 
-func newAgent(t *testing.T, ip string) *agent {
+func newAgent(t testing.TB, ip string) *agent {
 	a := &agent{stack: newStack(t, ip, nil), t: t, arrived: make(chan struct{}),
 		handlers: map[sip.RequestMethod]sipgo.RequestHandler{}}
 	for _, m := range []sip.RequestMethod{sip.INVITE, sip.ACK, sip.BYE, sip.CANCEL, sip.UPDATE, sip.OPTIONS} {
@@ -229,7 +229,7 @@ func (a *agent) received(method sip.RequestMethod) []string {
 
 // respond answers req on tx; a non-empty tag becomes the To tag, replacing
 // the random one sipgo puts on every response.
-func respond(t *testing.T, tx sip.ServerTransaction, req *sip.Request, code int, reason, tag string, body []byte, extra ...sip.Header) *sip.Response {
+func respond(t testing.TB, tx sip.ServerTransaction, req *sip.Request, code int, reason, tag string, body []byte, extra ...sip.Header) *sip.Response {
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
 	if tag != "" {
 		res.To().Params.Add("tag", tag)
@@ -352,7 +352,7 @@ func (s *fakeSession) remoteOf(l rtpbridge.Leg) netip.AddrPort {
 }
 
 // awaitRemote waits until the relay points leg at want.
-func (s *fakeSession) awaitRemote(t *testing.T, l rtpbridge.Leg, want netip.AddrPort) {
+func (s *fakeSession) awaitRemote(t testing.TB, l rtpbridge.Leg, want netip.AddrPort) {
 	t.Helper()
 	timeout := time.After(wait)
 	for {
@@ -392,7 +392,7 @@ func (s *fakeSession) Close() error {
 // on loopback, with a fake router and fake media: no root, no lab, no
 // Server.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	b     *B2BUA
 	lan   *stack // the B2BUA's PBX socket
 	wan   *stack // the B2BUA's Internet socket
@@ -408,12 +408,12 @@ type trunkOptions struct {
 	didFrom DIDSource
 }
 
-func newHarness(t *testing.T, opts ...func(*Config)) *harness {
+func newHarness(t testing.TB, opts ...func(*Config)) *harness {
 	t.Helper()
 	return newHarnessWith(t, trunkOptions{}, opts...)
 }
 
-func newHarnessWith(t *testing.T, o trunkOptions, opts ...func(*Config)) *harness {
+func newHarnessWith(t testing.TB, o trunkOptions, opts ...func(*Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, pbx: newAgent(t, pbxIP), prov: newAgent(t, provIP), media: &fakeMedia{},
 		ended: make(chan CallEnded, 16)}
@@ -595,7 +595,7 @@ func (u *uac) do(method sip.RequestMethod, cseq uint32, body []byte) *sip.Respon
 // SDP, both with the To tag tag. The gate keeps the order: sipgo handles
 // each datagram in its own goroutine, so a 180 and a 200 sent back to
 // back can reach the B2BUA in either order.
-func answer(t *testing.T, a *agent, tag string, gate <-chan struct{}) sipgo.RequestHandler {
+func answer(t testing.TB, a *agent, tag string, gate <-chan struct{}) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		contact := &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callee", Host: a.addr.Addr().String(), Port: int(a.addr.Port())}}
 		respond(t, tx, req, 180, "Ringing", tag, nil)

@@ -654,6 +654,9 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.reply(tx, req, nil, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
 		return
 	}
+	if b.refuseUnsupported(tx, req, in) {
+		return
+	}
 	out := c.other(leg)
 	if len(req.Body()) == 0 {
 		if req.Method == sip.INVITE {

@@ -60,6 +60,7 @@ type dialog struct {
 	lastAck   *sip.Request // guarded by mu; resent when the peer retransmits its 2xx
 	lastSDP   []byte       // guarded by mu; the SDP we last sent on this leg
 	dropped   bool         // guarded by mu; a fork we ACKed only to hang it up
+	rseq      uint32       // guarded by mu; the last reliable provisional we PRACKed (RFC 3262)
 }
 
 // offerVersion is the o= version of the next offer we send on this leg:
@@ -263,6 +264,9 @@ type bridgeParams struct {
 func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p bridgeParams) {
 	callID := req.CallID().Value()
 	log := b.log.With(zap.String("call_id", callID), zap.String("trunk", p.trunk), zap.String("direction", p.dir))
+	if b.refuseUnsupported(tx, req, nil) {
+		return
+	}
 	if b.draining() && !p.emergency {
 		log.Info("call refused: shutting down")
 		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
@@ -450,7 +454,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				b.reply(tx, req, in_, code, res.Reason, nil)
 			case code < 200:
 				ringing = true
-				c.fork(res)
+				b.prack(c, c.fork(res), res)
 				body, err := b.answerSDP(c, in_, p.to.leg, res.Body())
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))

@@ -131,7 +131,7 @@ type agent struct {
 func newAgent(t testing.TB, ip string) *agent {
 	a := &agent{stack: newStack(t, ip, nil), t: t, arrived: make(chan struct{}),
 		handlers: map[sip.RequestMethod]sipgo.RequestHandler{}}
-	for _, m := range []sip.RequestMethod{sip.INVITE, sip.ACK, sip.BYE, sip.CANCEL, sip.UPDATE, sip.OPTIONS} {
+	for _, m := range []sip.RequestMethod{sip.INVITE, sip.ACK, sip.BYE, sip.CANCEL, sip.UPDATE, sip.OPTIONS, sip.PRACK} {
 		a.srv.OnRequest(m, a.handle)
 	}
 	return a

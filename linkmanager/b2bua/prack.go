@@ -1,0 +1,127 @@
+package b2bua
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+)
+
+// supported are the option tags a request may Require of us: session
+// timers, whose refreshes are relayed like any re-INVITE or UPDATE.
+// Anything else gets 420 (RFC 3261 §8.2.2.3), 100rel included: we do not
+// send reliable provisional responses, so a caller that requires them
+// should retry without (§8.1.3.5).
+var supported = []string{"timer"}
+
+// unsupported is what req Requires that we do not support, for the
+// Unsupported header of a 420; nil when nothing.
+func unsupported(req *sip.Request) []string {
+	var out []string
+	for _, h := range req.GetHeaders("Require") {
+		for _, opt := range strings.Split(h.Value(), ",") {
+			opt = strings.ToLower(strings.TrimSpace(opt))
+			if opt != "" && !containsFold(supported, opt) && !containsFold(out, opt) {
+				out = append(out, opt)
+			}
+		}
+	}
+	return out
+}
+
+func containsFold(list []string, s string) bool {
+	for _, v := range list {
+		if strings.EqualFold(v, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// refuseUnsupported answers req 420 naming what it Requires that we do
+// not support, and reports whether it did.
+func (b *B2BUA) refuseUnsupported(tx sip.ServerTransaction, req *sip.Request, d *dialog) bool {
+	opts := unsupported(req)
+	if opts == nil {
+		return false
+	}
+	b.reply(tx, req, d, 420, "Bad Extension", nil, sip.NewHeader("Unsupported", strings.Join(opts, ", ")))
+	return true
+}
+
+// reliableRSeq is the RSeq of a reliable provisional response (RFC 3262
+// §3: Require: 100rel and an RSeq), and whether res is one.
+func reliableRSeq(res *sip.Response) (uint32, bool) {
+	if res.StatusCode <= 100 || res.StatusCode >= 200 {
+		return 0, false
+	}
+	req := false
+	for _, h := range res.GetHeaders("Require") {
+		for _, opt := range strings.Split(h.Value(), ",") {
+			req = req || strings.EqualFold(strings.TrimSpace(opt), "100rel")
+		}
+	}
+	h := res.GetHeader("RSeq")
+	if !req || h == nil {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(h.Value()), 10, 32)
+	if err != nil || n == 0 {
+		return 0, false
+	}
+	return uint32(n), true
+}
+
+// prack acknowledges a reliable provisional response from the leg we
+// called out on, on its early dialog d (RFC 3262 §4): a provider that
+// sends its 183 with Require: 100rel stops retransmitting it and its
+// early media goes on; without a PRACK it would fail the call. Each RSeq
+// once: a retransmission of one already acknowledged is dropped. The
+// provisional itself goes on to the caller unreliably, as b.reply builds
+// it. The PRACK's transaction runs on its own, bounded by Timer F.
+func (b *B2BUA) prack(c *call, d *dialog, res *sip.Response) {
+	rseq, ok := reliableRSeq(res)
+	if !ok || d == nil {
+		return
+	}
+	d.mu.Lock()
+	if rseq <= d.rseq {
+		d.mu.Unlock()
+		return
+	}
+	d.rseq = rseq
+	d.mu.Unlock()
+	cs := res.CSeq()
+	req := d.newRequest(sip.PRACK, nil)
+	req.AppendHeader(sip.NewHeader("RAck", fmt.Sprintf("%d %d %s", rseq, cs.SeqNo, cs.MethodName)))
+	b.goCall(func() {
+		ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
+		defer stop()
+		tx, err := b.send(ctx, d, req)
+		if err != nil {
+			c.log.Warn("PRACK not sent", zap.Error(err))
+			return
+		}
+		defer tx.Terminate()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.done:
+				return
+			case <-tx.Done():
+				return
+			case r := <-tx.Responses():
+				if r.StatusCode >= 200 {
+					if r.StatusCode >= 300 {
+						c.log.Info("PRACK refused", zap.Int("status", int(r.StatusCode)))
+					}
+					return
+				}
+			}
+		}
+	})
+}

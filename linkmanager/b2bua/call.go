@@ -537,7 +537,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				if code == 401 || code == 407 {
 					code, res.Reason = sip.StatusForbidden, "Forbidden"
 				}
-				b.reply(tx, req, in_, code, res.Reason, nil)
+				b.reply(tx, req, in_, code, res.Reason, nil, redirectContacts(res, in.contact())...)
 				return
 			}
 		}

@@ -200,19 +200,21 @@ func (b *B2BUA) WaitIdle(ctx context.Context) error {
 	}
 }
 
-// goCall runs f in the background unless we are stopping; HangupAll waits
-// for it. Adding under mu keeps Add from racing Wait.
-func (b *B2BUA) goCall(f func()) {
+// goCall runs f in the background unless we are stopping, and reports
+// whether it did; HangupAll waits for it. Adding under mu keeps Add from
+// racing Wait.
+func (b *B2BUA) goCall(f func()) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.stopping {
-		return
+		return false
 	}
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
 		f()
 	}()
+	return true
 }
 
 func (b *B2BUA) draining() bool { return b.drain.Load() }

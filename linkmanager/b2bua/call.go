@@ -827,13 +827,19 @@ func (b *B2BUA) cancel(d *dialog, invite *sip.Request) {
 	req.AppendHeader(&mf)
 	req.SetBody(nil)
 	req.SetDestination(invite.Destination())
-	ctx, stop := context.WithTimeout(context.Background(), 8*time.Second)
-	go func() {
+	// CANCEL's transaction is bounded and owned: HangupAll waits for it,
+	// and one that comes after HangupAll has stopped taking background
+	// work runs here, so no CANCEL is lost at shutdown.
+	send := func() {
+		ctx, stop := context.WithTimeout(context.Background(), 8*time.Second)
 		defer stop()
 		if _, err := d.side.client.Do(ctx, req, sipgo.ClientRequestBuild); err != nil {
 			b.log.Debug("cancel unanswered", zap.String("call_id", d.callID), zap.Error(err))
 		}
-	}()
+	}
+	if !b.goCall(send) {
+		send()
+	}
 }
 
 // awaitCancelled waits briefly for the final answer to a cancelled

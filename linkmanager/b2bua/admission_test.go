@@ -1,6 +1,7 @@
 package b2bua
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -35,6 +36,19 @@ func policyHarness(t *testing.T, rate float64) *harness {
 		respond(t, tx, req, 200, "OK", "prov", sdpOf(provIP, 30000))
 	})
 	return h
+}
+
+// talk places a call that must be answered, then hangs it up.
+func (h *harness) talk(number string, port int, what string) {
+	h.t.Helper()
+	u, code := h.dial(number, port)
+	if code != 200 {
+		h.t.Fatalf("%s: %d, want 200", what, code)
+	}
+	if res := u.do(sip.BYE, 2, nil); res.StatusCode != 200 {
+		h.t.Fatalf("%s: BYE answered %d", what, res.StatusCode)
+	}
+	h.awaitEnded()
 }
 
 func (h *harness) dial(number string, port int) (*uac, int) {
@@ -82,23 +96,13 @@ func TestOutboundPolicy(t *testing.T) {
 	if up := h.b.admit.up("provider"); up != 0 {
 		t.Fatalf("%d calls counted after both ended, want 0", up)
 	}
-	next, code := h.dial("0301234569", 20008)
-	if code != 200 {
-		t.Fatalf("a call after the others ended: %d, want 200", code)
-	}
-	next.do(sip.BYE, 2, nil)
-	h.awaitEnded()
+	h.talk("0301234569", 20008, "a call after the others ended")
 	// Emergency numbers pass a deny rule for them, and the drain.
 	h.b.Drain()
 	if _, code := h.dial("0301234570", 20010); code != 503 {
 		t.Fatalf("a call while draining: %d, want 503", code)
 	}
-	u, code := h.dial("112", 20012)
-	if code != 200 {
-		t.Fatalf("emergency call while draining: %d, want 200", code)
-	}
-	u.do(sip.BYE, 2, nil)
-	h.awaitEnded()
+	h.talk("112", 20012, "emergency call while draining")
 }
 
 // Emergency numbers beat the trunk's deny rules as well.
@@ -113,34 +117,19 @@ func TestEmergencyBeatsDeny(t *testing.T) {
 	if _, code := h.dial("4930123", 20000); code != 403 {
 		t.Fatalf("a number outside the allow list: %d, want 403", code)
 	}
-	u, code := h.dial("112", 20002)
-	if code != 200 {
-		t.Fatalf("112 outside the allow list: %d, want 200", code)
-	}
-	u.do(sip.BYE, 2, nil)
-	h.awaitEnded()
+	h.talk("112", 20002, "112 outside the allow list")
 }
 
 // The call rate per source: a burst of twice the rate, then 503; emergency
 // calls are not limited.
 func TestCallRatePerSource(t *testing.T) {
 	h := policyHarness(t, 0.01) // one call per 100 s, in bursts of 1; the cap is 1 call, so hang up each
-	u, code := h.dial("0301234567", 20000)
-	if code != 200 {
-		t.Fatalf("first call: %d", code)
-	}
-	u.do(sip.BYE, 2, nil)
-	h.awaitEnded()
+	h.talk("0301234567", 20000, "first call")
 	if _, code := h.dial("0301234567", 20002); code != 503 {
 		t.Fatalf("second call within the rate: %d, want 503", code)
 	}
 	for i := range 2 {
-		u, code := h.dial("112", 20004+2*i)
-		if code != 200 {
-			t.Fatalf("emergency call %d over the rate: %d, want 200", i, code)
-		}
-		u.do(sip.BYE, 2, nil)
-		h.awaitEnded()
+		h.talk("112", 20004+2*i, fmt.Sprintf("emergency call %d over the rate", i))
 	}
 	// Another source has its own budget.
 	if !h.b.admit.rate(netip.MustParseAddr("127.0.0.9"), 0.01) {

@@ -135,6 +135,8 @@ var (
 		"NAT self-tests run (at start and after each public address change).", nil, nil)
 	descRefusedAddrs = prometheus.NewDesc("linkmanager_media_addresses_refused_total",
 		"SDP media addresses the relay refused to send to: loopback, link-local, multicast, broadcast, its own, or the LAN named from the Internet side.", nil, nil)
+	descOneWay = prometheus.NewDesc("linkmanager_calls_one_way",
+		"Answered calls up now whose audio has flowed one way only (as /status one_way_audio).", nil, nil)
 	descCapacity = prometheus.NewDesc("linkmanager_calls_capacity",
 		"Calls the relay's port pools hold at once (alert on linkmanager_calls_active / linkmanager_calls_capacity).", nil, nil)
 )
@@ -142,7 +144,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests, descRefusedAddrs} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests, descRefusedAddrs, descOneWay} {
 		ch <- d
 	}
 }
@@ -189,6 +191,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Unlock()
 	sums := [2]rtpbridge.Direction{s.Calls.Media.AtoB, s.Calls.Media.BtoA}
 	gauge(descCallsActive, float64(len(s.Calls.Calls)))
+	oneWay := 0
+	for _, c := range s.Calls.Calls {
+		if !c.Answered.IsZero() && c.Media.OneWay() {
+			oneWay++
+		}
+	}
+	gauge(descOneWay, float64(oneWay))
 	for i, dir := range []string{dirPBXToNet, dirNetToPBX} {
 		counter(descRTPPackets, float64(sums[i].Packets), dir)
 		counter(descRTPBytes, float64(sums[i].Bytes), dir)

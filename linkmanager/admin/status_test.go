@@ -5,7 +5,9 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
 	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 	"github.com/linkmanager/linkmanager/stunkeeper"
@@ -144,5 +146,19 @@ func TestAddrView(t *testing.T) {
 	if a.Registrar != pub.String() || a.STUN != pub2.String() || a.Contact != pub.String() || a.SDP != pub2.Addr().String() ||
 		!strings.Contains(a.Note, "symmetric") {
 		t.Fatalf("trunk addresses %+v", a)
+	}
+}
+
+// One-way audio shows live, as a gauge of the answered calls up now.
+func TestOneWayGauge(t *testing.T) {
+	now := time.Now()
+	calls := &b2bua.Snapshot{Calls: []b2bua.CallInfo{
+		{ID: "a", Answered: now, Media: rtpbridge.Stats{AtoB: rtpbridge.Direction{Packets: 100}}},                                         // one way
+		{ID: "b", Answered: now, Media: rtpbridge.Stats{AtoB: rtpbridge.Direction{Packets: 100}, BtoA: rtpbridge.Direction{Packets: 90}}}, // both
+		{ID: "c", Media: rtpbridge.Stats{AtoB: rtpbridge.Direction{Packets: 10}}},                                                         // early media, ringing
+	}}
+	got := gather(t, snapSource{Snapshot{Calls: calls, Media: &MediaCounts{}}})
+	if got["linkmanager_calls_one_way{}"] != 1 || got["linkmanager_calls_active{}"] != 3 {
+		t.Fatalf("one_way %v, active %v; want 1 and 3", got["linkmanager_calls_one_way{}"], got["linkmanager_calls_active{}"])
 	}
 }

@@ -197,6 +197,9 @@ func (k *sock) handle(b []byte, src netip.AddrPort, now int64) bool {
 		k.st.rtcpBytes += uint64(len(b))
 		k.mu.Unlock()
 		k.lastRx.Store(now) // a silence-suppressing endpoint is alive by its RTCP
+		if k.leg == LegA {
+			scrubSDES(b) // the PBX's CNAME names a LAN host
+		}
 		return true
 	}
 	if ssrc != k.st.ssrc || k.st.packets == 0 {

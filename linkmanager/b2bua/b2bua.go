@@ -660,7 +660,7 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	out := c.other(leg)
-	if len(req.Body()) == 0 {
+	if len(sdpBody(req)) == 0 {
 		if req.Method == sip.INVITE {
 			b.refresh(c, leg, in, req, tx)
 			return
@@ -670,7 +670,7 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.relay(c, leg, in, out, req, tx, nil, nil)
 		return
 	}
-	offer, err := sdp.Parse(req.Body())
+	offer, err := sdp.Parse(sdpBody(req))
 	if err != nil {
 		code, reason := statusFor(err)
 		b.reply(tx, req, in, code, reason, nil)
@@ -698,11 +698,11 @@ func (b *B2BUA) refresh(c *call, leg rtpbridge.Leg, in *dialog, req *sip.Request
 	b.goCall(func() {
 		defer c.release(leg)
 		ack := b.retransmitUntilAck(c, tx, ok, acked)
-		if ack == nil || len(ack.Body()) == 0 {
+		if ack == nil || len(sdpBody(ack)) == 0 {
 			return
 		}
 		// The answer to our offer: where the peer wants media now.
-		s, err := sdp.Parse(ack.Body())
+		s, err := sdp.Parse(sdpBody(ack))
 		if err == nil {
 			err = c.takeAnswer(leg, s)
 		}
@@ -726,7 +726,7 @@ func (b *B2BUA) relay(c *call, leg rtpbridge.Leg, in, out *dialog, req *sip.Requ
 	var version uint64
 	if offer != nil {
 		var err error
-		if body, version, err = b.rewrite(c, out, req.Body()); err != nil {
+		if body, version, err = b.rewrite(c, out, sdpBody(req)); err != nil {
 			end()
 			code, reason := statusFor(err)
 			b.reply(tx, req, in, code, reason, nil)
@@ -764,7 +764,7 @@ func (b *B2BUA) relay(c *call, leg rtpbridge.Leg, in, out *dialog, req *sip.Requ
 			c.log.Warn("bad media address in re-offer", zap.Error(err))
 		}
 		out.commit(body, version)
-		if answer, err = b.answerSDP(c, in, out.side.leg, res.Body()); err != nil {
+		if answer, err = b.answerSDP(c, in, out.side.leg, sdpBody(res)); err != nil {
 			c.log.Warn("bad SDP in re-INVITE answer", zap.Error(err))
 		}
 	}

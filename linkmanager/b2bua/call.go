@@ -277,9 +277,9 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	// the ACK (delayedAnswer).
 	var offer *sdp.Session
 	idx := 0
-	if len(req.Body()) > 0 {
+	if len(sdpBody(req)) > 0 {
 		var err error
-		if offer, err = sdp.Parse(req.Body()); err != nil {
+		if offer, err = sdp.Parse(sdpBody(req)); err != nil {
 			log.Info("call refused: unusable SDP offer", zap.Error(err))
 			code, reason := statusFor(err)
 			b.reply(tx, req, nil, code, reason, nil)
@@ -314,7 +314,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		// The initial offer is committed as it leaves: there is no
 		// earlier state to go back to, and every fork starts from it.
 		var version uint64
-		if outSDP, version, err = b.rewrite(c, out, req.Body()); err != nil {
+		if outSDP, version, err = b.rewrite(c, out, sdpBody(req)); err != nil {
 			b.finish(c, "sdp rewrite failed: "+err.Error())
 			code, reason := statusFor(err)
 			b.reply(tx, req, in_, code, reason, nil)
@@ -455,7 +455,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			case code < 200:
 				ringing = true
 				b.prack(c, c.fork(res), res)
-				body, err := b.answerSDP(c, in_, p.to.leg, res.Body())
+				body, err := b.answerSDP(c, in_, p.to.leg, sdpBody(res))
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))
 				}
@@ -480,7 +480,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				// instant our ACK reaches it, and if its RTP reaches the
 				// NAT first the router gives our port to that flow
 				// (nat-findings.md, finding 4).
-				body, sdpErr := b.answerSDP(c, in_, p.to.leg, res.Body())
+				body, sdpErr := b.answerSDP(c, in_, p.to.leg, sdpBody(res))
 				b.ack(out, invite.CSeq().SeqNo, nil)
 				// sipgo keeps the transaction for 32 s and swallows 2xx
 				// retransmissions; ended, they reach onStrayResponse,

@@ -513,7 +513,7 @@ func (a *agent) call(dst netip.AddrPort, user string, body []byte, extra ...sip.
 	for _, h := range rest {
 		inv.AppendHeader(h)
 	}
-	if body != nil {
+	if body != nil && inv.ContentType() == nil { // extra may name another
 		inv.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	}
 	inv.SetBody(body)

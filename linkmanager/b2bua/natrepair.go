@@ -117,7 +117,7 @@ func (b *B2BUA) reinviteWith(c *call, d *dialog, port uint16, what string, commi
 		d.mu.Unlock()
 	}
 	d.commit(body, version)
-	if s, err := sdp.Parse(res.Body()); err == nil {
+	if s, err := sdp.Parse(sdpBody(res)); err == nil {
 		if err := c.takeAnswer(leg, s); err != nil {
 			c.log.Warn("bad media address in re-INVITE answer", zap.Error(err))
 		}

@@ -11,7 +11,7 @@ import (
 // calls up on each trunk, both ways, against its max_calls, and the new
 // calls per second of each source against pbx.max_call_rate. A call
 // counts from its INVITE to its end: reserve before the call exists,
-// then the call's end releases it (see B2BUA.holdUntilEnd).
+// then the call's end releases it (bridgeParams.onEnd, releaseUnlessLive).
 type admission struct {
 	mu      sync.Mutex
 	calls   map[string]int               // guarded by mu; by trunk
@@ -70,16 +70,4 @@ func (a *admission) rate(src netip.Addr, perSecond float64) bool {
 		a.sources[src] = l
 	}
 	return l.Allow()
-}
-
-// whenEnded has f run when c ends and reports true, or reports false if c
-// has ended already (f is not run).
-func (c *call) whenEnded(f func()) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.ended {
-		return false
-	}
-	c.onEnd = append(c.onEnd, f)
-	return true
 }

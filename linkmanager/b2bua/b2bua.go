@@ -329,11 +329,11 @@ func (b *B2BUA) finish(c *call, reason string) {
 	c.onEnd = nil
 	c.mu.Unlock()
 	close(c.done)
-	defer func() {
-		for _, f := range onEnd {
-			f()
-		}
-	}()
+	// What the call held in the admission counters is free before anyone
+	// hears that it ended.
+	for _, f := range onEnd {
+		f()
+	}
 	// Close first: the relay stops and the statistics are final. Then
 	// move the call from the table to the media totals under one lock,
 	// so a Snapshot never sees it twice or not at all.
@@ -491,10 +491,12 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Trunk Busy", nil, sip.NewHeader("Retry-After", "5"))
 		return
 	}
-	defer b.holdUntilEnd(r.Trunk, req.CallID().Value())
+	release := sync.OnceFunc(func() { b.admit.unreserve(r.Trunk) })
+	defer b.releaseUnlessLive(req.CallID().Value(), release)
 	id := outboundIdentity(req, r)
 	b.bridge(b.lan, req, tx, bridgeParams{
 		emergency: emergency,
+		onEnd:     release,
 		to:        b.wanFor(r.Contact),
 		ruri:      sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
 		from:      id.from,
@@ -511,13 +513,17 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 	})
 }
 
-// holdUntilEnd keeps the reservation on trunk for the call bridge set up
-// under callID until that call ends; one that never got set up, or has
-// ended already, releases it now.
-func (b *B2BUA) holdUntilEnd(trunk, callID string) {
-	release := func() { b.admit.unreserve(trunk) }
-	if c, ok := b.callByID(callID); ok && c.whenEnded(release) {
-		return
+// releaseUnlessLive runs release now unless the call bridge set up under
+// callID is still up: then the call's end runs it (bridgeParams.onEnd).
+// release must be idempotent: a call that ended in between has run it.
+func (b *B2BUA) releaseUnlessLive(callID string, release func()) {
+	if c, ok := b.callByID(callID); ok {
+		c.mu.Lock()
+		live := !c.ended
+		c.mu.Unlock()
+		if live {
+			return
+		}
 	}
 	release()
 }
@@ -539,9 +545,11 @@ func (b *B2BUA) OnProviderInvite(in Inbound, req *sip.Request, tx sip.ServerTran
 		b.reply(tx, req, nil, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "10"))
 		return
 	}
-	defer b.ringing.release(in.Trunk)
+	ring := sync.OnceFunc(func() { b.ringing.release(in.Trunk) })
+	defer ring()
 	b.admit.reserve(in.Trunk, 0, true) // inbound calls count against max_calls, never refused by it
-	defer b.holdUntilEnd(in.Trunk, req.CallID().Value())
+	held := sync.OnceFunc(func() { b.admit.unreserve(in.Trunk) })
+	defer b.releaseUnlessLive(req.CallID().Value(), held)
 	pbx := b.pbx.Load()
 	lanIP := pbx.Listen.Addr().String()
 	b.bridge(b.wanFor(in.Contact), req, tx, bridgeParams{
@@ -556,6 +564,7 @@ func (b *B2BUA) OnProviderInvite(in Inbound, req *sip.Request, tx sip.ServerTran
 		trunk:   in.Trunk,
 		latch:   in.Latching,
 		dir:     "inbound",
+		onEnd:   func() { ring(); held() },
 	})
 }
 

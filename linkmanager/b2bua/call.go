@@ -152,7 +152,7 @@ type call struct {
 	// On the UAC leg it is the INVITE's until a 2xx picks a fork.
 	legs  [2]*dialog
 	forks map[string]*dialog // guarded by mu; the UAC leg's dialogs by remote tag
-	onEnd []func()           // guarded by mu; run once by finish (see whenEnded)
+	onEnd []func()           // guarded by mu; run once by finish, before the call-ended event
 	ended bool               // guarded by mu
 	// setup: the INVITE handler owns the call until it has answered it
 	// or ended it; abortReason is why hangup told it to give up.
@@ -255,6 +255,10 @@ type bridgeParams struct {
 	latch     rtpbridge.Latching // the trunk's rtp_latching, for the Internet leg
 	// emergency calls go out while draining too (policy.Emergency).
 	emergency bool
+	// onEnd runs when the call ends, before the call-ended event: what it
+	// held in the admission counters (it must be idempotent; the caller
+	// runs it too if the call never got set up).
+	onEnd func()
 }
 
 // bridge handles an initial INVITE that arrived on in: it builds the
@@ -302,6 +306,9 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		from: req.From().Address.User, to: p.at.User,
 		acks: map[ackKey]chan *sip.Request{}, done: make(chan struct{}), abort: make(chan struct{}), uac: p.to.leg, offered: p.to.leg,
 		forks: map[string]*dialog{}, setup: true}
+	if p.onEnd != nil {
+		c.onEnd = append(c.onEnd, p.onEnd)
+	}
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
 	out := &dialog{side: p.to, callID: sip.GenerateTagN(24) + "@linkmanager", localTag: sip.GenerateTagN(12),

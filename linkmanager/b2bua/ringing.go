@@ -51,3 +51,10 @@ func (r *ringing) release(trunk string) {
 		delete(r.byTrunk, trunk)
 	}
 }
+
+// ringingOn is how many unanswered calls trunk has now.
+func (r *ringing) ringingOn(trunk string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.byTrunk[trunk]
+}

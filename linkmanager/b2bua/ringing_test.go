@@ -34,6 +34,12 @@ func TestRingingBound(t *testing.T) {
 		t.Fatalf("answered call: %d", final.StatusCode)
 	}
 	answered.ack()
+	// Its INVITE handler lets go of it once the answer has gone out.
+	for deadline := time.Now().Add(wait); h.b.ringing.ringingOn("provider") != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the answered call still counts as ringing")
+		}
+	}
 	var ringingCalls []*uac
 	for i := range 2 {
 		u := h.prov.call(h.wan.addr, "4930123", sdpOf(provIP, 30002+2*i))

@@ -14,6 +14,7 @@ package config
 
 import (
 	"net/netip"
+	"runtime"
 	"time"
 )
 
@@ -111,9 +112,18 @@ const (
 // rtp.io: how the relay reads its sockets (rtpbridge.Config.IO).
 const (
 	IOGoroutines = "goroutines" // a reader goroutine per socket; portable
-	IOEpoll      = "epoll"      // reactor threads with epoll, recvmmsg, sendmmsg; Linux only
-	DefaultIO    = IOGoroutines
+	IOEpoll      = "epoll"      // a reactor with epoll, recvmmsg, sendmmsg; Linux only
 )
+
+// DefaultIO is rtp.io's default: epoll where the relay has it (Linux),
+// which costs a quarter less CPU per packet at 50 to 500 calls
+// (bench/README.md); goroutines elsewhere.
+func DefaultIO() string {
+	if runtime.GOOS == "linux" {
+		return IOEpoll
+	}
+	return IOGoroutines
+}
 
 // Values of trunks[].number_format and trunks[].caller_id.number_format.
 const (
@@ -391,7 +401,7 @@ func (c *Config) SetDefaults() {
 	setDuration(&c.RTP.MediaTimeout, DefaultMediaTimeout)
 	setDuration(&c.RTP.HoldTimeout, DefaultHoldTimeout)
 	setDuration(&c.RTP.RelatchAfter, DefaultRelatchAfter)
-	setString(&c.RTP.IO, DefaultIO)
+	setString(&c.RTP.IO, DefaultIO())
 	if c.RTP.DSCP == nil {
 		d := DefaultDSCP
 		c.RTP.DSCP = &d

@@ -310,7 +310,7 @@ func TestDefaults(t *testing.T) {
 		{"rtp.latching", c.RTP.Latching, "ip"},
 		{"rtp.lan_latching", c.RTP.LANLatching, "strict"},
 		{"rtp.relatch_after", c.RTP.RelatchAfter, Duration(time.Second)},
-		{"rtp.io", c.RTP.IO, "goroutines"},
+		{"rtp.io", c.RTP.IO, DefaultIO()},
 		{"trunks[0].rtp_latching", tr.RTPLatching, "ip"},
 		{"trunks[0].allow", tr.Allow, []string(nil)},
 		{"trunks[0].allow parsed", tr.AllowPrefixes, []netip.Prefix(nil)},

@@ -532,15 +532,7 @@ func TestCallConcurrent50(t *testing.T) {
 	})
 	r.Finish(t)
 	defer r.ExplainOnFailure(t)
-	answered := map[string]bool{}
-	for _, m := range r.SIPTo(PBXCaller) {
-		if m.Code == 200 && m.CSeqMethod() == "INVITE" {
-			answered[m.CallID] = true
-		}
-	}
-	if len(answered) != calls || r.Caller.ExitCode() != 0 {
-		t.Errorf("%d of %d calls answered; sipp caller exit %d\n%s", len(answered), calls, r.Caller.ExitCode(), tail(r.Caller.Log(), 30))
-	}
+	r.CheckAllAnswered(t, PBXCaller, calls)
 	// All up at once: at the phone, between its 200 and the BYE it got.
 	up, maxUp := map[string]int{}, 0
 	cur := 0
@@ -726,4 +718,19 @@ func allBytes(b []byte, v byte) bool {
 		}
 	}
 	return true
+}
+
+// CheckAllAnswered asserts that calls calls reached at answered (a 200 to
+// each INVITE) and that the sipp caller exited cleanly.
+func (r *CallRun) CheckAllAnswered(t testing.TB, at Endpoint, calls int) {
+	t.Helper()
+	answered := map[string]bool{}
+	for _, m := range r.SIPTo(at) {
+		if m.Code == 200 && m.CSeqMethod() == "INVITE" {
+			answered[m.CallID] = true
+		}
+	}
+	if len(answered) != calls || r.Caller.ExitCode() != 0 {
+		t.Errorf("%d of %d calls answered; sipp caller exit %d\n%s", len(answered), calls, r.Caller.ExitCode(), tail(r.Caller.Log(), 30))
+	}
 }

@@ -71,15 +71,7 @@ func TestSoakChurn(t *testing.T) {
 	conn.Close()
 
 	r.Finish(t)
-	answered := map[string]bool{}
-	for _, m := range r.SIPTo(PBXCaller) {
-		if m.Code == 200 && m.CSeqMethod() == "INVITE" {
-			answered[m.CallID] = true
-		}
-	}
-	if len(answered) != calls || r.Caller.ExitCode() != 0 {
-		t.Errorf("%d of %d calls answered; sipp caller exit %d\n%s", len(answered), calls, r.Caller.ExitCode(), tail(r.Caller.Log(), 30))
-	}
+	r.CheckAllAnswered(t, PBXCaller, calls)
 	var short []int
 	for _, n := range append(relayedTo(t, d, PhoneCallee, calls), relayedTo(t, d, PBXCaller, calls)...) {
 		if n < 234 {

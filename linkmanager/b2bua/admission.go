@@ -13,8 +13,9 @@ import (
 // counts from its INVITE to its end: reserve before the call exists,
 // then the call's end releases it (bridgeParams.onEnd, releaseUnlessLive).
 type admission struct {
+	calls trunkCount // by trunk, both ways
+
 	mu      sync.Mutex
-	calls   map[string]int               // guarded by mu; by trunk
 	sources map[netip.Addr]*rate.Limiter // guarded by mu; by PBX source
 }
 
@@ -23,35 +24,19 @@ type admission struct {
 const maxSources = 4096
 
 func newAdmission() *admission {
-	return &admission{calls: map[string]int{}, sources: map[netip.Addr]*rate.Limiter{}}
+	return &admission{sources: map[netip.Addr]*rate.Limiter{}}
 }
 
 // reserve counts a call on trunk unless max (>0) calls are up there;
 // force counts it whatever the cap (an emergency call, an inbound one).
 func (a *admission) reserve(trunk string, max int, force bool) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !force && max > 0 && a.calls[trunk] >= max {
-		return false
-	}
-	a.calls[trunk]++
-	return true
+	return a.calls.take(trunk, max, 0, force)
 }
 
-func (a *admission) unreserve(trunk string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.calls[trunk]--; a.calls[trunk] <= 0 {
-		delete(a.calls, trunk)
-	}
-}
+func (a *admission) unreserve(trunk string) { a.calls.put(trunk) }
 
 // up is the calls counted on trunk.
-func (a *admission) up(trunk string) int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.calls[trunk]
-}
+func (a *admission) up(trunk string) int { return a.calls.on(trunk) }
 
 // rate reports whether src may place one more call now at perSecond
 // (bursts of twice that; 0: no limit).

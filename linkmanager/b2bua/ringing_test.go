@@ -85,18 +85,18 @@ func TestRingingAdmit(t *testing.T) {
 		want  bool
 	}{{"a", true}, {"a", true}, {"a", false}, {"b", true}, {"b", false}} {
 		if got := r.admit(step.trunk); got != step.want {
-			t.Fatalf("admit(%s) = %v, want %v (state %d %v)", step.trunk, got, step.want, r.n, r.byTrunk)
+			t.Fatalf("admit(%s) = %v, want %v (state %d %v)", step.trunk, got, step.want, r.count.total, r.count.byTrunk)
 		}
 	}
 	r.release("a")
 	if !r.admit("b") || r.admit("a") {
-		t.Fatalf("after a release on a: b admitted once more up to the total, a not (state %d %v)", r.n, r.byTrunk)
+		t.Fatalf("after a release on a: b admitted once more up to the total, a not (state %d %v)", r.count.total, r.count.byTrunk)
 	}
 	for _, tr := range []string{"a", "b", "b"} {
 		r.release(tr)
 	}
-	if r.n != 0 || len(r.byTrunk) != 0 {
-		t.Fatalf("released all: %d %v", r.n, r.byTrunk)
+	if r.count.total != 0 || len(r.count.byTrunk) != 0 {
+		t.Fatalf("released all: %d %v", r.count.total, r.count.byTrunk)
 	}
 	if u := newRinging(0, 0); !u.admit("x") || !u.admit("x") {
 		t.Fatal("no bound refused a call")

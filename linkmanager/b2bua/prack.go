@@ -3,6 +3,7 @@ package b2bua
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -17,14 +18,13 @@ import (
 // should retry without (§8.1.3.5).
 var supported = []string{"timer"}
 
-// unsupported is what req Requires that we do not support, for the
-// Unsupported header of a 420; nil when nothing.
-func unsupported(req *sip.Request) []string {
+// required is the option tags m's Require headers name, lower case and
+// each once (RFC 3261 §20.32; tags compare case-insensitively).
+func required(m interface{ GetHeaders(string) []sip.Header }) []string {
 	var out []string
-	for _, h := range req.GetHeaders("Require") {
+	for _, h := range m.GetHeaders("Require") {
 		for _, opt := range strings.Split(h.Value(), ",") {
-			opt = strings.ToLower(strings.TrimSpace(opt))
-			if opt != "" && !containsFold(supported, opt) && !containsFold(out, opt) {
+			if opt = strings.ToLower(strings.TrimSpace(opt)); opt != "" && !slices.Contains(out, opt) {
 				out = append(out, opt)
 			}
 		}
@@ -32,13 +32,16 @@ func unsupported(req *sip.Request) []string {
 	return out
 }
 
-func containsFold(list []string, s string) bool {
-	for _, v := range list {
-		if strings.EqualFold(v, s) {
-			return true
+// unsupported is what req Requires that we do not support, for the
+// Unsupported header of a 420; nil when nothing.
+func unsupported(req *sip.Request) []string {
+	var out []string
+	for _, opt := range required(req) {
+		if !slices.Contains(supported, opt) {
+			out = append(out, opt)
 		}
 	}
-	return false
+	return out
 }
 
 // refuseUnsupported answers req 420 naming what it Requires that we do
@@ -58,14 +61,8 @@ func reliableRSeq(res *sip.Response) (uint32, bool) {
 	if res.StatusCode <= 100 || res.StatusCode >= 200 {
 		return 0, false
 	}
-	req := false
-	for _, h := range res.GetHeaders("Require") {
-		for _, opt := range strings.Split(h.Value(), ",") {
-			req = req || strings.EqualFold(strings.TrimSpace(opt), "100rel")
-		}
-	}
 	h := res.GetHeader("RSeq")
-	if !req || h == nil {
+	if !slices.Contains(required(res), "100rel") || h == nil {
 		return 0, false
 	}
 	n, err := strconv.ParseUint(strings.TrimSpace(h.Value()), 10, 32)

@@ -27,7 +27,7 @@ import (
 // through the provider, has it, and a hairpinning router reaches it.
 type mediaPolicy struct {
 	lan    atomic.Pointer[[]netip.Prefix] // the PBX side; swapped on reload
-	own    func() []netip.Addr            // our local addresses (any port)
+	own    [2]netip.Addr                  // our LAN and Internet socket addresses (any port)
 	public func() (netip.Addr, bool)      // our public address (pool ports only)
 	pool   [2]int                         // the Internet pool's range
 	// loopbackOK, by leg: that side's own socket is on loopback (a PBX on
@@ -38,8 +38,9 @@ type mediaPolicy struct {
 	logged     rate.Sometimes
 }
 
-func newMediaPolicy(pbx b2bua.PBXOptions, wan netip.Addr, own func() []netip.Addr, public func() (netip.Addr, bool), pool [2]int, log *zap.Logger) *mediaPolicy {
-	p := &mediaPolicy{own: own, public: public, pool: pool, log: log, logged: rate.Sometimes{Interval: 10 * time.Second}}
+func newMediaPolicy(pbx b2bua.PBXOptions, wan netip.Addr, public func() (netip.Addr, bool), pool [2]int, log *zap.Logger) *mediaPolicy {
+	p := &mediaPolicy{own: [2]netip.Addr{pbx.Listen.Addr().Unmap(), wan.Unmap()}, public: public, pool: pool, log: log,
+		logged: rate.Sometimes{Interval: 10 * time.Second}}
 	p.loopbackOK[rtpbridge.LegA] = pbx.Listen.Addr().Unmap().IsLoopback()
 	p.loopbackOK[rtpbridge.LegB] = wan.Unmap().IsLoopback()
 	p.setPBX(pbx)
@@ -78,8 +79,8 @@ func (p *mediaPolicy) check(leg rtpbridge.Leg, a netip.AddrPort) error {
 		why = "broadcast"
 	}
 	if why == "" {
-		for _, own := range p.own() {
-			if ip == own.Unmap() && !ip.IsLoopback() {
+		for _, own := range p.own {
+			if ip == own && !ip.IsLoopback() {
 				why = "one of the daemon's own addresses"
 			}
 		}

@@ -18,9 +18,8 @@ import (
 func testPolicy(log *zap.Logger) *mediaPolicy {
 	pbx := b2bua.PBXOptions{Listen: netip.MustParseAddrPort("192.168.100.2:5060"), Addr: netip.MustParseAddrPort("192.168.100.20:5060"),
 		Allow: []netip.Prefix{netip.MustParsePrefix("192.168.100.16/28")}}
-	own := []netip.Addr{netip.MustParseAddr("192.168.100.2")}
 	public := func() (netip.Addr, bool) { return netip.MustParseAddr("198.51.100.1"), true }
-	return newMediaPolicy(pbx, netip.MustParseAddr("192.168.100.2"), func() []netip.Addr { return own }, public, [2]int{55000, 56000}, log)
+	return newMediaPolicy(pbx, netip.MustParseAddr("192.168.100.2"), public, [2]int{55000, 56000}, log)
 }
 
 func TestMediaPolicy(t *testing.T) {
@@ -66,7 +65,7 @@ func TestMediaPolicy(t *testing.T) {
 	// A PBX on the same host: loopback is the LAN side's peer, still not
 	// the Internet side's.
 	local := newMediaPolicy(b2bua.PBXOptions{Listen: netip.MustParseAddrPort("127.0.0.1:5070"), Addr: netip.MustParseAddrPort("127.0.0.1:5060")},
-		netip.MustParseAddr("192.168.100.2"), func() []netip.Addr { return nil }, func() (netip.Addr, bool) { return netip.Addr{}, false },
+		netip.MustParseAddr("192.168.100.2"), func() (netip.Addr, bool) { return netip.Addr{}, false },
 		[2]int{55000, 56000}, zap.NewNop())
 	if err := local.check(A, netip.MustParseAddrPort("127.0.0.1:20000")); err != nil {
 		t.Errorf("PBX on loopback: its media refused: %v", err)

@@ -210,8 +210,7 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	// total, so an INVITE flood from a forged provider address leaves the
 	// PBX's calls their pairs (issue 9 item 7).
 	capacity := media.Counts().MaxSessions()
-	own := []netip.Addr{lanAddr.Addr(), s.local.Addr()}
-	s.policy = newMediaPolicy(pbx, s.local.Addr(), func() []netip.Addr { return own }, func() (netip.Addr, bool) {
+	s.policy = newMediaPolicy(pbx, s.local.Addr(), func() (netip.Addr, bool) {
 		m, ok := s.keeper.Public()
 		return m.Addr.Addr(), ok
 	}, s.rtpPorts, log.Named("media"))

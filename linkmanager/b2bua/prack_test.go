@@ -1,6 +1,7 @@
 package b2bua
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,7 +54,7 @@ func TestReliableProvisionalIsPRACKed(t *testing.T) {
 	}
 	inv := h.prov.next(sip.INVITE)
 	p1 := recvPRACK(t, prack)
-	if ra := p1.GetHeader("RAck"); ra == nil || ra.Value() != "1 "+itoa(inv.CSeq().SeqNo)+" INVITE" {
+	if ra := p1.GetHeader("RAck"); ra == nil || ra.Value() != "1 "+strconv.FormatUint(uint64(inv.CSeq().SeqNo), 10)+" INVITE" {
 		t.Fatalf("PRACK RAck %v, want \"1 %d INVITE\"", p1.GetHeader("RAck"), inv.CSeq().SeqNo)
 	}
 	if sipmsg.Tag(p1.To()) != "prov" || p1.CSeq().SeqNo <= inv.CSeq().SeqNo || p1.CallID().Value() != inv.CallID().Value() ||
@@ -86,16 +87,6 @@ func recvPRACK(t *testing.T, ch <-chan *sip.Request) *sip.Request {
 	case <-time.After(wait):
 		t.Fatal("no PRACK")
 		return nil
-	}
-}
-
-func itoa(n uint32) string {
-	var b []byte
-	for {
-		b = append([]byte{byte('0' + n%10)}, b...)
-		if n /= 10; n == 0 {
-			return string(b)
-		}
 	}
 }
 

@@ -67,26 +67,11 @@ func TestReaddressAfterRedial(t *testing.T) {
 	if !strings.Contains(body, "c=IN IP4 127.0.0.9") || !strings.Contains(body, "m=audio 50000 ") {
 		t.Errorf("re-INVITE SDP lacks the new address or the same relay port:\n%s", body)
 	}
-	v1, v2 := originVersion(t, string(first.Body())), originVersion(t, body)
+	v1, v2 := version(t, first.Body()), version(t, re.Body())
 	if v2 != v1+1 {
 		t.Errorf("o= version %d after %d, want the next", v2, v1)
 	}
 	if n := len(h.pbx.received(sip.INVITE)); n != 0 {
 		t.Errorf("the PBX got %d INVITEs: its leg did not move", n)
 	}
-}
-
-func originVersion(t *testing.T, sdpText string) int {
-	t.Helper()
-	for _, line := range strings.Split(sdpText, "\r\n") {
-		if f := strings.Fields(strings.TrimPrefix(line, "o=")); strings.HasPrefix(line, "o=") && len(f) >= 3 {
-			n := 0
-			for _, ch := range f[2] {
-				n = n*10 + int(ch-'0')
-			}
-			return n
-		}
-	}
-	t.Fatalf("no o= line in\n%s", sdpText)
-	return 0
 }

@@ -466,26 +466,17 @@ func (lp *Linphone) Events() []LinphoneEvent {
 // WaitState waits (bounded) for the n-th call-state event state of call id
 // (id 0: any call) and returns it.
 func (lp *Linphone) WaitState(state string, id, n int, timeout time.Duration) (LinphoneEvent, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := lp.Poll()
+	return lp.await(timeout, func(evs []LinphoneEvent) (LinphoneEvent, bool) {
 		seen := 0
-		for _, e := range lp.Events() {
+		for _, e := range evs {
 			if e.Event == "LinphoneCall"+state && (id == 0 || e.ID == id) {
 				if seen++; seen == n {
-					return e, nil
+					return e, true
 				}
 			}
 		}
-		if err != nil || time.Now().After(deadline) {
-			var got []string
-			for _, e := range lp.Events() {
-				got = append(got, fmt.Sprintf("%s#%d", strings.TrimPrefix(e.Event, "LinphoneCall"), e.ID))
-			}
-			return LinphoneEvent{}, fmt.Errorf("%w: linphone %s: no %s (#%d) of call %d within %v (err %v; events %v)", errUA, lp.Spec.Name, state, n, id, timeout, err, got)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return LinphoneEvent{}, false
+	}, fmt.Sprintf("no %s (#%d) of call %d", state, n, id))
 }
 
 // WaitRunning waits (bounded) until the latest call-state event of call
@@ -494,20 +485,33 @@ func (lp *Linphone) WaitState(state string, id, n int, timeout time.Duration) (L
 // adds one, and a count taken before it would then be met by that old
 // event while the streams are still being restarted.
 func (lp *Linphone) WaitRunning(id int, timeout time.Duration) (LinphoneEvent, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := lp.Poll()
+	return lp.await(timeout, func(evs []LinphoneEvent) (LinphoneEvent, bool) {
 		var last LinphoneEvent
-		for _, e := range lp.Events() {
+		for _, e := range evs {
 			if e.Type == "call-state-changed" && e.ID == id {
 				last = e
 			}
 		}
-		if last.Event == "LinphoneCallStreamsRunning" {
-			return last, nil
+		return last, last.Event == "LinphoneCallStreamsRunning"
+	}, fmt.Sprintf("call %d not StreamsRunning", id))
+}
+
+// await polls the event queue until match finds its event, or fails with
+// what and the events seen after timeout (or when the socket fails).
+func (lp *Linphone) await(timeout time.Duration, match func([]LinphoneEvent) (LinphoneEvent, bool), what string) (LinphoneEvent, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := lp.Poll()
+		evs := lp.Events()
+		if e, ok := match(evs); ok {
+			return e, nil
 		}
 		if err != nil || time.Now().After(deadline) {
-			return LinphoneEvent{}, fmt.Errorf("%w: linphone %s: call %d not StreamsRunning within %v (err %v; last state %q)", errUA, lp.Spec.Name, id, timeout, err, last.Event)
+			var got []string
+			for _, e := range evs {
+				got = append(got, fmt.Sprintf("%s#%d", strings.TrimPrefix(e.Event, "LinphoneCall"), e.ID))
+			}
+			return LinphoneEvent{}, fmt.Errorf("%w: linphone %s: %s within %v (err %v; events %v)", errUA, lp.Spec.Name, what, timeout, err, got)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

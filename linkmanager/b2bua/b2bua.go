@@ -669,7 +669,8 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	out := c.other(leg)
-	if len(sdpBody(req)) == 0 {
+	body := sdpBody(req)
+	if len(body) == 0 {
 		if req.Method == sip.INVITE {
 			b.refresh(c, leg, in, req, tx)
 			return
@@ -679,7 +680,7 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 		b.relay(c, leg, in, out, req, tx, nil, nil)
 		return
 	}
-	offer, err := sdp.Parse(sdpBody(req))
+	offer, err := sdp.Parse(body)
 	if err != nil {
 		code, reason := statusFor(err)
 		b.reply(tx, req, in, code, reason, nil)
@@ -707,11 +708,15 @@ func (b *B2BUA) refresh(c *call, leg rtpbridge.Leg, in *dialog, req *sip.Request
 	b.goCall(func() {
 		defer c.release(leg)
 		ack := b.retransmitUntilAck(c, tx, ok, acked)
-		if ack == nil || len(sdpBody(ack)) == 0 {
+		var answer []byte
+		if ack != nil {
+			answer = sdpBody(ack)
+		}
+		if len(answer) == 0 {
 			return
 		}
 		// The answer to our offer: where the peer wants media now.
-		s, err := sdp.Parse(sdpBody(ack))
+		s, err := sdp.Parse(answer)
 		if err == nil {
 			err = c.takeAnswer(leg, s)
 		}

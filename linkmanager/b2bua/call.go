@@ -281,9 +281,10 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	// the ACK (delayedAnswer).
 	var offer *sdp.Session
 	idx := 0
-	if len(sdpBody(req)) > 0 {
+	reqSDP := sdpBody(req)
+	if len(reqSDP) > 0 {
 		var err error
-		if offer, err = sdp.Parse(sdpBody(req)); err != nil {
+		if offer, err = sdp.Parse(reqSDP); err != nil {
 			log.Info("call refused: unusable SDP offer", zap.Error(err))
 			code, reason := statusFor(err)
 			b.reply(tx, req, nil, code, reason, nil)
@@ -321,7 +322,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 		// The initial offer is committed as it leaves: there is no
 		// earlier state to go back to, and every fork starts from it.
 		var version uint64
-		if outSDP, version, err = b.rewrite(c, out, sdpBody(req)); err != nil {
+		if outSDP, version, err = b.rewrite(c, out, reqSDP); err != nil {
 			b.finish(c, "sdp rewrite failed: "+err.Error())
 			code, reason := statusFor(err)
 			b.reply(tx, req, in_, code, reason, nil)

@@ -204,7 +204,8 @@ func (b *B2BUA) await(ctx context.Context, c *call, d *dialog, req *sip.Request)
 // ACK arrives. cancelled: the caller gave up while the 2xx was on its
 // way. Called by the INVITE handler, which returns after it.
 func (b *B2BUA) delayedAnswer(c *call, tx sip.ServerTransaction, req *sip.Request, in, out *dialog, cseq uint32, res *sip.Response, cancelled bool) {
-	s, err := sdp.Parse(sdpBody(res))
+	offer := sdpBody(res)
+	s, err := sdp.Parse(offer)
 	idx, ok := 0, false
 	if err == nil {
 		idx, ok = relayable(s)
@@ -212,7 +213,7 @@ func (b *B2BUA) delayedAnswer(c *call, tx sip.ServerTransaction, req *sip.Reques
 	if !ok || cancelled {
 		// A 2xx with an offer must be ACKed with an answer before the
 		// BYE (RFC 3261 §13.2.2.4): one that declines every stream.
-		b.ack(out, cseq, b.decline(out, sdpBody(res)))
+		b.ack(out, cseq, b.decline(out, offer))
 		b.bye(out)
 		if cancelled {
 			b.finish(c, "answered after cancel")
@@ -229,9 +230,9 @@ func (b *B2BUA) delayedAnswer(c *call, tx sip.ServerTransaction, req *sip.Reques
 	if err := c.applyOffer(out.side.leg, s); err != nil {
 		c.log.Warn("bad media address in offer", zap.Error(err))
 	}
-	body, version, err := b.rewrite(c, in, sdpBody(res))
+	body, version, err := b.rewrite(c, in, offer)
 	if err != nil {
-		b.ack(out, cseq, b.decline(out, sdpBody(res)))
+		b.ack(out, cseq, b.decline(out, offer))
 		b.bye(out)
 		b.finish(c, "sdp rewrite failed: "+err.Error())
 		code, reason := statusFor(err)
@@ -259,7 +260,7 @@ func (b *B2BUA) delayedAnswer(c *call, tx sip.ServerTransaction, req *sip.Reques
 		}
 		// No answer from the caller: the callee still gets its ACK, with
 		// a refusal, and the call ends (RFC 3261 §13.2.2.4).
-		b.ack(out, cseq, b.decline(out, sdpBody(res)))
+		b.ack(out, cseq, b.decline(out, offer))
 		if ack != nil {
 			c.log.Warn("no usable answer in the ACK to a delayed offer", zap.Error(err))
 			b.hangup(c, "bad answer SDP")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -67,6 +68,7 @@ type RegStatus struct {
 	Public     netip.AddrPort // what the registrar saw in its Via received/rport
 	Attempts   int            // REGISTER transactions sent, digest rounds included
 	Failures   int            // consecutive failures
+	ALG        ALGStatus      // whether the router rewrites SIP (alg.go)
 }
 
 // registration owns one trunk's REGISTER dialog: refresh before expiry,
@@ -83,6 +85,7 @@ type registration struct {
 	now     func() time.Time
 	jitter  func() float64 // in [0,1)
 	ua      string
+	alg     *algDetector // fed by every answer from the registrar
 
 	// observed carries registrar-seen addresses from the keepalive loop.
 	observed chan netip.AddrPort
@@ -121,6 +124,7 @@ func newRegistration(conf Options, do TxFunc, to targets, keeper PublicAddrs, lo
 		now:       time.Now,
 		jitter:    rand.Float64,
 		ua:        "linkmanager",
+		alg:       newALGDetector(log),
 		observed:  make(chan netip.AddrPort, 4),
 		revived:   make(chan struct{}, 1),
 		attempted: make(chan struct{}),
@@ -134,8 +138,10 @@ func newRegistration(conf Options, do TxFunc, to targets, keeper PublicAddrs, lo
 // Status returns a snapshot for the admin API and tests.
 func (r *registration) Status() RegStatus {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.status
+	st := r.status
+	r.mu.Unlock()
+	st.ALG = r.alg.status()
+	return st
 }
 
 func (r *registration) setStatus(f func(*RegStatus)) {
@@ -336,13 +342,13 @@ func (r *registration) registerAt(ctx context.Context, dst netip.AddrPort, want 
 	if r.contact.IsValid() && r.contact != contact {
 		stale = r.contact
 	}
-	res, err := r.transact(ctx, dst, contact, stale, r.conf.Expires)
+	req, res, err := r.transact(ctx, dst, contact, stale, r.conf.Expires)
 	if err != nil {
 		r.fail(err)
 		return netip.AddrPort{}, err
 	}
-	granted := grantedExpires(res, contact, r.conf.Expires)
-	seen := viaReceived(res)
+	granted := grantedExpires(res, r.conf.Expires, contact, r.local)
+	seen := registrarSaw(req, res, r.local)
 	if seen.IsValid() {
 		r.seen = seen
 		r.keeper.Observe(stunkeeper.Mapping{Addr: seen, Via: dst, Source: stunkeeper.SourceRegistrar, At: r.now()})
@@ -354,7 +360,10 @@ func (r *registration) registerAt(ctx context.Context, dst netip.AddrPort, want 
 			s.Since = r.now()
 		}
 		s.Registered, s.Contact, s.Expires, s.LastError = true, contact, granted, ""
-		s.Registrar, s.Public, s.Failures = dst, seen, 0
+		s.Registrar, s.Failures = dst, 0
+		if seen.IsValid() || !viaReceived(res).IsValid() {
+			s.Public = seen // not replaced by an ALG's rewrite
+		}
 	})
 	r.log.Info("registered", zap.Stringer("contact", contact),
 		zap.Duration("expires", granted), zap.Stringer("public_addr", seen), zap.Stringer("registrar", dst))
@@ -389,7 +398,7 @@ func (r *registration) unregister() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if _, err := r.transact(ctx, r.dst, r.contact, netip.AddrPort{}, 0); err != nil {
+	if _, _, err := r.transact(ctx, r.dst, r.contact, netip.AddrPort{}, 0); err != nil {
 		r.log.Warn("unregister failed", zap.Error(err))
 		return
 	}
@@ -400,8 +409,9 @@ func (r *registration) unregister() {
 
 // transact sends REGISTER and answers one digest challenge. A second
 // challenge after valid credentials means they are wrong (unless the
-// server says the nonce was merely stale).
-func (r *registration) transact(ctx context.Context, dst, contact, stale netip.AddrPort, expires time.Duration) (*sip.Response, error) {
+// server says the nonce was merely stale). It returns the 200 and the
+// request it answers; every answer goes to the ALG detector.
+func (r *registration) transact(ctx context.Context, dst, contact, stale netip.AddrPort, expires time.Duration) (*sip.Request, *sip.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
 	var auth sip.Header
@@ -413,18 +423,19 @@ func (r *registration) transact(ctx context.Context, dst, contact, stale netip.A
 		r.setStatus(func(s *RegStatus) { s.Attempts++ })
 		res, err := r.do(ctx, req, dst)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrNoAnswer, err)
+			return nil, nil, fmt.Errorf("%w: %w", ErrNoAnswer, err)
 		}
+		r.alg.observe(inspect(req, res, r.local))
 		switch res.StatusCode {
 		case sip.StatusOK:
-			return res, nil
+			return req, res, nil
 		case sip.StatusUnauthorized, sip.StatusProxyAuthRequired:
 			chal, hdr, err := challenge(res)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if auth != nil && !chal.Stale {
-				return nil, fmt.Errorf("%w: %d %s after sending credentials for user %q: check username/auth_username and password",
+				return nil, nil, fmt.Errorf("%w: %d %s after sending credentials for user %q: check username/auth_username and password",
 					ErrAuth, res.StatusCode, res.Reason, r.authUser())
 			}
 			cred, err := digest.Digest(chal, digest.Options{
@@ -434,21 +445,21 @@ func (r *registration) transact(ctx context.Context, dst, contact, stale netip.A
 				Password: r.conf.Password,
 			})
 			if err != nil {
-				return nil, fmt.Errorf("%w: %w", ErrAuth, err)
+				return nil, nil, fmt.Errorf("%w: %w", ErrAuth, err)
 			}
 			auth = sip.NewHeader(hdr, cred.String())
 		case sip.StatusIntervalToBrief:
 			min, err := minExpires(res)
 			if err != nil || expires >= min {
-				return nil, fmt.Errorf("%w: 423 without a usable Min-Expires", ErrRejected)
+				return nil, nil, fmt.Errorf("%w: 423 without a usable Min-Expires", ErrRejected)
 			}
 			r.log.Warn("registrar wants longer expiry", zap.Duration("min_expires", min))
 			r.conf.Expires, expires = min, min
 		default:
-			return nil, &StatusError{Code: int(res.StatusCode), Reason: res.Reason, RetryAfter: retryAfter(res)}
+			return nil, nil, &StatusError{Code: int(res.StatusCode), Reason: res.Reason, RetryAfter: retryAfter(res)}
 		}
 	}
-	return nil, fmt.Errorf("%w: too many challenges", ErrAuth)
+	return nil, nil, fmt.Errorf("%w: too many challenges", ErrAuth)
 }
 
 func (r *registration) authUser() string {
@@ -543,7 +554,8 @@ func (r *registration) learnPublic(ctx context.Context, dst netip.AddrPort) erro
 	if err != nil {
 		return fmt.Errorf("%w: learning the public address from %s: %w", ErrNoAnswer, dst, err)
 	}
-	seen := viaReceived(res)
+	r.alg.observe(inspect(req, res, r.local))
+	seen := registrarSaw(req, res, r.local)
 	if !seen.IsValid() {
 		return fmt.Errorf("%w: %s did not say where our OPTIONS came from (no received/rport in its Via)", ErrNoAnswer, dst)
 	}
@@ -610,10 +622,12 @@ func viaReceived(res *sip.Response) netip.AddrPort {
 
 // grantedExpires reads what the registrar granted for our Contact: its
 // expires parameter, else the Expires header, else what we asked for.
-func grantedExpires(res *sip.Response, contact netip.AddrPort, asked time.Duration) time.Duration {
+// Our Contact is any of ours: a SIP ALG rewrites the one we sent into our
+// LAN address on the way back.
+func grantedExpires(res *sip.Response, asked time.Duration, ours ...netip.AddrPort) time.Duration {
 	for _, h := range res.GetHeaders("Contact") {
 		c, ok := h.(*sip.ContactHeader)
-		if !ok || c.Address.Host != contact.Addr().String() || c.Address.Port != int(contact.Port()) {
+		if !ok || !slices.ContainsFunc(ours, func(a netip.AddrPort) bool { return a.IsValid() && uriIs(c.Address, a) }) {
 			continue
 		}
 		if v, ok := c.Params.Get("expires"); ok {

@@ -219,14 +219,16 @@ func (t *Trunk) keepaliveLoop(ctx context.Context) error {
 func (t *Trunk) optionsPing(parent context.Context, dst netip.AddrPort) bool {
 	ctx, cancel := context.WithTimeout(parent, 5*time.Second)
 	defer cancel()
-	res, err := t.do(ctx, t.buildOptions(dst), dst)
+	req := t.buildOptions(dst)
+	res, err := t.do(ctx, req, dst)
 	if err != nil {
 		if parent.Err() == nil { // not just stopping
 			t.log.Warn("keepalive OPTIONS unanswered", zap.Error(err))
 		}
 		return false
 	}
-	if a := viaReceived(res); a.IsValid() {
+	t.reg.alg.observe(inspect(req, res, t.reg.local))
+	if a := registrarSaw(req, res, t.reg.local); a.IsValid() {
 		t.reg.Observe(a)
 	}
 	return true

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/linkmanager/linkmanager/linkmanager/admin"
 	"github.com/linkmanager/linkmanager/linkmanager/portmap"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 )
 
 const statusHelp = `NAME
@@ -23,7 +25,8 @@ SYNOPSIS
 DESCRIPTION
     Asks the daemon's admin endpoint (admin.listen) for its status and
     prints a short summary: readiness, the public address and how it was
-    learned, the NAT behaviour, each trunk's registration, the calls
+    learned, the NAT behaviour, whether the router rewrites SIP (a SIP
+    ALG, and what to switch off), each trunk's registration, the calls
     that are up, and how many calls the relay's port pools hold (with a
     warning from 90 % use, and which setting widens them).
 
@@ -90,6 +93,7 @@ func printStatus(w io.Writer, st admin.Status) {
 	if n := st.NATTest; n != nil {
 		fmt.Fprintf(w, "NAT test: %s\n", n.Advice)
 	}
+	fmt.Fprintln(w, sipALGLine(st.SIPALG))
 	if pm := st.PortMap; pm != nil {
 		fmt.Fprintf(w, "port mapping: %s\n", portmapLine(pm))
 	}
@@ -146,6 +150,18 @@ func orUnknown(s string) string {
 		return "?"
 	}
 	return s
+}
+
+// sipALGLine is /status's sip_alg in one line; a detected ALG in the
+// words the daemon logs.
+func sipALGLine(a admin.SIPALG) string {
+	switch a.Verdict {
+	case trunk.ALGDetected:
+		return fmt.Sprintf("%s (trunk %s: sent %s, came back %s)", a.Advice, strings.Join(a.Trunks, ", "), a.Sent, a.Seen)
+	case trunk.ALGNone:
+		return "SIP ALG: none (the registrar's answers come back as sent)"
+	}
+	return "SIP ALG: not known yet (no answer from a registrar to compare)"
 }
 
 // portmapLine is /status's portmap in one line: who grants what.

@@ -38,7 +38,9 @@ func TestStatusCommand(t *testing.T) {
 			LAN:      rtpbridge.PoolCounts{Pairs: 500, InUse: 460, Free: 40, MinPort: 40000, MaxPort: 41000},
 			Capacity: admin.Capacity{Calls: 460, Max: 500, Percent: 92, Warning: "relay ports 92 % used (460 of 500 calls): widen rtp.port_min and rtp.port_max"}},
 		PortMap: &portmap.Status{Protocol: "nat-pmp", Gateway: "192.168.100.1", External: "198.51.100.1",
-			Mappings: []portmap.Mapping{{Internal: 65002, External: "198.51.100.1:65002"}}}}
+			Mappings: []portmap.Mapping{{Internal: 65002, External: "198.51.100.1:65002"}}},
+		SIPALG: admin.SIPALG{Verdict: "detected", Trunks: []string{"provider"}, Sent: "198.51.100.1:65002", Seen: "192.168.100.2:65002",
+			Advice: "SIP ALG detected: the router rewrites SIP (Via/Contact); switch off 'SIP ALG' / 'SIP helper' / 'SIP passthrough' on the router"}}
 	var out, errOut bytes.Buffer
 	if code := cmdStatus([]string{"--admin", adminStub(t, ready)}, &out, &errOut); code != 0 {
 		t.Fatalf("ready daemon: exit %d (%s)", code, errOut.String())
@@ -47,7 +49,7 @@ func TestStatusCommand(t *testing.T) {
 		"provider", "yes, 1m0s", "ONE-WAY AUDIO", "PCMA", "relay capacity: 460 of 500 calls (92.0 %)",
 		"internet 55000-56000: 460 in use", "WARNING: relay ports 92 % used",
 		"provider: registrar sees 198.51.100.1:65002, STUN sees 198.51.100.1:40123", "the router maps per destination",
-
+		"\nSIP ALG detected: the router rewrites SIP (Via/Contact); switch off 'SIP ALG' / 'SIP helper' / 'SIP passthrough' on the router (trunk provider: sent 198.51.100.1:65002, came back 192.168.100.2:65002)",
 		"port mapping: nat-pmp at 192.168.100.1, public 198.51.100.1, 1 port(s) mapped"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/linkmanager/linkmanager/linkmanager/b2bua"
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
@@ -137,6 +138,10 @@ var (
 		"SDP media addresses the relay refused to send to: loopback, link-local, multicast, broadcast, its own, or the LAN named from the Internet side.", nil, nil)
 	descOneWay = prometheus.NewDesc("linkmanager_calls_one_way",
 		"Answered calls up now whose audio has flowed one way only (as /status one_way_audio).", nil, nil)
+	descSIPALG = prometheus.NewDesc("linkmanager_sip_alg_detected",
+		"1 while the trunk's registrar answers come back rewritten by a router's SIP ALG (switch it off on the router), 0 otherwise.", []string{"trunk"}, nil)
+	descSIPALGRewrites = prometheus.NewDesc("linkmanager_sip_alg_rewrites_total",
+		"Answers from the trunk's registrar whose Via or Contact came back other than sent.", []string{"trunk"}, nil)
 	descCapacity = prometheus.NewDesc("linkmanager_calls_capacity",
 		"Calls the relay's port pools hold at once (alert on linkmanager_calls_active / linkmanager_calls_capacity).", nil, nil)
 )
@@ -144,7 +149,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests, descRefusedAddrs, descOneWay} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests, descRefusedAddrs, descOneWay, descSIPALG, descSIPALGRewrites} {
 		ch <- d
 	}
 }
@@ -160,6 +165,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for _, st := range s.Trunks {
 		gauge(descRegistered, boolFloat(st.Registered), st.Trunk)
 		gauge(descRegFailures, float64(st.Failures), st.Trunk)
+		gauge(descSIPALG, boolFloat(st.ALG.Verdict == trunk.ALGDetected), st.Trunk)
+		counter(descSIPALGRewrites, float64(st.ALG.Rewrites), st.Trunk)
 	}
 	counter(descAddrChanges, float64(s.STUN.Changes))
 	gauge(descSTUNRTT, s.STUN.LastRTT.Seconds())

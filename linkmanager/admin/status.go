@@ -25,6 +25,7 @@ type Status struct {
 	PublicSrc string        `json:"public_addr_source,omitempty"` // stun | registrar
 	NAT       string        `json:"nat"`                          // endpoint-independent | symmetric | unknown
 	NATTest   *NATTest      `json:"nat_test,omitempty"`           // the last RFC 5780 self-test
+	SIPALG    SIPALG        `json:"sip_alg"`                      // whether the router rewrites SIP, over all trunks
 	Trunks    []TrunkStatus `json:"trunks"`
 	Calls     []CallStatus  `json:"calls"`
 	Ports     *PortStatus   `json:"ports,omitempty"`
@@ -62,6 +63,54 @@ type TrunkStatus struct {
 	Keepalive  string    `json:"keepalive"`
 	Failures   int       `json:"consecutive_failures"`
 	Addresses  AddrView  `json:"addresses"`
+	SIPALG     SIPALG    `json:"sip_alg"`
+}
+
+// SIPALG is whether a router on the way rewrites SIP (a SIP ALG), from
+// comparing what a trunk sent with what its registrar's answers echo.
+type SIPALG struct {
+	Verdict  string   `json:"verdict"`             // unknown | none | detected
+	Advice   string   `json:"advice,omitempty"`    // while detected: what to switch off
+	Fields   string   `json:"rewritten,omitempty"` // e.g. Via/Contact
+	Sent     string   `json:"sent,omitempty"`      // what we sent there
+	Seen     string   `json:"came_back,omitempty"` // what came back instead
+	Rewrites uint64   `json:"rewrites"`            // answers that came back rewritten
+	Trunks   []string `json:"trunks,omitempty"`    // top level: the trunks that see it
+}
+
+// sipALG is one trunk's verdict as /status shows it.
+func sipALG(a trunk.ALGStatus) SIPALG {
+	v := SIPALG{Verdict: a.Verdict, Advice: a.Advice, Rewrites: a.Rewrites}
+	if v.Verdict == "" {
+		v.Verdict = trunk.ALGUnknown
+	}
+	if a.Rewrites > 0 {
+		v.Fields, v.Sent, v.Seen = a.Fields, a.Sent, a.Seen
+	}
+	return v
+}
+
+// sipALGOverall is the router's verdict: detected when any trunk's
+// answers come back rewritten (it is one router), none when every trunk
+// that could tell says so.
+func sipALGOverall(trunks []TrunkStatus) SIPALG {
+	all := SIPALG{Verdict: trunk.ALGUnknown}
+	for _, t := range trunks {
+		a := t.SIPALG
+		all.Rewrites += a.Rewrites
+		switch a.Verdict {
+		case trunk.ALGDetected:
+			if all.Verdict != trunk.ALGDetected {
+				all.Verdict, all.Advice, all.Fields, all.Sent, all.Seen = a.Verdict, a.Advice, a.Fields, a.Sent, a.Seen
+			}
+			all.Trunks = append(all.Trunks, t.Name)
+		case trunk.ALGNone:
+			if all.Verdict == trunk.ALGUnknown {
+				all.Verdict = trunk.ALGNone
+			}
+		}
+	}
+	return all
 }
 
 // AddrView is, for one trunk, what each party sees of our public address
@@ -265,8 +314,10 @@ func status(s Snapshot) Status {
 			contact = r.Contact
 		}
 		ts.Addresses = addrView(r.Public, s.STUNView.Addr, contact, s.Public.Addr)
+		ts.SIPALG = sipALG(r.ALG)
 		st.Trunks = append(st.Trunks, ts)
 	}
+	st.SIPALG = sipALGOverall(st.Trunks)
 	if s.Calls != nil {
 		st.Calls = callStatus(s.Calls.Calls)
 	}

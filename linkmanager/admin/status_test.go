@@ -162,3 +162,53 @@ func TestOneWayGauge(t *testing.T) {
 		t.Fatalf("one_way %v, active %v; want 1 and 3", got["linkmanager_calls_one_way{}"], got["linkmanager_calls_active{}"])
 	}
 }
+
+// The SIP ALG verdict (issue 11 item 2) per trunk, for the router over
+// all trunks, and as metrics.
+func TestSIPALGStatus(t *testing.T) {
+	const advice = "SIP ALG detected: the router rewrites SIP (Via/Contact); switch off 'SIP ALG' / 'SIP helper' / 'SIP passthrough' on the router"
+	detected := trunk.ALGStatus{Verdict: trunk.ALGDetected, Fields: "Via/Contact", Sent: "198.51.100.1:65002",
+		Seen: "192.168.100.2:65002", Rewrites: 4, Advice: advice}
+	for _, tc := range []struct {
+		name   string
+		trunks []trunk.ALGStatus
+		want   string
+		on     []string
+	}{
+		{"no trunks", nil, trunk.ALGUnknown, nil},
+		{"not known yet", []trunk.ALGStatus{{}, {Verdict: trunk.ALGUnknown}}, trunk.ALGUnknown, nil},
+		{"clean", []trunk.ALGStatus{{Verdict: trunk.ALGNone}, {Verdict: trunk.ALGUnknown}}, trunk.ALGNone, nil},
+		{"one trunk sees it", []trunk.ALGStatus{{Verdict: trunk.ALGNone}, detected}, trunk.ALGDetected, []string{"t1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var regs []trunk.RegStatus
+			for i, a := range tc.trunks {
+				regs = append(regs, trunk.RegStatus{Trunk: fmt.Sprintf("t%d", i), ALG: a})
+			}
+			st := status(Snapshot{Trunks: regs})
+			if st.SIPALG.Verdict != tc.want || fmt.Sprint(st.SIPALG.Trunks) != fmt.Sprint(tc.on) {
+				t.Fatalf("sip_alg %+v, want %s on %v", st.SIPALG, tc.want, tc.on)
+			}
+			if tc.want == trunk.ALGDetected && (st.SIPALG.Advice != advice || st.SIPALG.Seen != "192.168.100.2:65002") {
+				t.Errorf("sip_alg %+v lacks the advice and evidence", st.SIPALG)
+			}
+			for i, ts := range st.Trunks {
+				want := tc.trunks[i].Verdict
+				if want == "" {
+					want = trunk.ALGUnknown
+				}
+				if ts.SIPALG.Verdict != want {
+					t.Errorf("trunk %s sip_alg %+v, want %s", ts.Name, ts.SIPALG, want)
+				}
+			}
+			got := gather(t, snapSource{Snapshot{Trunks: regs}})
+			for i, a := range tc.trunks {
+				name := fmt.Sprintf("t%d", i)
+				if got["linkmanager_sip_alg_detected{trunk="+name+"}"] != boolFloat(a.Verdict == trunk.ALGDetected) ||
+					got["linkmanager_sip_alg_rewrites_total{trunk="+name+"}"] != float64(a.Rewrites) {
+					t.Errorf("metrics for %s: %v", name, got)
+				}
+			}
+		})
+	}
+}

@@ -316,6 +316,17 @@ func (l *Lab) SetNATMode(mode string) error {
 	return nil
 }
 
+// SetSIPALG attaches Linux's SIP ALG (the sip conntrack helper, with
+// nf_nat_sip on the NATed flow) to the router's flows to UDP 5060, or
+// detaches it, and flushes the router's conntrack table.
+func (l *Lab) SetSIPALG(on bool) error {
+	mode := map[bool]string{true: "on", false: "off"}[on]
+	if out, err := l.script1(30*time.Second, "sip-alg", l.Prefix, mode); err != nil {
+		return fmt.Errorf("sip-alg %s: %v: %s", mode, err, out)
+	}
+	return nil
+}
+
 // StopSTUN stops coturn (both STUN addresses go down).
 func (l *Lab) StopSTUN() {
 	l.mu.Lock()

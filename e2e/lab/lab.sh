@@ -14,6 +14,7 @@
 #   lab.sh run-miniupnpd PREFIX DIR [upnp-only]   exec miniupnpd (NAT-PMP/PCP + UPnP IGD) in the router, foreground
 #   lab.sh redial PREFIX NEWIP     change the router's WAN address, flush conntrack + ARP
 #   lab.sh nat-mode PREFIX preserve|random-fully   port-preserving MASQUERADE (default) or --random-fully
+#   lab.sh sip-alg PREFIX on|off   attach Linux's SIP ALG (the sip conntrack helper) to the router's SIP flows, or not
 #   lab.sh exec PREFIX NS CMD...   run CMD inside PREFIX-NS
 #   lab.sh status PREFIX           addresses, NAT rules, conntrack
 #
@@ -290,6 +291,24 @@ nat_mode() {
 	nsx "$p" router conntrack -F >/dev/null 2>&1 || true
 }
 
+# sip_alg PREFIX on|off: a real SIP ALG in the router. Since kernel 4.7 conntrack helpers
+# are attached by rule, not by port: this CT rule in the router's raw table gives every new
+# flow to UDP 5060 (the provider's) the sip helper, and on a NATed flow nf_nat_sip then
+# rewrites SIP both ways (nat-findings 10, 13). The flow's replies are the same conntrack,
+# so one rule covers both directions. Only the router namespace's tables are touched.
+# Conntrack is flushed so no flow from before keeps (or lacks) the helper.
+sip_alg() {
+	local p=$1 rule=(-p udp --dport 5060 -j CT --helper sip)
+	case "$2" in
+	on) nsx "$p" router iptables -t raw -C PREROUTING "${rule[@]}" 2>/dev/null ||
+		nsx "$p" router iptables -t raw -A PREROUTING "${rule[@]}" ||
+		die "sip-alg: cannot attach the sip helper (the kernel needs CONFIG_NF_CONNTRACK_SIP and CONFIG_NF_NAT_SIP, iptables the CT target)" ;;
+	off) while nsx "$p" router iptables -t raw -D PREROUTING "${rule[@]}" 2>/dev/null; do :; done ;;
+	*) die "sip-alg: want on or off, not '$2'" ;;
+	esac
+	nsx "$p" router conntrack -F >/dev/null 2>&1 || true
+}
+
 redial() {
 	local p=$1 new=$2 r old
 	r="$(ns "$p" router)"
@@ -365,7 +384,7 @@ down() {
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,22p' "$0"; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,23p' "$0"; exit 2; }
 shift
 case "$cmd" in
 up) [ $# -ge 2 ] || die "usage: up PREFIX DIR [options]"; up "$@" ;;
@@ -377,6 +396,7 @@ run-kamailio) run_kamailio "$@" ;;
 run-coturn) run_coturn "$@" ;;
 run-miniupnpd) [ $# -ge 2 ] || die "usage: run-miniupnpd PREFIX DIR [upnp-only]"; check_prefix "$1"; run_miniupnpd "$@" ;;
 redial) redial "$1" "$2" ;;
+sip-alg) [ $# -eq 2 ] || die "usage: sip-alg PREFIX on|off"; check_prefix "$1"; sip_alg "$1" "$2" ;;
 nat-mode) [ $# -eq 2 ] || die "usage: nat-mode PREFIX preserve|random-fully"; check_prefix "$1"; nat_mode "$1" "$2" ;;
 exec) p=$1 n=$2; shift 2; exec ip netns exec "$(ns "$p" "$n")" "$@" ;;
 status) status "$1" ;;

@@ -72,7 +72,7 @@ func (s *Server) Snapshot() admin.Snapshot {
 		}
 		st := sc.c.Stats()
 		snap.Sockets = append(snap.Sockets, admin.SocketDrops{Name: sc.name, Source: st.DroppedSource, Rejected: st.Rejected, Malformed: st.DroppedMalformed,
-			LargeSent: st.LargeSent})
+			LargeSent: st.LargeSent, LengthMismatch: st.LengthMismatch})
 	}
 	if s.b2bua != nil {
 		calls := s.b2bua.Snapshot()

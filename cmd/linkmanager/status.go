@@ -94,6 +94,9 @@ func printStatus(w io.Writer, st admin.Status) {
 		fmt.Fprintf(w, "NAT test: %s\n", n.Advice)
 	}
 	fmt.Fprintln(w, sipALGLine(st.SIPALG))
+	if n := st.SIPALG.Note; n != "" {
+		fmt.Fprintf(w, "  %s\n", n)
+	}
 	if pm := st.PortMap; pm != nil {
 		fmt.Fprintf(w, "port mapping: %s\n", portmapLine(pm))
 	}

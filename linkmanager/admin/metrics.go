@@ -142,6 +142,8 @@ var (
 		"1 while the trunk's registrar answers come back rewritten by a router's SIP ALG (switch it off on the router), 0 otherwise.", []string{"trunk"}, nil)
 	descSIPALGRewrites = prometheus.NewDesc("linkmanager_sip_alg_rewrites_total",
 		"Answers from the trunk's registrar whose Via or Contact came back other than sent.", []string{"trunk"}, nil)
+	descLengthMismatch = prometheus.NewDesc("linkmanager_sip_content_length_mismatch_total",
+		"SIP messages received whose Content-Length was not their body's length (a SIP ALG that edits bodies, or a broken sender), by socket.", []string{"socket"}, nil)
 	descCapacity = prometheus.NewDesc("linkmanager_calls_capacity",
 		"Calls the relay's port pools hold at once (alert on linkmanager_calls_active / linkmanager_calls_capacity).", nil, nil)
 )
@@ -149,7 +151,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests, descRefusedAddrs, descOneWay, descSIPALG, descSIPALGRewrites} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests, descRefusedAddrs, descOneWay, descSIPALG, descSIPALGRewrites, descLengthMismatch} {
 		ch <- d
 	}
 }
@@ -182,6 +184,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descSIPDropped, float64(sc.Malformed), sc.Name, "malformed")
 		counter(descSIPRejected, float64(sc.Rejected), sc.Name)
 		counter(descLargeSent, float64(sc.LargeSent), sc.Name)
+		counter(descLengthMismatch, float64(sc.LengthMismatch), sc.Name)
 	}
 	if s.Calls == nil || s.Media == nil {
 		return

@@ -76,6 +76,10 @@ type SIPALG struct {
 	Seen     string   `json:"came_back,omitempty"` // what came back instead
 	Rewrites uint64   `json:"rewrites"`            // answers that came back rewritten
 	Trunks   []string `json:"trunks,omitempty"`    // top level: the trunks that see it
+	// Top level: SIP from the providers whose Content-Length was not its
+	// body's length, and what that means. Forgeable, so no verdict alone.
+	LengthMismatches uint64 `json:"content_length_mismatches"`
+	Note             string `json:"note,omitempty"`
 }
 
 // sipALG is one trunk's verdict as /status shows it.
@@ -260,6 +264,9 @@ type SocketDrops struct {
 	Rejected  uint64 // of those, answered with a stateless 403
 	Malformed uint64
 	LargeSent uint64 // SIP messages sent above sharedconn.LargeDatagram bytes
+	// LengthMismatch is SIP received whose Content-Length is not its
+	// body's length (sharedconn.Stats.LengthMismatch).
+	LengthMismatch uint64
 }
 
 // MediaCounts is the relay's own counters.
@@ -318,6 +325,15 @@ func status(s Snapshot) Status {
 		st.Trunks = append(st.Trunks, ts)
 	}
 	st.SIPALG = sipALGOverall(st.Trunks)
+	for _, sc := range s.Sockets {
+		if sc.Name == "internet" {
+			st.SIPALG.LengthMismatches = sc.LengthMismatch
+		}
+	}
+	if n := st.SIPALG.LengthMismatches; n > 0 {
+		st.SIPALG.Note = fmt.Sprintf("%d SIP message(s) from the providers had a Content-Length other than their body's length: "+
+			"the mark of a SIP ALG that edits SDP (or of a broken sender); if calls fail, switch off 'SIP ALG' on the router", n)
+	}
 	if s.Calls != nil {
 		st.Calls = callStatus(s.Calls.Calls)
 	}

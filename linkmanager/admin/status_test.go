@@ -212,3 +212,21 @@ func TestSIPALGStatus(t *testing.T) {
 		})
 	}
 }
+
+// Content-Length mismatches on the Internet socket are shown and counted,
+// but make no verdict: anyone who forges a provider's address can send one.
+func TestSIPALGLengthMismatches(t *testing.T) {
+	snap := Snapshot{Trunks: []trunk.RegStatus{{Trunk: "provider", ALG: trunk.ALGStatus{Verdict: trunk.ALGNone}}},
+		Sockets: []SocketDrops{{Name: "internet", LengthMismatch: 3}, {Name: "pbx", LengthMismatch: 7}}}
+	st := status(snap)
+	if a := st.SIPALG; a.Verdict != trunk.ALGNone || a.LengthMismatches != 3 || !strings.Contains(a.Note, "3 SIP message(s)") {
+		t.Errorf("sip_alg %+v", a)
+	}
+	got := gather(t, snapSource{snap})
+	if got["linkmanager_sip_content_length_mismatch_total{socket=internet}"] != 3 || got["linkmanager_sip_content_length_mismatch_total{socket=pbx}"] != 7 {
+		t.Errorf("metrics %v", got)
+	}
+	if st := status(Snapshot{}); st.SIPALG.Note != "" {
+		t.Errorf("note %q without mismatches", st.SIPALG.Note)
+	}
+}

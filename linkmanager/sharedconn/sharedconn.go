@@ -76,6 +76,7 @@ type counters struct {
 	rejected                                  atomic.Uint64
 	readErrors, writeErrors                   atomic.Uint64
 	largeSent                                 atomic.Uint64
+	lengthMismatch                            atomic.Uint64
 }
 
 // Stats is a snapshot of what the socket saw.
@@ -90,6 +91,13 @@ type Stats struct {
 	ReadErrors       uint64 // transient read errors absorbed
 	WriteErrors      uint64
 	LargeSent        uint64 // datagrams over LargeDatagram bytes: IP fragments them
+	// LengthMismatch counts SIP from allowed sources whose Content-Length
+	// is not their body's length: the mark of a SIP ALG that edited the
+	// body and not the header (or of a broken sender). sipgo drops such a
+	// message when the body is shorter and cuts it when longer, so only
+	// the socket sees it. Anyone who can forge a provider's source address
+	// can send one, so it is counted, never a verdict of its own.
+	LengthMismatch uint64
 }
 
 // LargeDatagram is RFC 3261 §18.1.1's limit for SIP over UDP: above it a
@@ -163,7 +171,7 @@ func (c *Conn) Stats() Stats {
 		SIPIn: s.sipIn.Load(), STUNIn: s.stunIn.Load(), STUNUnmatched: s.stunUnmatched.Load(),
 		KeepalivesIn: s.keepaliveIn.Load(), DroppedSource: s.droppedSource.Load(), Rejected: s.rejected.Load(),
 		DroppedMalformed: s.droppedMalformed.Load(), ReadErrors: s.readErrors.Load(),
-		WriteErrors: s.writeErrors.Load(), LargeSent: s.largeSent.Load(),
+		WriteErrors: s.writeErrors.Load(), LargeSent: s.largeSent.Load(), LengthMismatch: s.lengthMismatch.Load(),
 	}
 }
 
@@ -230,6 +238,9 @@ func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
 		default:
 			c.stats.droppedMalformed.Add(1)
 			continue
+		}
+		if lengthMismatch(p[:n]) {
+			c.stats.lengthMismatch.Add(1)
 		}
 		c.stats.sipIn.Add(1)
 		c.returned.Store(c.now().UnixNano())
@@ -354,4 +365,59 @@ func onlyWhitespace(b []byte) bool {
 		}
 	}
 	return true
+}
+
+var blankLine = []byte("\r\n\r\n")
+
+// lengthMismatch reports whether a SIP datagram's Content-Length (or its
+// compact form l) names another length than the body after the blank
+// line; trailing CR and LF beyond it are padding, not a mismatch. Without
+// the header, or with one that is not a number, it reports false: that is
+// the parser's business. It allocates nothing.
+func lengthMismatch(b []byte) bool {
+	end := bytes.Index(b, blankLine)
+	if end < 0 {
+		return false
+	}
+	body := b[end+len(blankLine):]
+	hdrs := b[:end]
+	for len(hdrs) > 0 {
+		line := hdrs
+		if i := bytes.IndexByte(hdrs, '\n'); i >= 0 {
+			line, hdrs = hdrs[:i], hdrs[i+1:]
+		} else {
+			hdrs = nil
+		}
+		name, val, ok := bytes.Cut(line, []byte{':'})
+		name = bytes.TrimSpace(name)
+		if !ok || !(bytes.EqualFold(name, contentLength) || len(name) == 1 && name[0]|0x20 == 'l') {
+			continue
+		}
+		n, ok := digits(bytes.TrimSpace(val))
+		if !ok {
+			return false
+		}
+		if n > len(body) {
+			return true
+		}
+		return len(bytes.TrimRight(body[n:], "\r\n")) > 0
+	}
+	return false
+}
+
+var contentLength = []byte("Content-Length")
+
+// digits parses a short decimal number.
+func digits(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 6 {
+		return 0, false
+	}
+	n := 0
+	for _, ch := range b {
+		if ch < '0' || ch > '9' {
+			return 0, false
+		}
+		n = 10*n + int(ch-'0')
+	}
+	return n, true
 }

@@ -267,3 +267,57 @@ func TestSharedConnCountsLargeDatagrams(t *testing.T) {
 		t.Errorf("log lines %v, want one naming the first large message", l)
 	}
 }
+
+// A Content-Length other than the body is what an ALG that edits SDP
+// without fixing the header leaves; it is counted (and still handed on),
+// and scanning for it allocates nothing.
+func TestLengthMismatch(t *testing.T) {
+	const sdp = "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\n"
+	msg := func(hdr string, body string) []byte {
+		return []byte("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.51.100.1:65002\r\n" + hdr + "\r\n\r\n" + body)
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want bool
+	}{
+		{"exact", msg("Content-Length: 32", sdp), false},
+		{"compact form", msg("l:32", sdp), false},
+		{"lower case, spaces", msg("content-length :  32 ", sdp), false},
+		{"no body", msg("Content-Length: 0", ""), false},
+		{"trailing CRLF padding", msg("Content-Length: 32", sdp+"\r\n"), false},
+		{"no header", msg("CSeq: 1 REGISTER", sdp), false},
+		{"not a number", msg("Content-Length: many", sdp), false},
+		{"no blank line", []byte("SIP/2.0 200 OK\r\nContent-Length: 5\r\n"), false},
+		{"body grew (address made longer)", msg("Content-Length: 32", sdp+"x=1\r\n"), true},
+		{"body shrank", msg("Content-Length: 40", sdp), true},
+		{"compact, wrong", msg("l: 3", sdp), true},
+		{"huge", msg("Content-Length: 99999999999", sdp), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := lengthMismatch(tc.b); got != tc.want {
+				t.Errorf("lengthMismatch(%q) = %v, want %v", tc.b, got, tc.want)
+			}
+		})
+	}
+	b := msg("Content-Length: 40", sdp)
+	if a := testing.AllocsPerRun(100, func() { lengthMismatch(b) }); a != 0 {
+		t.Errorf("%v allocations per datagram", a)
+	}
+
+	sock := listenLoopback(t)
+	c := New(sock, nil, nil)
+	provider := listenLoopback(t)
+	c.SetRequestFilter(func(netip.AddrPort) bool { return true })
+	for _, m := range [][]byte{msg("Content-Length: 32", sdp), msg("Content-Length: 40", sdp)} {
+		if _, err := provider.WriteTo(m, sock.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := readOne(t, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := c.Stats(); s.LengthMismatch != 1 || s.SIPIn != 2 {
+		t.Errorf("stats %+v, want 1 mismatch of 2 passed on", s)
+	}
+}

@@ -99,8 +99,11 @@ func inspect(req *sip.Request, res *sip.Response, lan netip.AddrPort) algEvidenc
 	if rv == nil {
 		return e
 	}
-	sentBy, _ := netip.ParseAddr(sv.Host) // invalid for the probe's name
-	behindNAT := lan.IsValid() && sentBy != lan.Addr()
+	// Behind a NAT we sent an address other than our socket's. The
+	// probe's sent-by is a name: no address of ours for a router to
+	// rewrite, so its answer tells nothing about the LAN address.
+	sentBy, _ := netip.ParseAddr(sv.Host)
+	behindNAT := lan.IsValid() && sentBy.IsValid() && sentBy.Unmap() != lan.Addr()
 	if !strings.EqualFold(sv.Host, rv.Host) || sipPort(sv.Port) != sipPort(rv.Port) {
 		e.via, e.sent, e.seen = true, hostPort(sv.Host, sv.Port), hostPort(rv.Host, rv.Port)
 	} else if rec, ok := rv.Params.Get("received"); ok && behindNAT {
@@ -239,18 +242,19 @@ func (d *algDetector) observe(e algEvidence) {
 }
 
 // registrarSaw is where the registrar saw req come from (viaReceived),
-// unless that is our LAN address while we sent another: then a router
-// rewrote the answer (Linux's ALG turns our public mapping back into the
-// private address), and taking it would put the LAN address in our next
-// Contact and SDP.
+// unless that is our LAN address while we sent another address: then a
+// router rewrote the answer (Linux's ALG turns our public mapping back
+// into the private address), and taking it would put the LAN address in
+// our next Contact and SDP. The probe sends a name, which no ALG maps, so
+// our own address in its answer means there is no NAT.
 func registrarSaw(req *sip.Request, res *sip.Response, lan netip.AddrPort) netip.AddrPort {
 	seen := viaReceived(res)
 	if !seen.IsValid() || seen.Addr() != lan.Addr() {
 		return seen
 	}
 	if sv := req.Via(); sv != nil {
-		if a, err := netip.ParseAddr(sv.Host); err == nil && a.Unmap() == lan.Addr() {
-			return seen // we sent the LAN address ourselves: no NAT
+		if a, err := netip.ParseAddr(sv.Host); err != nil || a.Unmap() == lan.Addr() {
+			return seen // no address sent, or the LAN address ourselves: no NAT
 		}
 	}
 	return netip.AddrPort{}

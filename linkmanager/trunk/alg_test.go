@@ -277,3 +277,37 @@ func TestKeepaliveOptionsBehindLinuxALG(t *testing.T) {
 		}
 	})
 }
+
+// Without a NAT the registrar sees our socket's own address; the probe's
+// answer and a REGISTER sent with it are taken as they are, and a probe
+// answer naming the LAN address is no rewrite. Behind a NAT the LAN
+// address is never taken.
+func TestRegistrarSaw(t *testing.T) {
+	probe := probeOptions(Options{Username: "4930123456", Domain: "sip.provider.test"}, 65002, "t")
+	atLAN := func(res *sip.Response) {
+		res.Via().Params.Add("received", lanAddr.Addr().String())
+		res.Via().Params.Add("rport", strconv.Itoa(int(lanAddr.Port())))
+	}
+	for _, tc := range []struct {
+		name string
+		req  *sip.Request
+		edit func(*sip.Response)
+		want netip.AddrPort
+	}{
+		{"behind NAT", register(natAddr), nil, natAddr},
+		{"ALG's rewrite", register(natAddr), atLAN, netip.AddrPort{}},
+		{"probe, no NAT", probe, atLAN, lanAddr},
+		{"probe, NAT", probe, nil, natAddr},
+		{"no NAT", register(lanAddr), atLAN, lanAddr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := answer(tc.req, tc.edit)
+			if got := registrarSaw(tc.req, res, lanAddr); got != tc.want {
+				t.Errorf("registrarSaw = %v, want %v", got, tc.want)
+			}
+			if e := inspect(tc.req, res, lanAddr); e.rewritten() != !tc.want.IsValid() {
+				t.Errorf("inspect rewritten %v", e.rewritten())
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -105,4 +106,38 @@ func TestSIPALGVerdict(t *testing.T) {
 			stopDaemon(t, d)
 		})
 	}
+}
+
+// Behind the kernel's SIP ALG a call still has two-way audio, and what the
+// daemon itself sends the provider (captured on the LAN, before the ALG
+// could fix it up) names no LAN address: it did not take the ALG's
+// rewrite for its public address.
+func TestSIPALGCallAudio(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	if err := l.SetSIPALG(true); err != nil {
+		t.Fatalf("cannot attach the kernel's SIP helper in the router namespace, so this machine cannot emulate a SIP ALG: %v", err)
+	}
+	d := l.StartDaemon(DaemonConfig{}.YAML())
+	d.WaitLog(t, regTimeout, Msg("registered", "trunk", "provider"))
+	d.WaitSeen(t, 20*time.Second, func(e map[string]any) bool { return e["msg"] == sipALGLine })
+	r := placeCall(t, l, inbound, "uac-pcap.xml", "uas-pcap.xml", 8500*time.Millisecond, 0)
+	defer r.ExplainOnFailure(t)
+	requireCompleted(t, r, 200)
+	checkTwoWay(t, r, inbound, 1)
+	checkLegs(t, r)
+	provider, sent := netip.MustParseAddr(ProviderIP), 0
+	for _, m := range r.SIP[NSLM] {
+		if m.Dst.Addr() != provider {
+			continue
+		}
+		sent++
+		if strings.Contains(m.Text, "192.168.100.") {
+			t.Errorf("the daemon sent the provider its LAN address (the ALG would hide it): %q\n%s", m.First, m.Text)
+		}
+	}
+	if sent == 0 {
+		t.Error("no SIP from the daemon to the provider captured on the LAN")
+	}
+	stopDaemon(t, d)
 }

@@ -11,6 +11,15 @@ import (
 
 const sipALGLine = "SIP ALG detected: the router rewrites SIP (Via/Contact); switch off 'SIP ALG' / 'SIP helper' / 'SIP passthrough' on the router"
 
+// attachSIPALG puts the kernel's SIP ALG in the lab router, or fails the
+// test: a machine that cannot is no place to pass it.
+func attachSIPALG(t *testing.T, l *Lab) {
+	t.Helper()
+	if err := l.SetSIPALG(true); err != nil {
+		t.Fatalf("cannot attach the kernel's SIP helper in the router namespace, so this machine cannot emulate a SIP ALG: %v", err)
+	}
+}
+
 // Issue 11 item 2 in the lab: the router namespace attaches Linux's real
 // SIP ALG (the sip conntrack helper; nf_nat_sip rewrites the NATed flow's
 // SIP both ways), and the daemon names it in its log, /status, `linkmanager
@@ -31,9 +40,7 @@ func TestSIPALGVerdict(t *testing.T) {
 			l := newLab(t)
 			start := time.Now()
 			if alg {
-				if err := l.SetSIPALG(true); err != nil {
-					t.Fatalf("cannot attach the kernel's SIP helper in the router namespace, so this machine cannot emulate a SIP ALG: %v", err)
-				}
+				attachSIPALG(t, l)
 			}
 			d, _ := startRegistered(t, l, DaemonConfig{LogLevel: "info", NoSTUN: tc.noSTUN})
 			// The verdict comes with the first registration: its 401 and
@@ -124,9 +131,7 @@ func TestSIPALGVerdict(t *testing.T) {
 func TestSIPALGCallAudio(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	if err := l.SetSIPALG(true); err != nil {
-		t.Fatalf("cannot attach the kernel's SIP helper in the router namespace, so this machine cannot emulate a SIP ALG: %v", err)
-	}
+	attachSIPALG(t, l)
 	d := l.StartDaemon(DaemonConfig{}.YAML())
 	d.WaitLog(t, regTimeout, Msg("registered", "trunk", "provider"))
 	d.WaitSeen(t, 20*time.Second, func(e map[string]any) bool { return e["msg"] == sipALGLine })

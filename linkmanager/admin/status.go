@@ -69,13 +69,14 @@ type TrunkStatus struct {
 // SIPALG is whether a router on the way rewrites SIP (a SIP ALG), from
 // comparing what a trunk sent with what its registrar's answers echo.
 type SIPALG struct {
-	Verdict  string   `json:"verdict"`             // unknown | none | detected
-	Advice   string   `json:"advice,omitempty"`    // while detected: what to switch off
-	Fields   string   `json:"rewritten,omitempty"` // e.g. Via/Contact
-	Sent     string   `json:"sent,omitempty"`      // what we sent there
-	Seen     string   `json:"came_back,omitempty"` // what came back instead
-	Rewrites uint64   `json:"rewrites"`            // answers that came back rewritten
-	Trunks   []string `json:"trunks,omitempty"`    // top level: the trunks that see it
+	Verdict  string    `json:"verdict"`             // unknown | none | detected
+	Advice   string    `json:"advice,omitempty"`    // while detected: what to switch off
+	Fields   string    `json:"rewritten,omitempty"` // e.g. Via/Contact
+	Sent     string    `json:"sent,omitempty"`      // what we sent there
+	Seen     string    `json:"came_back,omitempty"` // what came back instead
+	Rewrites uint64    `json:"rewrites"`
+	Since    time.Time `json:"since,omitzero"`   // per trunk: when the verdict last changed            // answers that came back rewritten
+	Trunks   []string  `json:"trunks,omitempty"` // top level: the trunks that see it
 	// Top level: SIP from the providers whose Content-Length was not its
 	// body's length, and what that means. Forgeable, so no verdict alone.
 	LengthMismatches uint64 `json:"content_length_mismatches"`
@@ -84,7 +85,7 @@ type SIPALG struct {
 
 // sipALG is one trunk's verdict as /status shows it.
 func sipALG(a trunk.ALGStatus) SIPALG {
-	v := SIPALG{Verdict: a.Verdict, Advice: a.Advice, Rewrites: a.Rewrites}
+	v := SIPALG{Verdict: a.Verdict, Advice: a.Advice, Rewrites: a.Rewrites, Since: a.Since}
 	if v.Verdict == "" {
 		v.Verdict = trunk.ALGUnknown
 	}

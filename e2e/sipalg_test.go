@@ -155,3 +155,38 @@ func TestSIPALGCallAudio(t *testing.T) {
 	}
 	stopDaemon(t, d)
 }
+
+// A redial behind the ALG: the daemon follows the new public address (it
+// learns it from STUN and from an answer the ALG left alone: its sent-by
+// was the old address, which no longer is the flow's mapping), never
+// registers the LAN address, and still names the ALG.
+func TestSIPALGRedial(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	attachSIPALG(t, l)
+	d, _ := startRegistered(t, l, DaemonConfig{LogLevel: "info"})
+	d.WaitSeen(t, 20*time.Second, func(e map[string]any) bool { return e["msg"] == sipALGLine })
+	start := time.Now()
+	if err := l.Redial(WANIP2); err != nil {
+		t.Fatal(err)
+	}
+	want := WANIP2 + ":65002"
+	d.WaitLog(t, 17*time.Second, func(e map[string]any) bool { return e["msg"] == "registered" && e["contact"] == want })
+	t.Logf("re-registered at %s %v after the redial", want, time.Since(start).Round(time.Millisecond))
+	if _, err := l.WaitKamailioContact(TrunkUser, 3*time.Second, func(c ULContact) bool { return c.Received == want }); err != nil {
+		t.Error(err)
+	}
+	for _, e := range d.Entries() {
+		if e["msg"] == "registered" && !strings.HasPrefix(Field(e, "contact"), "198.51.100.") {
+			t.Errorf("registered a non-public contact: %v", e)
+		}
+	}
+	st := l.statusJSON(t)
+	if a, _ := st["sip_alg"].(map[string]any); a["verdict"] != "detected" {
+		t.Errorf("/status sip_alg %v after the redial, want still detected", a)
+	}
+	if code, err := l.CallDID(DID, 15*time.Second); err != nil || code != 480 {
+		t.Errorf("inbound call after the redial: %d %v, want the PBX's 480", code, err)
+	}
+	stopDaemon(t, d)
+}

@@ -311,3 +311,40 @@ func TestRegistrarSaw(t *testing.T) {
 		})
 	}
 }
+
+// A forged answer that wins the race for one transaction (here the 401,
+// rewritten as an ALG would) names no ALG: the next answer comes back as
+// sent, and the registration neither believes the forged address nor
+// stops trusting the registrar.
+func TestRegisterOneForgedRewrite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f, k := newFakeRegistrar(t), &fakeKeeper{}
+		k.public = &stunkeeper.Mapping{Addr: natAddr, Source: stunkeeper.SourceSTUN}
+		forged := linuxALG(f.do, natAddr, lanAddr)
+		n := 0
+		do := func(ctx context.Context, req *sip.Request, dst netip.AddrPort) (*sip.Response, error) {
+			if n++; n == 1 {
+				return forged(ctx, req, dst)
+			}
+			return f.do(ctx, req, dst)
+		}
+		conf := Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456",
+			Password: "lab-secret", Expires: 300 * time.Second, Register: true}
+		core, logs := observer.New(zap.InfoLevel)
+		reg := newRegistration(conf, do, oneTarget(registrarAddr), k, lanAddr, zap.New(core))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- reg.run(ctx) }()
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		st := reg.Status()
+		if st.ALG.Verdict == ALGDetected || st.ALG.Rewrites != 1 || logs.FilterMessageSnippet("SIP ALG detected").Len() != 0 {
+			t.Errorf("ALG %+v after one forged answer, want no verdict from it", st.ALG)
+		}
+		if !st.Registered || st.Contact != natAddr || st.Public != natAddr {
+			t.Errorf("status %+v, want registered at %v as the registrar sees it", st, natAddr)
+		}
+		cancel()
+		<-done
+	})
+}

@@ -201,6 +201,23 @@ func TestALGVerdict(t *testing.T) {
 	}
 }
 
+// registerAMinute runs a registration through do for a minute of fake
+// time (inside synctest) and returns it with its log; stop ends it.
+func registerAMinute(t *testing.T, do TxFunc, k *fakeKeeper) (*registration, *observer.ObservedLogs, func()) {
+	t.Helper()
+	conf := Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456",
+		Password: "lab-secret", Expires: 300 * time.Second, Register: true}
+	core, logs := observer.New(zap.InfoLevel)
+	reg := newRegistration(conf, do, oneTarget(registrarAddr), k, lanAddr, zap.New(core))
+	reg.jitter = func() float64 { return 0.5 }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- reg.run(ctx) }()
+	time.Sleep(time.Minute)
+	synctest.Wait()
+	return reg, logs, func() { cancel(); <-done }
+}
+
 // Behind Linux's ALG the registration names it, and keeps working: it
 // never takes the rewritten (LAN) address as the public one, never puts it
 // in a REGISTER, and reads its grant from the rewritten Contact. Before
@@ -211,20 +228,10 @@ func TestRegisterBehindLinuxALG(t *testing.T) {
 		f, k := newFakeRegistrar(t), &fakeKeeper{}
 		k.public = &stunkeeper.Mapping{Addr: natAddr, Source: stunkeeper.SourceSTUN}
 		f.extra = []sip.Header{sip.NewHeader("Expires", "600")} // wrong if the Contact's own is missed
-		conf := Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456",
-			Password: "lab-secret", Expires: 300 * time.Second, Register: true}
-		core, logs := observer.New(zap.InfoLevel)
-		reg := newRegistration(conf, linuxALG(f.do, natAddr, lanAddr), oneTarget(registrarAddr), k, lanAddr, zap.New(core))
-		reg.jitter = func() float64 { return 0.5 }
-		f.set(func(f *fakeRegistrar) {
-			// the Contact's own grant, which the ALG's rewrite must not hide
-			f.extra = append(f.extra, &sip.ContactHeader{Address: contactURI("4930123456", natAddr), Params: sipmsg.Params("expires", "120")})
-		})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- reg.run(ctx) }()
-		time.Sleep(time.Minute)
-		synctest.Wait()
+		// the Contact's own grant, which the ALG's rewrite must not hide
+		f.extra = append(f.extra, &sip.ContactHeader{Address: contactURI("4930123456", natAddr), Params: sipmsg.Params("expires", "120")})
+		reg, logs, stop := registerAMinute(t, linuxALG(f.do, natAddr, lanAddr), k)
+		defer stop()
 
 		st := reg.Status()
 		if st.ALG.Verdict != ALGDetected || st.ALG.Fields != "Via/Contact" || st.ALG.Seen != "192.168.100.2:65002" {
@@ -253,8 +260,6 @@ func TestRegisterBehindLinuxALG(t *testing.T) {
 				t.Errorf("a REGISTER names the LAN address:\n%s", r)
 			}
 		}
-		cancel()
-		<-done
 	})
 }
 
@@ -328,15 +333,8 @@ func TestRegisterOneForgedRewrite(t *testing.T) {
 			}
 			return f.do(ctx, req, dst)
 		}
-		conf := Options{Name: "provider", Domain: "sip.provider.test", Username: "4930123456",
-			Password: "lab-secret", Expires: 300 * time.Second, Register: true}
-		core, logs := observer.New(zap.InfoLevel)
-		reg := newRegistration(conf, do, oneTarget(registrarAddr), k, lanAddr, zap.New(core))
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- reg.run(ctx) }()
-		time.Sleep(time.Minute)
-		synctest.Wait()
+		reg, logs, stop := registerAMinute(t, do, k)
+		defer stop()
 		st := reg.Status()
 		if st.ALG.Verdict == ALGDetected || st.ALG.Rewrites != 1 || logs.FilterMessageSnippet("SIP ALG detected").Len() != 0 {
 			t.Errorf("ALG %+v after one forged answer, want no verdict from it", st.ALG)
@@ -344,7 +342,5 @@ func TestRegisterOneForgedRewrite(t *testing.T) {
 		if !st.Registered || st.Contact != natAddr || st.Public != natAddr {
 			t.Errorf("status %+v, want registered at %v as the registrar sees it", st, natAddr)
 		}
-		cancel()
-		<-done
 	})
 }

@@ -241,10 +241,12 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	srv.OnAck(b.OnAck)
 	srv.OnBye(b.OnBye)
 	srv.OnUpdate(b.OnUpdate)
+	srv.OnPrack(b.OnPrack)
 	srv.OnOptions(s.onOptions)
 	s.srv.OnAck(b.OnAck)
 	s.srv.OnBye(b.OnBye)
 	s.srv.OnUpdate(b.OnUpdate)
+	s.srv.OnPrack(b.OnPrack)
 	s.b2bua, s.media, s.lan, s.lanUA, s.lanSrv = b, media, opts.PBXConn, ua, srv
 	return nil
 }

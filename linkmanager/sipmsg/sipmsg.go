@@ -12,7 +12,7 @@ import (
 )
 
 // Allowed is what we accept, for Allow headers.
-const Allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE"
+const Allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK"
 
 // ErrChallenge is a 401/407 whose challenge we cannot answer.
 var ErrChallenge = errors.New("sipmsg: unusable challenge")

@@ -25,31 +25,17 @@ func TestCallRequires100rel(t *testing.T) {
 			defer r.ExplainOnFailure(t)
 			requireCompleted(t, r, 200)
 			checkLegs(t, r)
-			to := r.SIPTo(dir.caller)
-			p183, ok := FirstSIP(to, func(m WireSIP) bool { return m.Code == 183 && m.CSeqMethod() == "INVITE" })
-			if !ok {
-				t.Fatalf("the %s got no 183", dir.caller.Name)
-			}
+			p183, ok200 := checkEarlyMedia(t, r, dir)
 			if req, rseq := p183.Header("Require"), p183.Header("RSeq"); len(req) != 1 || req[0] != "100rel" || len(rseq) != 1 {
 				t.Errorf("the 183 to the %s is not reliable (Require %q, RSeq %q):\n%s", dir.caller.Name, req, rseq, p183.Text)
 			}
-			if _, ok := ParseSDPAudio(p183.Body()); !ok {
-				t.Errorf("the %s got a 183 without SDP:\n%s", dir.caller.Name, p183.Text)
-			}
 			prack, ok := FirstSIP(r.SIPFrom(dir.caller), isRequest("PRACK"))
-			if !ok {
-				t.Fatalf("the %s sent no PRACK", dir.caller.Name)
-			}
-			ok200, ok := FirstSIP(to, isResponse(200, "INVITE"))
 			switch {
 			case !ok:
-				t.Fatalf("the %s got no 200", dir.caller.Name)
+				t.Fatalf("the %s sent no PRACK", dir.caller.Name)
 			case ok200.T.Before(prack.T):
 				t.Errorf("the 200 reached the %s %v before its PRACK of the 183 with SDP", dir.caller.Name, prack.T.Sub(ok200.T))
 			}
-			c := relayAudio(dir.caller)
-			c.To = ok200.T
-			r.CheckAudio(t, c)
 			requireDaemonQuiet(t, d)
 			for _, e := range logsWith(d, "caller never acknowledged our reliable provisional response; failing the call") {
 				t.Errorf("daemon gave up on a PRACK: %v", e)

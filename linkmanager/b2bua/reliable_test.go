@@ -71,6 +71,28 @@ func (u *uac) rack(t *testing.T, res *sip.Response) string {
 	return strconv.FormatUint(uint64(rseqOf(t, res)), 10) + " " + strconv.FormatUint(uint64(u.inv.CSeq().SeqNo), 10) + " INVITE"
 }
 
+// answered lets the callee answer (closes gate) and ACKs its 200.
+func (u *uac) answered(gate chan struct{}) {
+	u.a.t.Helper()
+	close(gate)
+	if final, _ := u.final(); final.StatusCode != 200 {
+		u.a.t.Fatalf("call: %d", final.StatusCode)
+	}
+	u.ack()
+}
+
+// earlyCall is a PBX call that Requires 100rel to a provider that sends
+// 183 with SDP and answers once the test closes gate; it returns the
+// first provisional the PBX gets.
+func earlyCall(t *testing.T, o trunkOptions) (*harness, *uac, chan struct{}, *sip.Response) {
+	t.Helper()
+	h := newHarnessWith(t, o)
+	gate := make(chan struct{})
+	h.prov.on(sip.INVITE, earlyThen200(t, h.prov, "prov", 30000, gate))
+	u := h.pbx.call(h.lan.addr, "0301234567", sdpOf(pbxIP, 20000), sip.NewHeader("Require", "100rel"))
+	return h, u, gate, u.nextProvisional()
+}
+
 // earlyThen200 is a callee that sends 183 with SDP, then, once the test
 // closes gate, 200 with SDP, both with the To tag tag; each unreliable.
 func earlyThen200(t testing.TB, a *agent, tag string, port int, gate <-chan struct{}) sipgo.RequestHandler {
@@ -95,11 +117,7 @@ func earlyThen200(t testing.TB, a *agent, tag string, port int, gate <-chan stru
 // dialog, gets 200 for the PRACK and then the call's 200; the relay
 // points at both ends. The old code refused the INVITE with 420.
 func TestReliable183ToCallerRequiring100rel(t *testing.T) {
-	h := newHarness(t)
-	gate := make(chan struct{})
-	h.prov.on(sip.INVITE, earlyThen200(t, h.prov, "prov", 30000, gate))
-	u := h.pbx.call(h.lan.addr, "0301234567", sdpOf(pbxIP, 20000), sip.NewHeader("Require", "100rel"))
-	early := u.nextProvisional()
+	h, u, gate, early := earlyCall(t, trunkOptions{})
 	if early.StatusCode != 183 || len(early.Body()) == 0 || sipmsg.Tag(early.To()) == "" {
 		t.Fatalf("PBX got %d with %d bytes of SDP, To tag %q; want 183 with the early media on a dialog", early.StatusCode,
 			len(early.Body()), sipmsg.Tag(early.To()))
@@ -170,11 +188,7 @@ func TestReliableProvisionalsToProviderInOrder(t *testing.T) {
 	if res := u.prack(second, cseq+2, u.rack(t, second)); res.StatusCode != 200 {
 		t.Fatalf("second PRACK got %d %s, want 200", res.StatusCode, res.Reason)
 	}
-	close(gate)
-	if final, _ := u.final(); final.StatusCode != 200 {
-		t.Fatalf("call: %d", final.StatusCode)
-	}
-	u.ack()
+	u.answered(gate)
 }
 
 // TestNoPRACKFailsCall: a caller that Requires 100rel and never PRACKs
@@ -218,11 +232,7 @@ func TestNoPRACKFailsCall(t *testing.T) {
 // gets 481 and does not acknowledge the 183; the right one gets 200,
 // and the same once more 481 (nothing left to acknowledge).
 func TestPRACKNotMatchingGets481(t *testing.T) {
-	h := newHarness(t)
-	gate := make(chan struct{})
-	h.prov.on(sip.INVITE, earlyThen200(t, h.prov, "prov", 30000, gate))
-	u := h.pbx.call(h.lan.addr, "0301234567", sdpOf(pbxIP, 20000), sip.NewHeader("Require", "100rel"))
-	early := u.nextProvisional()
+	_, u, gate, early := earlyCall(t, trunkOptions{})
 	rseq, cseq := rseqOf(t, early), u.inv.CSeq().SeqNo
 	n := func(v uint32) string { return strconv.FormatUint(uint64(v), 10) }
 	otherTag := early.Clone()
@@ -250,11 +260,7 @@ func TestPRACKNotMatchingGets481(t *testing.T) {
 	if res := u.prack(early, cseq, u.rack(t, early)); res.StatusCode != 481 {
 		t.Fatalf("a second PRACK for the same 183 got %d, want 481", res.StatusCode)
 	}
-	close(gate)
-	if final, _ := u.final(); final.StatusCode != 200 {
-		t.Fatalf("call: %d", final.StatusCode)
-	}
-	u.ack()
+	u.answered(gate)
 }
 
 // Test2xxHeldUntilPRACK: the callee answers while our reliable 183 with
@@ -262,11 +268,7 @@ func TestPRACKNotMatchingGets481(t *testing.T) {
 // sees the 183 retransmitted after the callee's ACK and no 200, and the
 // 200 as soon as it PRACKs.
 func Test2xxHeldUntilPRACK(t *testing.T) {
-	h := newHarnessWith(t, trunkOptions{tune: func(b *B2BUA) { b.reliableT1 = 50 * time.Millisecond }})
-	gate := make(chan struct{})
-	h.prov.on(sip.INVITE, earlyThen200(t, h.prov, "prov", 30000, gate))
-	u := h.pbx.call(h.lan.addr, "0301234567", sdpOf(pbxIP, 20000), sip.NewHeader("Require", "100rel"))
-	early := u.nextProvisional()
+	h, u, gate, early := earlyCall(t, trunkOptions{tune: func(b *B2BUA) { b.reliableT1 = 100 * time.Millisecond }})
 	rseq := rseqOf(t, early)
 	close(gate)
 	// The callee's 200 is in and ACKed: from here on the B2BUA holds
@@ -316,9 +318,5 @@ func TestSupported100relOnlySDPIsReliable(t *testing.T) {
 	if res := u.prack(early, u.inv.CSeq().SeqNo+1, u.rack(t, early)); res.StatusCode != 200 {
 		t.Fatalf("PRACK got %d %s, want 200", res.StatusCode, res.Reason)
 	}
-	close(gate)
-	if final, _ := u.final(); final.StatusCode != 200 {
-		t.Fatalf("call: %d", final.StatusCode)
-	}
-	u.ack()
+	u.answered(gate)
 }

@@ -45,6 +45,12 @@ func (u *uac) nextProvisional() *sip.Response {
 // its final response.
 func (u *uac) prack(res *sip.Response, cseq uint32, rack string) *sip.Response {
 	u.a.t.Helper()
+	return u.prackWith(res, cseq, rack, nil)
+}
+
+// prackWith is prack with a body (SDP: an offer).
+func (u *uac) prackWith(res *sip.Response, cseq uint32, rack string, body []byte) *sip.Response {
+	u.a.t.Helper()
 	target := u.inv.Recipient
 	if c := res.Contact(); c != nil {
 		target = c.Address
@@ -56,6 +62,10 @@ func (u *uac) prack(res *sip.Response, cseq uint32, rack string) *sip.Response {
 	req.AppendHeader(sip.HeaderClone(u.inv.CallID()))
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: cseq, MethodName: sip.PRACK})
 	req.AppendHeader(sip.NewHeader("RAck", rack))
+	if body != nil {
+		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	req.SetBody(body)
 	req.SetDestination(u.inv.Destination())
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
@@ -294,7 +304,9 @@ func Test2xxHeldUntilPRACK(t *testing.T) {
 }
 
 // A caller that only Supports 100rel gets the 183 with SDP reliably
-// (early media) and the 180 without SDP as before, unreliably.
+// (early media) and the 180 without SDP as before, unreliably. Its
+// PRACK carries a new offer, which we do not take (488), but it
+// acknowledges the 183 all the same: the 200 is not held.
 func TestSupported100relOnlySDPIsReliable(t *testing.T) {
 	h := newHarness(t)
 	gate := make(chan struct{})
@@ -315,8 +327,29 @@ func TestSupported100relOnlySDPIsReliable(t *testing.T) {
 			early = res
 		}
 	}
-	if res := u.prack(early, u.inv.CSeq().SeqNo+1, u.rack(t, early)); res.StatusCode != 200 {
-		t.Fatalf("PRACK got %d %s, want 200", res.StatusCode, res.Reason)
+	if res := u.prackWith(early, u.inv.CSeq().SeqNo+1, u.rack(t, early), sdpOf(pbxIP, 20010)); res.StatusCode != 488 {
+		t.Fatalf("PRACK with an offer got %d %s, want 488", res.StatusCode, res.Reason)
 	}
 	u.answered(gate)
+	if got := h.media.session(0).remoteOf(rtpbridge.LegA); got != netip.MustParseAddrPort(pbxIP+":20000") {
+		t.Fatalf("the refused offer in the PRACK moved the PBX leg to %v", got)
+	}
+}
+
+// TestNoPRACKWhileAnswerHeld: the callee has answered and our 200 waits
+// for the caller's PRACK, which never comes: after 64*T1 the callee gets
+// a BYE (its dialog is confirmed) and the caller a 5xx.
+func TestNoPRACKWhileAnswerHeld(t *testing.T) {
+	h, u, gate, early := earlyCall(t, trunkOptions{tune: func(b *B2BUA) { b.reliableT1 = 20 * time.Millisecond }})
+	rseqOf(t, early)
+	close(gate)
+	final, _ := u.final()
+	if final.StatusCode < 500 || final.StatusCode >= 600 {
+		t.Fatalf("the caller got %d, want a 5xx", final.StatusCode)
+	}
+	h.prov.next(sip.ACK)
+	h.prov.next(sip.BYE)
+	if e := h.awaitEnded(); e.Answered || e.Reason != "no PRACK" {
+		t.Fatalf("call ended: answered %v, reason %q", e.Answered, e.Reason)
+	}
 }

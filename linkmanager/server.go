@@ -490,6 +490,7 @@ func (s *Server) trunkFor(ip netip.Addr) *trunk.Trunk {
 func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {
 	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", nil)
 	res.AppendHeader(sip.NewHeader("Allow", sipmsg.Allowed))
+	res.AppendHeader(sip.NewHeader("Supported", sipmsg.Supported))
 	if err := tx.Respond(res); err != nil {
 		s.log.Debug("options response failed", zap.Error(err))
 	}

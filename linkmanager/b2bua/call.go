@@ -347,7 +347,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 
 	invite := out.newRequest(sip.INVITE, outSDP)
 	// We PRACK the callee's reliable provisionals (prack.go).
-	invite.AppendHeader(sip.NewHeader("Supported", "100rel"))
+	invite.AppendHeader(sip.NewHeader("Supported", sipmsg.Supported))
 	for _, h := range p.headers {
 		invite.AppendHeader(h)
 	}

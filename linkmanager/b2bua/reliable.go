@@ -276,6 +276,11 @@ func (b *B2BUA) holdAnswer(c *call, tx sip.ServerTransaction, req *sip.Request, 
 		return true
 	}
 	c.log.Debug("2xx held until the caller PRACKs our reliable provisional")
+	// The sender gives up within 64*T1 of sending it; this bound only
+	// matters if it never ran (shutdown).
+	bound := time.NewTimer(64 * b.reliableT1)
+	defer bound.Stop()
+	reason := "no PRACK"
 	select {
 	case <-acked:
 		return true
@@ -283,14 +288,16 @@ func (b *B2BUA) holdAnswer(c *call, tx sip.ServerTransaction, req *sip.Request, 
 		// sipgo has answered the INVITE 487.
 		b.bye(out)
 		b.finish(c, "cancelled while waiting for PRACK")
+		return false
 	case <-c.abort:
 		c.mu.Lock()
-		reason := c.abortReason
+		reason = c.abortReason
 		c.mu.Unlock()
-		b.bye(out)
-		b.reply(tx, req, in, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
-		b.finish(c, reason)
+	case <-bound.C:
 	}
+	b.bye(out)
+	b.reply(tx, req, in, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
+	b.finish(c, reason)
 	return false
 }
 

@@ -3,6 +3,7 @@ package b2bua
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -352,4 +353,96 @@ func TestNoPRACKWhileAnswerHeld(t *testing.T) {
 	if e := h.awaitEnded(); e.Answered || e.Reason != "no PRACK" {
 		t.Fatalf("call ended: answered %v, reason %q", e.Answered, e.Reason)
 	}
+}
+
+// awaitQueued waits until the status codes queued behind the reliable
+// provisional outstanding on the call with callID are want. It polls:
+// the B2BUA handles each response on a goroutine of its own, and a queued
+// one shows on no wire.
+func awaitQueued(t *testing.T, b *B2BUA, callID string, want ...int) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	var got []int
+	for {
+		got = got[:0]
+		if c, ok := b.callByID(callID); ok && c.rel != nil {
+			c.rel.mu.Lock()
+			for _, q := range c.rel.queue {
+				got = append(got, int(q.StatusCode))
+			}
+			c.rel.mu.Unlock()
+		}
+		if slices.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queued %v, want %v", got, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// While a reliable provisional awaits its PRACK, later ones queue: a
+// newer one supersedes the queued ones without SDP (they only say how far
+// the call got), one with SDP supersedes all (its SDP is the current
+// early answer). So 181, 182 queue as [182]; a 183 with SDP makes it
+// [183]; a 180 after it [183 180]; and these go out in that order, each
+// with the next RSeq, each after the PRACK of the one before.
+func TestReliableQueueSupersedes(t *testing.T) {
+	h := newHarness(t)
+	step := make(chan int)
+	h.prov.on(sip.INVITE, func(req *sip.Request, tx sip.ServerTransaction) {
+		for {
+			select {
+			case code := <-step:
+				var body []byte
+				if code == 183 || code == 200 {
+					body = sdpOf(provIP, 30000)
+				}
+				respond(t, tx, req, code, "Progress", "prov", body)
+				if code == 200 {
+					return
+				}
+			case <-time.After(wait):
+				return
+			}
+		}
+	})
+	u := h.pbx.call(h.lan.addr, "0301234567", sdpOf(pbxIP, 20000), sip.NewHeader("Require", "100rel"))
+	callID := u.inv.CallID().Value()
+	step <- 180
+	first := u.nextProvisional()
+	r1 := rseqOf(t, first)
+	for _, s := range []struct {
+		code   int
+		queued []int
+	}{{181, []int{181}}, {182, []int{182}}, {183, []int{183}}, {180, []int{183, 180}}} {
+		step <- s.code
+		awaitQueued(t, h.b, callID, s.queued...)
+	}
+	cseq := u.inv.CSeq().SeqNo
+	prev := first
+	for i, want := range []int{183, 180} {
+		cseq++
+		if res := u.prack(prev, cseq, u.rack(t, prev)); res.StatusCode != 200 {
+			t.Fatalf("PRACK %d got %d", i+1, res.StatusCode)
+		}
+		next := u.nextProvisional()
+		for rseqOf(t, next) == rseqOf(t, prev) { // a retransmission crossing the PRACK
+			next = u.nextProvisional()
+		}
+		if next.StatusCode != want || rseqOf(t, next) != r1+uint32(i)+1 {
+			t.Fatalf("after PRACK %d: %d with RSeq %d, want %d with RSeq %d", i+1, next.StatusCode, rseqOf(t, next), want, r1+uint32(i)+1)
+		}
+		prev = next
+	}
+	cseq++
+	if res := u.prack(prev, cseq, u.rack(t, prev)); res.StatusCode != 200 {
+		t.Fatalf("last PRACK got %d", res.StatusCode)
+	}
+	step <- 200
+	if final, _ := u.final(); final.StatusCode != 200 {
+		t.Fatalf("call: %d", final.StatusCode)
+	}
+	u.ack()
 }

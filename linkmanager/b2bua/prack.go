@@ -20,8 +20,14 @@ var supported = []string{"timer", "100rel"}
 // required is the option tags m's Require headers name, lower case and
 // each once (RFC 3261 §20.32; tags compare case-insensitively).
 func required(m interface{ GetHeaders(string) []sip.Header }) []string {
+	return optionTags(m, "Require")
+}
+
+// optionTags is the option tags m's headers called name (Require,
+// Supported) list, lower case and each once.
+func optionTags(m interface{ GetHeaders(string) []sip.Header }, name string) []string {
 	var out []string
-	for _, h := range m.GetHeaders("Require") {
+	for _, h := range m.GetHeaders(name) {
 		for _, opt := range strings.Split(h.Value(), ",") {
 			if opt = strings.ToLower(strings.TrimSpace(opt)); opt != "" && !slices.Contains(out, opt) {
 				out = append(out, opt)

@@ -60,16 +60,9 @@ func (b *B2BUA) reliableFor(c *call, tx sip.ServerTransaction, req *sip.Request,
 		rseq: rand.Uint32N(1<<31 - 1)}
 }
 
-// supports reports whether req's Supported headers name opt.
+// supports reports whether req's Supported headers name opt (lower case).
 func supports(req *sip.Request, opt string) bool {
-	for _, h := range req.GetHeaders("Supported") {
-		for _, o := range strings.Split(h.Value(), ",") {
-			if strings.EqualFold(strings.TrimSpace(o), opt) {
-				return true
-			}
-		}
-	}
-	return false
+	return slices.Contains(optionTags(req, "Supported"), opt)
 }
 
 // provisional relays a 1xx to the caller of c on d: reliably if the

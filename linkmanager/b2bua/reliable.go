@@ -43,7 +43,6 @@ type reliable struct {
 	acked   chan struct{}   // guarded by mu; closed when out is PRACKed
 	queue   []*sip.Response // guarded by mu; waiting for out's PRACK
 	running bool            // guarded by mu; a sender goroutine owns out
-	failed  bool            // guarded by mu; a PRACK never came
 }
 
 // reliableFor is the reliable sender for the caller of req, nil if the
@@ -178,9 +177,6 @@ func (r *reliable) deliver(res *sip.Response, acked <-chan struct{}) bool {
 // leg (RFC 3262 §3); a call already answered stays up (only a 1xx
 // without SDP can be unacknowledged then, which is allowed).
 func (r *reliable) fail(res *sip.Response) {
-	r.mu.Lock()
-	r.failed = true
-	r.mu.Unlock()
 	r.stop()
 	c := r.c
 	c.mu.Lock()

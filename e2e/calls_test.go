@@ -340,24 +340,31 @@ func TestCallEarlyMedia(t *testing.T) {
 			defer r.ExplainOnFailure(t)
 			requireCompleted(t, r, 200)
 			checkLegs(t, r)
-			to := r.SIPTo(dir.caller)
-			p183, ok := FirstSIP(to, func(m WireSIP) bool { return m.Code == 183 && m.CSeqMethod() == "INVITE" })
-			if !ok {
-				t.Fatalf("the %s got no 183", dir.caller.Name)
-			}
-			if _, ok := ParseSDPAudio(p183.Body()); !ok {
-				t.Errorf("the %s got a 183 without SDP:\n%s", dir.caller.Name, p183.Text)
-			}
-			ok200, ok := FirstSIP(to, func(m WireSIP) bool { return m.Code == 200 && m.CSeqMethod() == "INVITE" })
-			if !ok {
-				t.Fatalf("the %s got no 200", dir.caller.Name)
-			}
-			c := relayAudio(dir.caller)
-			c.To = ok200.T
-			r.CheckAudio(t, c)
+			checkEarlyMedia(t, r, dir)
 		})
 	}
 	stopDaemon(t, d)
+}
+
+// checkEarlyMedia asserts that the caller of dir got a 183 with SDP and
+// heard ≥ 99 % of the pcap before its 200; it returns the 183 and the 200.
+func checkEarlyMedia(t *testing.T, r *CallRun, dir callDir) (p183, ok200 WireSIP) {
+	t.Helper()
+	to := r.SIPTo(dir.caller)
+	p183, ok := FirstSIP(to, isResponse(183, "INVITE"))
+	if !ok {
+		t.Fatalf("the %s got no 183", dir.caller.Name)
+	}
+	if _, ok := ParseSDPAudio(p183.Body()); !ok {
+		t.Errorf("the %s got a 183 without SDP:\n%s", dir.caller.Name, p183.Text)
+	}
+	if ok200, ok = FirstSIP(to, isResponse(200, "INVITE")); !ok {
+		t.Fatalf("the %s got no 200", dir.caller.Name)
+	}
+	c := relayAudio(dir.caller)
+	c.To = ok200.T
+	r.CheckAudio(t, c)
+	return p183, ok200
 }
 
 // 8. Media timeout (rtp.media_timeout 5s): both ends play the pcap once

@@ -241,10 +241,12 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 	srv.OnAck(b.OnAck)
 	srv.OnBye(b.OnBye)
 	srv.OnUpdate(b.OnUpdate)
+	srv.OnPrack(b.OnPrack)
 	srv.OnOptions(s.onOptions)
 	s.srv.OnAck(b.OnAck)
 	s.srv.OnBye(b.OnBye)
 	s.srv.OnUpdate(b.OnUpdate)
+	s.srv.OnPrack(b.OnPrack)
 	s.b2bua, s.media, s.lan, s.lanUA, s.lanSrv = b, media, opts.PBXConn, ua, srv
 	return nil
 }
@@ -488,6 +490,7 @@ func (s *Server) trunkFor(ip netip.Addr) *trunk.Trunk {
 func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {
 	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", nil)
 	res.AppendHeader(sip.NewHeader("Allow", sipmsg.Allowed))
+	res.AppendHeader(sip.NewHeader("Supported", sipmsg.Supported))
 	if err := tx.Respond(res); err != nil {
 		s.log.Debug("options response failed", zap.Error(err))
 	}

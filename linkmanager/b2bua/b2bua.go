@@ -139,6 +139,7 @@ type B2BUA struct {
 	admit       *admission
 	policyLog   rate.Sometimes                 // refusals by the outbound policy: one line a while
 	glareDelay  func(owner bool) time.Duration // RFC 3261 §14.1; tests shorten it
+	reliableT1  time.Duration                  // RFC 3262 §3 retransmission base (sip.T1); tests shorten it
 
 	mu       sync.Mutex
 	calls    map[string]*call       // guarded by mu; by the Call-ID of either leg
@@ -165,6 +166,7 @@ func New(cfg Config) (*B2BUA, error) {
 		admit:       newAdmission(),
 		policyLog:   rate.Sometimes{Interval: 10 * time.Second},
 		glareDelay:  glareDelay,
+		reliableT1:  sip.T1,
 		calls:       map[string]*call{},
 		changed:     make(chan struct{}),
 		lan:         &side{name: "pbx", leg: rtpbridge.LegA, client: cfg.LAN.Client, contact: cfg.LAN.Contact},

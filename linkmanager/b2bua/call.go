@@ -168,6 +168,9 @@ type call struct {
 	// responses wait for. Both guarded by mu.
 	offers [2]exchange
 	acks   map[ackKey]chan *sip.Request
+	// rel sends our provisionals to the caller reliably (reliable.go);
+	// nil: the caller asked for none. Set before the call is tracked.
+	rel *reliable
 }
 
 // setupDone hands the answered call from the INVITE handler to hangup.
@@ -175,6 +178,9 @@ func (c *call) setupDone() {
 	c.mu.Lock()
 	c.setup = false
 	c.mu.Unlock()
+	if c.rel != nil {
+		c.rel.stop()
+	}
 }
 
 // fork returns the UAC leg's dialog for the tag of res (a 1xx or 2xx to
@@ -312,6 +318,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	in_ := uasDialog(in, req)
 	c.legs[in.leg] = in_
+	c.rel = b.reliableFor(c, tx, req, in_)
 	out := &dialog{side: p.to, callID: sip.GenerateTagN(24) + "@linkmanager", localTag: sip.GenerateTagN(12),
 		local: p.from, remote: p.at, target: p.ruri, dst: p.dst}
 	var outSDP []byte
@@ -339,6 +346,8 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
 
 	invite := out.newRequest(sip.INVITE, outSDP)
+	// We PRACK the callee's reliable provisionals (prack.go).
+	invite.AppendHeader(sip.NewHeader("Supported", sipmsg.Supported))
 	for _, h := range p.headers {
 		invite.AppendHeader(h)
 	}
@@ -459,7 +468,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				// SDP in an unreliable 1xx to a delayed offer is not an
 				// offer we can answer (RFC 3261 §13.2.1): relay the state.
 				c.fork(res)
-				b.reply(tx, req, in_, code, res.Reason, nil)
+				b.provisional(c, tx, req, in_, code, res.Reason, nil)
 			case code < 200:
 				ringing = true
 				b.prack(c, c.fork(res), res)
@@ -467,7 +476,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))
 				}
-				b.reply(tx, req, in_, code, res.Reason, body)
+				b.provisional(c, tx, req, in_, code, res.Reason, body)
 			case code < 300:
 				if d := c.fork(res); d != nil {
 					out = d
@@ -512,6 +521,9 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 					b.bye(out)
 					b.finish(c, "bad answer SDP")
 					b.reply(tx, req, in_, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil)
+					return
+				}
+				if !b.holdAnswer(c, tx, req, in_, out, cancelled) {
 					return
 				}
 				c.mu.Lock()
@@ -893,6 +905,15 @@ func (b *B2BUA) bye(d *dialog) {
 // reply answers an incoming request on dialog d (nil before we have one).
 // An sdpBody among extra becomes the body.
 func (b *B2BUA) reply(tx sip.ServerTransaction, req *sip.Request, d *dialog, code int, reason string, body []byte, extra ...sip.Header) *sip.Response {
+	res := response(req, d, code, reason, body, extra...)
+	if err := tx.Respond(res); err != nil {
+		b.log.Debug("response failed", zap.Int("code", code), zap.Error(err))
+	}
+	return res
+}
+
+// response builds what reply sends.
+func response(req *sip.Request, d *dialog, code int, reason string, body []byte, extra ...sip.Header) *sip.Response {
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
 	if d != nil && code > 100 {
 		// sipgo puts a fresh random To tag on every response to a request
@@ -913,9 +934,6 @@ func (b *B2BUA) reply(tx sip.ServerTransaction, req *sip.Request, d *dialog, cod
 	if body != nil {
 		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 		res.SetBody(body)
-	}
-	if err := tx.Respond(res); err != nil {
-		b.log.Debug("response failed", zap.Int("code", code), zap.Error(err))
 	}
 	return res
 }

@@ -406,6 +406,9 @@ type harness struct {
 type trunkOptions struct {
 	caller  CallerID
 	didFrom DIDSource
+	// tune adjusts the B2BUA before the stacks serve (timers a test
+	// shortens); nil: none.
+	tune func(*B2BUA)
 }
 
 func newHarness(t testing.TB, opts ...func(*Config)) *harness {
@@ -438,10 +441,14 @@ func newHarnessWith(t testing.TB, o trunkOptions, opts ...func(*Config)) *harnes
 		t.Fatal(err)
 	}
 	h.b = b
+	if o.tune != nil {
+		o.tune(b)
+	}
 	h.lan.srv.OnInvite(b.OnPBXInvite)
 	h.lan.srv.OnAck(b.OnAck)
 	h.lan.srv.OnBye(b.OnBye)
 	h.lan.srv.OnUpdate(b.OnUpdate)
+	h.lan.srv.OnPrack(b.OnPrack)
 	// What the Server does on the Internet socket, for one trunk.
 	h.wan.srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		if sipmsg.Tag(req.To()) != "" {
@@ -458,6 +465,7 @@ func newHarnessWith(t testing.TB, o trunkOptions, opts ...func(*Config)) *harnes
 	h.wan.srv.OnAck(b.OnAck)
 	h.wan.srv.OnBye(b.OnBye)
 	h.wan.srv.OnUpdate(b.OnUpdate)
+	h.wan.srv.OnPrack(b.OnPrack)
 	for _, s := range []*stack{h.pbx.stack, h.prov.stack, h.lan, h.wan} {
 		s.serve(t)
 	}

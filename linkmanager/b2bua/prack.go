@@ -12,17 +12,22 @@ import (
 )
 
 // supported are the option tags a request may Require of us: session
-// timers, whose refreshes are relayed like any re-INVITE or UPDATE.
-// Anything else gets 420 (RFC 3261 §8.2.2.3), 100rel included: we do not
-// send reliable provisional responses, so a caller that requires them
-// should retry without (§8.1.3.5).
-var supported = []string{"timer"}
+// timers, whose refreshes are relayed like any re-INVITE or UPDATE, and
+// reliable provisional responses (reliable.go). Anything else gets 420
+// (RFC 3261 §8.2.2.3).
+var supported = []string{"timer", "100rel"}
 
 // required is the option tags m's Require headers name, lower case and
 // each once (RFC 3261 §20.32; tags compare case-insensitively).
 func required(m interface{ GetHeaders(string) []sip.Header }) []string {
+	return optionTags(m, "Require")
+}
+
+// optionTags is the option tags m's headers called name (Require,
+// Supported) list, lower case and each once.
+func optionTags(m interface{ GetHeaders(string) []sip.Header }, name string) []string {
 	var out []string
-	for _, h := range m.GetHeaders("Require") {
+	for _, h := range m.GetHeaders(name) {
 		for _, opt := range strings.Split(h.Value(), ",") {
 			if opt = strings.ToLower(strings.TrimSpace(opt)); opt != "" && !slices.Contains(out, opt) {
 				out = append(out, opt)
@@ -77,8 +82,9 @@ func reliableRSeq(res *sip.Response) (uint32, bool) {
 // sends its 183 with Require: 100rel stops retransmitting it and its
 // early media goes on; without a PRACK it would fail the call. Each RSeq
 // once: a retransmission of one already acknowledged is dropped. The
-// provisional itself goes on to the caller unreliably, as b.reply builds
-// it. The PRACK's transaction runs on its own, bounded by Timer F.
+// provisional itself goes on to the caller with an RSeq of our own if
+// the caller asked for reliable ones (reliable.go), else unreliably. The
+// PRACK's transaction runs on its own, bounded by Timer F.
 func (b *B2BUA) prack(c *call, d *dialog, res *sip.Response) {
 	rseq, ok := reliableRSeq(res)
 	if !ok || d == nil {

@@ -12,7 +12,12 @@ import (
 )
 
 // Allowed is what we accept, for Allow headers.
-const Allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE"
+const Allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK"
+
+// Supported is the extensions we do ourselves, for Supported headers:
+// reliable provisional responses (RFC 3262), both ways. Session timers
+// are only relayed, so they are not named.
+const Supported = "100rel"
 
 // ErrChallenge is a 401/407 whose challenge we cannot answer.
 var ErrChallenge = errors.New("sipmsg: unusable challenge")

@@ -476,3 +476,83 @@ func TestHostileLANInviteFlood(t *testing.T) {
 	checkTwoWay(t, r, outbound, 1)
 	stopDaemon(t, d)
 }
+
+// Issue 9 item 7: 700 INVITEs for the DID from a forged provider address
+// once took 499 of 500 relay pairs, so a real call got 503. A host on the
+// Internet that sends from the provider's IP (another port, through the
+// SIP port forward) offers 700 calls with SDP and never answers anything;
+// the PBX rings for each and nobody picks up. The calls the daemon admits
+// stay under the ringing bound (a quarter of the pool per trunk), so do
+// the pairs they hold; the PBX's own call placed during the flood has
+// two-way audio; once the flood's calls time out (pbx.ring_timeout),
+// their pairs are free again.
+func TestHostileProviderInviteFlood(t *testing.T) {
+	t.Parallel()
+	const flood = 700
+	l, d := callLab(t, DaemonConfig{LogLevel: "info", PBX: "ring_timeout: 10s"})
+	if err := l.ForwardSIP(); err != nil {
+		t.Fatal(err)
+	}
+	st := portmapStatus(t, l)
+	if st.Ports == nil {
+		t.Fatal("/status has no ports")
+	}
+	capacity, baseline := st.Ports.Capacity.Max, st.Ports.WAN.InUse
+	bound := capacity / 4 // MaxRingingPerTrunk
+	l.startRawUA(t, NSPBX, PBXIP+":5060", ringingPBX)
+	forger := l.startRawUA(t, NSProvider, ProviderIP+":5062", nil)
+	dst := netip.AddrPortFrom(netip.MustParseAddr(WANIP1), DaemonSIPPort)
+	start := time.Now()
+	for i := range flood { // bounded: 700 INVITEs in about a second
+		forger.Send(dst, rawRequest{Method: "INVITE", RURI: fmt.Sprintf("sip:%s@%s:%d", DID, WANIP1, DaemonSIPPort), Via: forger.Addr(),
+			From: fmt.Sprintf("<sip:+4915%07d@%s>;tag=f%d", i, SIPDomain, i), To: fmt.Sprintf("<sip:%s@%s>", DID, SIPDomain),
+			CallID: fmt.Sprintf("flood-%d@%s", i, ProviderIP), CSeq: 1, Body: labSDP(ProviderIP, 20000+2*i)}.String())
+		if i%50 == 49 {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// Each offered call is either ringing (180) or refused (503) now.
+	outcome := func() (ringing, refused int) {
+		seen := map[string]int{}
+		for _, m := range forger.Received(func(m WireSIP) bool { return m.Code == 180 || m.Code == 503 }) {
+			seen[m.CallID] = max(seen[m.CallID], m.Code)
+		}
+		for _, c := range seen {
+			if c == 180 {
+				ringing++
+			} else {
+				refused++
+			}
+		}
+		return ringing, refused
+	}
+	var ringing, refused int
+	for deadline := time.Now().Add(15 * time.Second); ringing+refused < flood && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ringing, refused = outcome()
+	}
+	held := portmapStatus(t, l).Ports.WAN.InUse - baseline
+	t.Logf("%d INVITEs from %s in %v: %d ringing, %d refused 503; %d relay pairs held of %d calls' capacity (bound %d per trunk)",
+		flood, forger.Addr(), time.Since(start).Round(time.Millisecond), ringing, refused, held, capacity, bound)
+	if ringing+refused < flood*9/10 {
+		t.Fatalf("only %d of %d flood INVITEs were answered 180 or 503: the test proves nothing", ringing+refused, flood)
+	}
+	if ringing > bound || held > bound {
+		t.Errorf("%d flood calls ringing and %d pairs held; want at most %d (a quarter of the %d calls the pool holds)", ringing, held, bound, capacity)
+	}
+	// The PBX's own call, while the flood's calls still ring.
+	r := placeCall(t, l, outbound, "uac-pcap.xml", "uas-pcap.xml", 8500*time.Millisecond, 0)
+	defer r.ExplainOnFailure(t)
+	requireCompleted(t, r, 200)
+	checkTwoWay(t, r, outbound, 1)
+	// The flood's calls time out and give their pairs back.
+	freed := false
+	for deadline := time.Now().Add(20 * time.Second); !freed && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		st := portmapStatus(t, l)
+		freed = st.Ports.WAN.InUse <= baseline && st.Ports.LAN.InUse <= baseline && len(st.Calls) == 0
+	}
+	if !freed {
+		st := portmapStatus(t, l)
+		t.Errorf("20 s after the ring timeout the relay still holds %d Internet and %d LAN pairs (%d calls)", st.Ports.WAN.InUse, st.Ports.LAN.InUse, len(st.Calls))
+	}
+	stopDaemon(t, d)
+}

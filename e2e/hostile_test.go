@@ -26,6 +26,18 @@ import (
 // from then on anybody on the Internet reaches 65002.
 func (l *Lab) ForwardSIP() error { return l.forwardUDP(strconv.Itoa(DaemonSIPPort)) }
 
+// rogueLANIP is a rogue LAN host's address (addRogueLANHost).
+const rogueLANIP = "192.168.100.66"
+
+// addRogueLANHost gives the PBX's LAN interface a second address, the
+// rogue host's, inside the lab namespace.
+func (l *Lab) addRogueLANHost(t *testing.T) {
+	t.Helper()
+	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueLANIP+"/24", "dev", "eth0"); err != nil {
+		t.Fatalf("rogue LAN address: %v\n%s", err, out)
+	}
+}
+
 // AdminGet fetches path from the daemon's admin API (127.0.0.1:9065 in the
 // lm namespace). The connection is dialled on a thread inside the
 // namespace; net/http would dial from another thread, outside it.
@@ -267,18 +279,13 @@ func (s *sprayer) Stop() {
 // audio stays whole.
 func TestHostileRTPSprayer(t *testing.T) {
 	t.Parallel()
-	const rogueIP = "192.168.100.66"
 	l, d := callLab(t, DaemonConfig{})
 	if err := l.ForwardRTPPool(); err != nil {
 		t.Fatal(err)
 	}
-	// The rogue LAN host: a second address on the PBX's LAN interface,
-	// inside the lab's namespace.
-	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueIP+"/24", "dev", "eth0"); err != nil {
-		t.Fatalf("rogue LAN address: %v\n%s", err, out)
-	}
+	l.addRogueLANHost(t)
 	inet := l.startSprayer(t, NSSTUN, STUN1IP+":0", WANIP1, PoolMin, PoolMax)
-	lan := l.startSprayer(t, NSPBX, rogueIP+":0", DaemonIP, LANPoolMin, LANPoolMax)
+	lan := l.startSprayer(t, NSPBX, rogueLANIP+":0", DaemonIP, LANPoolMin, LANPoolMax)
 
 	r := l.StartCall(CallSetup{
 		Caller:  SippSpec{Endpoint: PBXCaller, Scenario: "uac-pcap.xml", Hold: 9 * time.Second, Timeout: 45 * time.Second},
@@ -376,15 +383,10 @@ func TestHostileRTPSprayer(t *testing.T) {
 // retransmitted, and the log grows by a few lines; the PBX can still call.
 func TestHostileLANInviteFlood(t *testing.T) {
 	t.Parallel()
-	const (
-		rogueIP = "192.168.100.66"
-		flood   = 5000
-	)
+	const flood = 5000
 	l, d := callLab(t, DaemonConfig{LogLevel: "info"})
-	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueIP+"/24", "dev", "eth0"); err != nil {
-		t.Fatalf("rogue LAN address: %v\n%s", err, out)
-	}
-	conn, err := l.ListenUDP(NSPBX, rogueIP+":5060")
+	l.addRogueLANHost(t)
+	conn, err := l.ListenUDP(NSPBX, rogueLANIP+":5060")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +429,7 @@ func TestHostileLANInviteFlood(t *testing.T) {
 		inv := fmt.Sprintf("INVITE sip:+905551234%d@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bK-fl%d\r\n"+
 			"From: <sip:rogue@%s>;tag=f%d\r\nTo: <sip:+905551234@%s>\r\nCall-ID: flood-%d@%s\r\nCSeq: 1 INVITE\r\n"+
 			"Contact: <sip:rogue@%s:5060>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-			i%10, DaemonIP, rogueIP, i, rogueIP, i, DaemonIP, i, rogueIP, rogueIP)
+			i%10, DaemonIP, rogueLANIP, i, rogueLANIP, i, DaemonIP, i, rogueLANIP, rogueLANIP)
 		if _, err := conn.WriteToUDPAddrPort([]byte(inv), dst); err != nil {
 			t.Fatal(err)
 		}
@@ -452,7 +454,7 @@ func TestHostileLANInviteFlood(t *testing.T) {
 	}
 	mu.Unlock()
 	t.Logf("%d INVITEs in %v from %s: %d answers (%d Call-IDs answered more than once) in %v; log grew by %d bytes",
-		flood, elapsed.Round(time.Millisecond), rogueIP, answers.Load(), twice, window.Round(time.Millisecond), grown)
+		flood, elapsed.Round(time.Millisecond), rogueLANIP, answers.Load(), twice, window.Round(time.Millisecond), grown)
 	// The budget: 5 per second, a burst of 10.
 	if max := int64(10 + 5*window.Seconds() + 5); answers.Load() > max {
 		t.Errorf("the rogue host got %d answers to %d INVITEs in %v; want at most %d (a few stateless 403s per second)", answers.Load(), flood, window, max)

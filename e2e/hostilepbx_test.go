@@ -17,22 +17,12 @@ import (
 const (
 	pbxAuthUser = "pbx"
 	pbxAuthPass = "pbx-secret"
-	rogueLANIP  = "192.168.100.66" // a second address on the PBX's LAN interface
-	otherNumber = "905551234567"   // an international number the attacker wants
+	otherNumber = "905551234567" // an international number the attacker wants
 )
 
 // pbxAuthConfig is the daemon's config with digest auth for the PBX.
 func pbxAuthConfig() DaemonConfig {
 	return DaemonConfig{PBX: fmt.Sprintf("username: %s, password: %q", pbxAuthUser, pbxAuthPass)}
-}
-
-// addRogueLANHost gives the PBX's LAN interface a second address, the
-// rogue host's, inside the lab namespace.
-func (l *Lab) addRogueLANHost(t *testing.T) {
-	t.Helper()
-	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueLANIP+"/24", "dev", "eth0"); err != nil {
-		t.Fatalf("rogue LAN address: %v\n%s", err, out)
-	}
 }
 
 // awaitSippResponse waits (bounded, or until sipp exits) for the sipp

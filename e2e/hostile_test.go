@@ -482,16 +482,17 @@ func TestHostileLANInviteFlood(t *testing.T) {
 // Issue 9 item 7: 700 INVITEs for the DID from a forged provider address
 // once took 499 of 500 relay pairs, so a real call got 503. A host on the
 // Internet that sends from the provider's IP (another port, through the
-// SIP port forward) offers 700 calls with SDP and never answers anything;
-// the PBX rings for each and nobody picks up. The calls the daemon admits
-// stay under the ringing bound (a quarter of the pool per trunk), so do
-// the pairs they hold; the PBX's own call placed during the flood has
-// two-way audio; once the flood's calls time out (pbx.ring_timeout),
-// their pairs are free again.
+// SIP port forward) offers 700 calls with SDP and never answers them (it
+// only ACKs the refusals); the PBX rings for each and nobody picks up. The
+// calls the daemon admits stay under the ringing bound (a quarter of the
+// pool per trunk), so do the pairs they hold; the PBX's own call placed
+// during the flood has two-way audio; once the flood's calls are
+// cancelled, their pairs are free again.
 func TestHostileProviderInviteFlood(t *testing.T) {
 	t.Parallel()
 	const flood = 700
-	l, d := callLab(t, DaemonConfig{LogLevel: "info", PBX: "ring_timeout: 10s"})
+	// The flood's calls must not time out while the test counts them.
+	l, d := callLab(t, DaemonConfig{LogLevel: "info", PBX: "ring_timeout: 120s"})
 	if err := l.ForwardSIP(); err != nil {
 		t.Fatal(err)
 	}
@@ -502,51 +503,77 @@ func TestHostileProviderInviteFlood(t *testing.T) {
 	capacity, baseline := st.Ports.Capacity.Max, st.Ports.WAN.InUse
 	bound := capacity / 4 // MaxRingingPerTrunk
 	l.startRawUA(t, NSPBX, PBXIP+":5060", ringingPBX)
-	forger := l.startRawUA(t, NSProvider, ProviderIP+":5062", nil)
+	ruri := fmt.Sprintf("sip:%s@%s:%d", DID, WANIP1, DaemonSIPPort)
+	forger := l.startRawUA(t, NSProvider, ProviderIP+":5062", func(u *rawUA, m WireSIP) {
+		if m.Code >= 300 && m.CSeqMethod() == "INVITE" {
+			u.Send(m.Src, ackOf(m, ruri))
+		}
+	})
 	dst := netip.AddrPortFrom(netip.MustParseAddr(WANIP1), DaemonSIPPort)
+	invite := func(i int) rawRequest {
+		return rawRequest{Method: "INVITE", RURI: ruri, Via: forger.Addr(),
+			From: fmt.Sprintf("<sip:+4915%07d@%s>;tag=f%d", i, SIPDomain, i), To: fmt.Sprintf("<sip:%s@%s>", DID, SIPDomain),
+			CallID: fmt.Sprintf("flood-%d@%s", i, ProviderIP), CSeq: 1, Body: labSDP(ProviderIP, 20000+2*i)}
+	}
 	start := time.Now()
 	for i := range flood { // bounded: 700 INVITEs in about a second
-		forger.Send(dst, rawRequest{Method: "INVITE", RURI: fmt.Sprintf("sip:%s@%s:%d", DID, WANIP1, DaemonSIPPort), Via: forger.Addr(),
-			From: fmt.Sprintf("<sip:+4915%07d@%s>;tag=f%d", i, SIPDomain, i), To: fmt.Sprintf("<sip:%s@%s>", DID, SIPDomain),
-			CallID: fmt.Sprintf("flood-%d@%s", i, ProviderIP), CSeq: 1, Body: labSDP(ProviderIP, 20000+2*i)}.String())
+		forger.Send(dst, invite(i).String())
 		if i%50 == 49 {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	sent := time.Since(start)
 	// Each offered call is either ringing (180) or refused (503) now.
-	outcome := func() (ringing, refused int) {
+	outcome := func() (ringing []int, refused int) {
 		seen := map[string]int{}
 		for _, m := range forger.Received(func(m WireSIP) bool { return m.Code == 180 || m.Code == 503 }) {
 			seen[m.CallID] = max(seen[m.CallID], m.Code)
 		}
-		for _, c := range seen {
-			if c == 180 {
-				ringing++
-			} else {
+		for i := range flood {
+			switch seen[invite(i).CallID] {
+			case 180:
+				ringing = append(ringing, i)
+			case 503:
 				refused++
 			}
 		}
 		return ringing, refused
 	}
-	var ringing, refused int
-	for deadline := time.Now().Add(15 * time.Second); ringing+refused < flood && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	// Done when every INVITE is answered, or when the count has stood
+	// still for 3 s (the rest were lost on the way).
+	var ringing []int
+	var refused int
+	for deadline, still, last := time.Now().Add(40*time.Second), 0, -1; time.Now().Before(deadline) && still < 15; time.Sleep(200 * time.Millisecond) {
 		ringing, refused = outcome()
+		if len(ringing)+refused == flood {
+			break
+		}
+		if n := len(ringing) + refused; n == last {
+			still++
+		} else {
+			still, last = 0, n
+		}
 	}
 	held := portmapStatus(t, l).Ports.WAN.InUse - baseline
 	t.Logf("%d INVITEs from %s in %v: %d ringing, %d refused 503; %d relay pairs held of %d calls' capacity (bound %d per trunk)",
-		flood, forger.Addr(), time.Since(start).Round(time.Millisecond), ringing, refused, held, capacity, bound)
-	if ringing+refused < flood*9/10 {
-		t.Fatalf("only %d of %d flood INVITEs were answered 180 or 503: the test proves nothing", ringing+refused, flood)
+		flood, forger.Addr(), sent.Round(time.Millisecond), len(ringing), refused, held, capacity, bound)
+	if len(ringing)+refused < flood*9/10 {
+		t.Fatalf("only %d of %d flood INVITEs were answered 180 or 503: the test proves nothing", len(ringing)+refused, flood)
 	}
-	if ringing > bound || held > bound {
-		t.Errorf("%d flood calls ringing and %d pairs held; want at most %d (a quarter of the %d calls the pool holds)", ringing, held, bound, capacity)
+	if len(ringing) > bound || held > bound {
+		t.Errorf("%d flood calls ringing and %d pairs held; want at most %d (a quarter of the %d calls the pool holds)", len(ringing), held, bound, capacity)
 	}
-	// The PBX's own call, while the flood's calls still ring.
+	// The PBX's own call, while the flood's calls ring.
 	r := placeCall(t, l, outbound, "uac-pcap.xml", "uas-pcap.xml", 8500*time.Millisecond, 0)
 	defer r.ExplainOnFailure(t)
 	requireCompleted(t, r, 200)
 	checkTwoWay(t, r, outbound, 1)
-	// The flood's calls time out and give their pairs back.
+	// The forger gives up: each ringing call's CANCEL frees its pair.
+	for _, i := range ringing {
+		c := invite(i)
+		c.Method, c.Body = "CANCEL", ""
+		forger.Send(dst, c.String())
+	}
 	freed := false
 	for deadline := time.Now().Add(20 * time.Second); !freed && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		st := portmapStatus(t, l)
@@ -554,7 +581,7 @@ func TestHostileProviderInviteFlood(t *testing.T) {
 	}
 	if !freed {
 		st := portmapStatus(t, l)
-		t.Errorf("20 s after the ring timeout the relay still holds %d Internet and %d LAN pairs (%d calls)", st.Ports.WAN.InUse, st.Ports.LAN.InUse, len(st.Calls))
+		t.Errorf("20 s after the CANCELs the relay still holds %d Internet and %d LAN pairs (%d calls)", st.Ports.WAN.InUse, st.Ports.LAN.InUse, len(st.Calls))
 	}
 	stopDaemon(t, d)
 }

@@ -112,7 +112,7 @@ func TestHostilePBXDigestReplay(t *testing.T) {
 			t.Errorf("replay %q: no final answer in 10 s", rp.name)
 			continue
 		}
-		attacker.Send(daemon, ackFor(req, resp))
+		attacker.Send(daemon, ackOf(resp, req.RURI))
 		t.Logf("replay %q: %s", rp.name, resp.First)
 		if resp.Code != 407 && resp.Code != 403 {
 			t.Errorf("replay %q was answered %q, want 407 or 403", rp.name, resp.First)

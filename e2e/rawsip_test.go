@@ -153,15 +153,19 @@ func (r rawRequest) String() string {
 	return b.String()
 }
 
-// ackFor is the ACK of a non-2xx final response to req (same branch,
-// the response's To), so the other side stops retransmitting it.
-func ackFor(req rawRequest, resp WireSIP) string {
-	ack := req
-	ack.Method, ack.Headers, ack.Body = "ACK", nil, ""
-	if to := resp.Header("To"); len(to) > 0 {
-		ack.To = to[0]
+// ackOf is the ACK of a non-2xx final response to an INVITE sent to
+// ruri, built from the response: the INVITE's Via (so its branch), From,
+// To with the answerer's tag, Call-ID and CSeq number.
+func ackOf(resp WireSIP, ruri string) string {
+	num, _, _ := strings.Cut(resp.CSeq, " ")
+	var b strings.Builder
+	fmt.Fprintf(&b, "ACK %s SIP/2.0\r\n", ruri)
+	if v := resp.Header("Via"); len(v) > 0 {
+		b.WriteString("Via: " + v[0] + "\r\n")
 	}
-	return ack.String()
+	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+		strings.Join(resp.Header("From"), ""), strings.Join(resp.Header("To"), ""), resp.CallID, num)
+	return b.String()
 }
 
 // replyTo answers request m with code (the To gets toTag unless it has a

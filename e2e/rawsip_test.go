@@ -38,6 +38,9 @@ func (l *Lab) startRawUA(t testing.TB, ns, laddr string, respond func(u *rawUA, 
 	if err != nil {
 		t.Fatalf("%s in %s: %v", laddr, ns, err)
 	}
+	// Room for a flood's answers while the reader is busy (the kernel
+	// caps it at rmem_max).
+	_ = conn.SetReadBuffer(4 << 20)
 	u := &rawUA{t: t, conn: conn, respond: respond, arrived: make(chan struct{})}
 	u.done.Add(1)
 	go u.read()

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/icholy/digest"
 )
 
 const (
@@ -54,19 +56,39 @@ func invitesTo(msgs []WireSIP, dst netip.Addr) map[string]bool {
 
 var digestURIRE = regexp.MustCompile(`uri="[^"]*"`)
 
+// nextCount is a valid Proxy-Authorization for the nonce and cnonce of
+// auth with the next nonce-count, computed with the PBX's password.
+func nextCount(t *testing.T, auth, uri string) string {
+	t.Helper()
+	cred, err := digest.ParseCredentials(auth)
+	if err != nil {
+		t.Fatalf("%q: %v", auth, err)
+	}
+	next, err := digest.Digest(&digest.Challenge{Realm: cred.Realm, Nonce: cred.Nonce, Algorithm: cred.Algorithm, QOP: []string{cred.QOP}},
+		digest.Options{Method: "INVITE", URI: uri, Username: pbxAuthUser, Password: pbxAuthPass, Cnonce: cred.Cnonce, Count: cred.Nc + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return next.String()
+}
+
 // Issue 9 item 2: one captured Proxy-Authorization once placed calls to
 // two other international numbers for 5 minutes. The PBX (sipp, with
 // pbx.username set) calls the phone; while that call is up, its
 // authorised INVITE's Proxy-Authorization is replayed from the PBX's own
 // address: to the same number (its nonce-count used already), to another
 // number (the digest's uri names the first), and to another number with
-// the uri edited to match (the response no longer does). Every replay is
-// refused with 407 or 403, none reaches the provider, and the PBX's own
-// call keeps its two-way audio. The nonce's expiry (5 minutes) and its
-// binding to the source are in b2bua's unit tests.
+// the uri edited to match (the response no longer does); and from another
+// LAN host that pbx.allow admits, with the next nonce-count (the nonce is
+// bound to the address it was issued to). Every replay is refused with 407
+// or 403, none reaches the provider, and the PBX's own call keeps its
+// two-way audio. The nonce's expiry (5 minutes) is in b2bua's unit tests.
 func TestHostilePBXDigestReplay(t *testing.T) {
 	t.Parallel()
-	l, d := callLab(t, pbxAuthConfig())
+	cfg := pbxAuthConfig()
+	cfg.PBXAllow = "192.168.100.0/24" // the rogue host may try too: its credentials must not work
+	l, d := callLab(t, cfg)
+	l.addRogueLANHost(t)
 	ruri := fmt.Sprintf("sip:%s@%s:5060", PhoneNumber, DaemonIP)
 	caller := PBXCaller
 	r := l.StartCall(CallSetup{
@@ -90,21 +112,25 @@ func TestHostilePBXDigestReplay(t *testing.T) {
 	}
 	t.Logf("captured: Proxy-Authorization: %s", auth)
 
-	attacker := l.startRawUA(t, NSPBX, PBXIP+":0", nil)
 	daemon := netip.MustParseAddrPort(DaemonIP + ":5060")
 	other := fmt.Sprintf("sip:%s@%s:5060", otherNumber, DaemonIP)
 	replays := []struct {
-		name, ruri, auth string
+		name, from, ruri, auth string
 	}{
-		{"same number, nonce-count reused", ruri, auth},
-		{"another number", other, auth},
-		{"another number, uri edited", other, digestURIRE.ReplaceAllString(auth, `uri="`+other+`"`)},
+		{"same number, nonce-count reused", PBXIP, ruri, auth},
+		{"another number", PBXIP, other, auth},
+		{"another number, uri edited", PBXIP, other, digestURIRE.ReplaceAllString(auth, `uri="`+other+`"`)},
+		// Valid credentials (the test knows the password) for the PBX's
+		// nonce with a fresh nonce-count: only the nonce's binding to the
+		// address it was issued to refuses them.
+		{"another allowed LAN host, the PBX's nonce, next nonce-count", rogueLANIP, ruri, nextCount(t, auth, ruri)},
 	}
 	for i, rp := range replays {
+		attacker := l.startRawUA(t, NSPBX, rp.from+":0", nil)
 		user := strings.TrimPrefix(strings.SplitN(rp.ruri, "@", 2)[0], "sip:")
 		req := rawRequest{Method: "INVITE", RURI: rp.ruri, Via: attacker.Addr(),
-			From: fmt.Sprintf("<sip:200@%s>;tag=replay%d", PBXIP, i), To: fmt.Sprintf("<sip:%s@%s>", user, DaemonIP),
-			CallID: fmt.Sprintf("replay-%d@%s", i, PBXIP), CSeq: 2,
+			From: fmt.Sprintf("<sip:200@%s>;tag=replay%d", rp.from, i), To: fmt.Sprintf("<sip:%s@%s>", user, DaemonIP),
+			CallID: fmt.Sprintf("replay-%d@%s", i, rp.from), CSeq: 2,
 			Headers: []string{"Proxy-Authorization: " + rp.auth}, Body: sdp}
 		attacker.Send(daemon, req.String())
 		resp, ok := attacker.Await(10*time.Second, finalFor(req.CallID))
@@ -116,6 +142,11 @@ func TestHostilePBXDigestReplay(t *testing.T) {
 		t.Logf("replay %q: %s", rp.name, resp.First)
 		if resp.Code != 407 && resp.Code != 403 {
 			t.Errorf("replay %q was answered %q, want 407 or 403", rp.name, resp.First)
+		}
+		// A nonce used from an address it was not issued to is stale:
+		// the refusal's reason, as the credentials are otherwise valid.
+		if stale := strings.Contains(strings.Join(resp.Header("Proxy-Authenticate"), ""), "stale=true"); stale != (rp.from != PBXIP) {
+			t.Errorf("replay %q: stale=%v in %q", rp.name, stale, resp.Header("Proxy-Authenticate"))
 		}
 	}
 	r.Finish(t)

@@ -45,9 +45,9 @@ func relayAudio(at Endpoint) AudioCheck {
 }
 
 // callLab is a lab with the daemon registered.
-func callLab(t *testing.T, cfg DaemonConfig) (*Lab, *Daemon) {
+func callLab(t *testing.T, cfg DaemonConfig, opts ...LabOption) (*Lab, *Daemon) {
 	t.Helper()
-	l := newLab(t)
+	l := newLab(t, opts...)
 	// Not startRegistered: its busy PBX would hold 192.168.100.20:5060.
 	d := l.StartDaemon(cfg.YAML())
 	d.WaitLog(t, regTimeout, Msg("registered", "trunk", "provider"))

@@ -90,6 +90,7 @@ type DaemonConfig struct {
 	Listen      string // 192.168.100.2:65002
 	RTP         string // the rtp: flow mapping; default {port_min: 55000, port_max: 56000}
 	PBX         string // more keys inside the pbx: flow mapping, e.g. "ring_timeout: 5s"
+	PBXAllow    string // pbx.allow's one entry; default the PBX's IP/32
 	Trunk       string // more keys of the trunk, e.g. "refresh_max: 30s"
 	Extra       string // appended verbatim (top-level YAML)
 }
@@ -134,13 +135,13 @@ trunks:
     expires: %s
     keepalive: %s
     dids: ["%s", "+%s"]%s
-pbx: {listen: %s:5060, address: %s:5060, allow: ["%s/32"]%s}
+pbx: {listen: %s:5060, address: %s:5060, allow: ["%s"]%s}
 rtp: %s
 admin: {listen: 127.0.0.1:9065}
 %s`, def(c.LogLevel, "debug"), def(c.Listen, fmt.Sprintf("%s:%d", DaemonIP, DaemonSIPPort)),
 		strings.Join(q, ", "), def(c.Interval, "10s"),
 		ProviderAddr, SIPDomain, TrunkUser, def(c.Password, TrunkPass), def(c.Expires, "300s"),
-		def(c.Keepalive, "auto"), DID, DID, trunkExtra, DaemonIP, PBXIP, PBXIP, pbxExtra,
+		def(c.Keepalive, "auto"), DID, DID, trunkExtra, DaemonIP, PBXIP, def(c.PBXAllow, PBXIP+"/32"), pbxExtra,
 		rtp, c.Extra)
 }
 

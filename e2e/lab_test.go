@@ -85,6 +85,7 @@ type labOptions struct {
 	plainSTUN      bool
 	kamailioNoSTUN bool
 	kamailioPing   bool
+	kamailioDelay  bool
 }
 
 // LabOption configures newLab.
@@ -104,6 +105,12 @@ func WithoutProviderSTUN() LabOption { return func(o *labOptions) { o.kamailioNo
 
 // WithProviderNATPing makes Kamailio ping registered contacts with OPTIONS every 8 s.
 func WithProviderNATPing() LabOption { return func(o *labOptions) { o.kamailioPing = true } }
+
+// WithProviderSDPDelay makes Kamailio hold every reply that carries SDP
+// for 5 ms before relaying it: a provider whose signalling lags the media
+// that goes straight between the ends (issue 9b). The lab kernel may lack
+// tc netem, so the delay is Kamailio's own.
+func WithProviderSDPDelay() LabOption { return func(o *labOptions) { o.kamailioDelay = true } }
 
 // Lab is one running instance of the lab.
 type Lab struct {
@@ -270,6 +277,9 @@ func newLab(t testing.TB, opts ...LabOption) *Lab {
 	}
 	if o.kamailioPing {
 		kargs = append(kargs, "NATPING")
+	}
+	if o.kamailioDelay {
+		kargs = append(kargs, "SDPDELAY")
 	}
 	l.kargs = kargs
 	l.kamailio = l.startRoot("kamailio", "kamailio.log", kargs...)

@@ -3,13 +3,13 @@
 # network namespaces. Nothing is ever added to the root namespace: every veth
 # pair is created directly between two lab namespaces.
 #
-#   lab.sh up PREFIX DIR [--no-stun] [--kam-nostun] [--kam-natping]
+#   lab.sh up PREFIX DIR [--no-stun] [--kam-nostun] [--kam-natping] [--kam-sdpdelay]
 #                                  topology + Kamailio + coturn (background, pid files in DIR)
 #   lab.sh down PREFIX [DIR]       stop the lab's processes and delete its namespaces
 #   lab.sh net-up PREFIX           topology only
 #   lab.sh net-down PREFIX         kill what runs in the lab namespaces, delete them
 #   lab.sh prepare DIR             write Kamailio db_text tables + coturn config into DIR
-#   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING]   exec Kamailio in the foreground
+#   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING] [SDPDELAY]   exec Kamailio in the foreground
 #   lab.sh run-coturn PREFIX DIR IP [IP2]                 exec coturn in the foreground (two IPs: RFC 5780)
 #   lab.sh run-miniupnpd PREFIX DIR [upnp-only]   exec miniupnpd (NAT-PMP/PCP + UPnP IGD) in the router, foreground
 #   lab.sh redial PREFIX NEWIP     change the router's WAN address, flush conntrack + ARP
@@ -196,7 +196,7 @@ run_kamailio() {
 	local defs=() a
 	for a in "$@"; do
 		case "$a" in
-		NOSTUN | NATPING) defs+=(-A "$a") ;;
+		NOSTUN | NATPING | SDPDELAY) defs+=(-A "$a") ;;
 		*) die "unknown kamailio switch $a" ;;
 		esac
 	done
@@ -345,6 +345,7 @@ up() {
 		--no-stun) stun=0 ;;
 		--kam-nostun) kam+=(NOSTUN) ;;
 		--kam-natping) kam+=(NATPING) ;;
+		--kam-sdpdelay) kam+=(SDPDELAY) ;;
 		*) die "unknown option $a" ;;
 		esac
 	done

@@ -226,6 +226,9 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 			pm: s.portmap, log: log.Named("portmap")},
 		RingTimeout: opts.RingTimeout,
 		OnCallEnded: s.metrics.CallEnded,
+		Resolve: func(ctx context.Context, host string, port int) ([]netip.AddrPort, error) {
+			return trunk.Lookup(ctx, s.lookup, host, port)
+		},
 	})
 	if err != nil {
 		media.Close()
@@ -528,7 +531,8 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(tx, req, sip.StatusTemporarilyUnavailable, "Temporarily Unavailable")
 		return
 	}
-	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.Name(), DID: did, Contact: t.RegisteredContact, Latching: latchingOf(t)}, req, tx)
+	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.Name(), DID: did, Contact: t.RegisteredContact, Latching: latchingOf(t),
+		Allows: t.Allows}, req, tx)
 }
 
 // inboundTrunk picks the trunk a new call from ip is for: of those that
@@ -632,7 +636,7 @@ func (s *Server) Route(dialled string) (b2bua.Route, error) {
 		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Alt: r.Alt, Failed: r.Failed, Number: r.Number, Domain: r.Domain, User: r.User,
 			Denied: o.Outbound.Check(dialled, r.Number), MaxCalls: o.MaxCalls,
 			AuthUser: r.AuthUser, Password: r.Password, Contact: t.RegisteredContact, Latching: latchingOf(t),
-			CallerID: callerIDOf(t)}, nil
+			CallerID: callerIDOf(t), Allows: t.Allows}, nil
 	}
 	return b2bua.Route{}, b2bua.ErrNoRoute
 }

@@ -70,6 +70,10 @@ type Route struct {
 	Denied error
 	// MaxCalls caps the trunk's calls at once; 0: no cap.
 	MaxCalls int
+	// Allows reports whether ip is the trunk's provider (trunk.Allows):
+	// the call's in-dialog requests follow its route set and Contact
+	// only there. Nil: only to Dst.
+	Allows func(netip.Addr) bool
 }
 
 // Router picks the trunk for a dialled number. Its errors wrap
@@ -84,6 +88,7 @@ type Inbound struct {
 	DID      string                // the number called, as configured
 	Contact  func() netip.AddrPort // as in Route
 	Latching rtpbridge.Latching    // as in Route
+	Allows   func(netip.Addr) bool // as in Route; nil: only the INVITE's source
 }
 
 // Side is one network's SIP stack: the client that sends from its socket
@@ -119,6 +124,9 @@ type Config struct {
 	// answered yet, per trunk and in total, so that a flood of INVITEs
 	// cannot take every relay pair; more get 503. 0: no bound.
 	MaxRingingPerTrunk, MaxRinging int
+	// Resolve looks up host names in route sets and Contacts; nil: only
+	// numeric hosts are followed, a name goes to the dialog's first hop.
+	Resolve Resolve
 }
 
 // B2BUA bridges calls between the PBX and the providers. Each call has a
@@ -139,6 +147,14 @@ type B2BUA struct {
 	admit       *admission
 	policyLog   rate.Sometimes                 // refusals by the outbound policy: one line a while
 	glareDelay  func(owner bool) time.Duration // RFC 3261 §14.1; tests shorten it
+	hops        *nextHops
+	// ctx is the base of every transaction the B2BUA runs, as in
+	// net/http: Close cancels it, so each pending one ends at once.
+	ctx  context.Context
+	stop context.CancelFunc
+	// byeTimeout and reinviteTimeout bound a BYE's and a re-INVITE's
+	// transaction; tests lengthen them to show Close does not wait.
+	byeTimeout, reinviteTimeout time.Duration
 
 	mu       sync.Mutex
 	calls    map[string]*call       // guarded by mu; by the Call-ID of either leg
@@ -154,22 +170,30 @@ func New(cfg Config) (*B2BUA, error) {
 	if cfg.LAN.Client == nil || cfg.WAN.Client == nil || cfg.Router == nil || cfg.Media == nil {
 		return nil, ErrConfig
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	b := &B2BUA{
-		log:         cmp.Or(cfg.Logger, zap.NewNop()),
-		ringTimeout: cmp.Or(cfg.RingTimeout, DefaultRingTimeout),
-		hopTimeout:  cmp.Or(cfg.HopTimeout, DefaultHopTimeout),
-		router:      cfg.Router,
-		media:       cfg.Media,
-		onEnded:     cfg.OnCallEnded,
-		ringing:     newRinging(cfg.MaxRingingPerTrunk, cfg.MaxRinging),
-		admit:       newAdmission(),
-		policyLog:   rate.Sometimes{Interval: 10 * time.Second},
-		glareDelay:  glareDelay,
-		calls:       map[string]*call{},
-		changed:     make(chan struct{}),
-		lan:         &side{name: "pbx", leg: rtpbridge.LegA, client: cfg.LAN.Client, contact: cfg.LAN.Contact},
-		wan:         &side{name: "provider", leg: rtpbridge.LegB, client: cfg.WAN.Client, contact: cfg.WAN.Contact},
+		ctx:             ctx,
+		stop:            cancel,
+		byeTimeout:      byeTimeout,
+		reinviteTimeout: reinviteTimeout,
+		log:             cmp.Or(cfg.Logger, zap.NewNop()),
+		ringTimeout:     cmp.Or(cfg.RingTimeout, DefaultRingTimeout),
+		hopTimeout:      cmp.Or(cfg.HopTimeout, DefaultHopTimeout),
+		router:          cfg.Router,
+		media:           cfg.Media,
+		onEnded:         cfg.OnCallEnded,
+		ringing:         newRinging(cfg.MaxRingingPerTrunk, cfg.MaxRinging),
+		admit:           newAdmission(),
+		policyLog:       rate.Sometimes{Interval: 10 * time.Second},
+		glareDelay:      glareDelay,
+		calls:           map[string]*call{},
+		changed:         make(chan struct{}),
+		lan:             &side{name: "pbx", leg: rtpbridge.LegA, client: cfg.LAN.Client, contact: cfg.LAN.Contact},
+		wan:             &side{name: "provider", leg: rtpbridge.LegB, client: cfg.WAN.Client, contact: cfg.WAN.Contact},
 	}
+	b.hops = &nextHops{ctx: ctx, resolve: cfg.Resolve, log: b.log, every: rate.Sometimes{Interval: 10 * time.Second}}
+	b.lan.hops, b.wan.hops = b.hops, b.hops
+	b.lan.trusts = b.AllowsPBX
 	b.SetPBX(cfg.PBX)
 	return b, nil
 }
@@ -254,12 +278,14 @@ func (b *B2BUA) sideOf(l rtpbridge.Leg) *side {
 }
 
 // wanFor is the Internet side as seen by one trunk: its Contact is what
-// that trunk's registrar sees, which is what the provider can reach.
-func (b *B2BUA) wanFor(contact func() netip.AddrPort) *side {
-	if contact == nil {
-		return b.wan
-	}
+// that trunk's registrar sees, which is what the provider can reach, and
+// it trusts the trunk's provider addresses (allows).
+func (b *B2BUA) wanFor(contact func() netip.AddrPort, allows func(netip.Addr) bool) *side {
 	s := *b.wan
+	s.trusts = allows
+	if contact == nil {
+		return &s
+	}
 	s.contact = func() netip.AddrPort {
 		if a := contact(); a.IsValid() {
 			return a
@@ -497,7 +523,7 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 	b.bridge(b.lan, req, tx, bridgeParams{
 		emergency: emergency,
 		onEnd:     release,
-		to:        b.wanFor(r.Contact),
+		to:        b.wanFor(r.Contact, r.Allows),
 		ruri:      sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
 		from:      id.from,
 		at:        sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
@@ -552,7 +578,7 @@ func (b *B2BUA) OnProviderInvite(in Inbound, req *sip.Request, tx sip.ServerTran
 	defer b.releaseUnlessLive(req.CallID().Value(), held)
 	pbx := b.pbx.Load()
 	lanIP := pbx.Listen.Addr().String()
-	b.bridge(b.wanFor(in.Contact), req, tx, bridgeParams{
+	b.bridge(b.wanFor(in.Contact, in.Allows), req, tx, bridgeParams{
 		to:   b.lan,
 		ruri: sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String(), Port: int(pbx.Addr.Port())},
 		from: sip.Uri{Scheme: "sip", User: caller, Host: lanIP},
@@ -704,6 +730,7 @@ func (b *B2BUA) refresh(c *call, leg rtpbridge.Leg, in *dialog, req *sip.Request
 		return
 	}
 	acked := c.expectAck(leg, req.CSeq().SeqNo)
+	in.refreshTarget(req.Contact())
 	ok := b.reply(tx, req, in, sip.StatusOK, "OK", in.sdp())
 	b.goCall(func() {
 		defer c.release(leg)
@@ -762,13 +789,10 @@ func (b *B2BUA) relay(c *call, leg rtpbridge.Leg, in, out *dialog, req *sip.Requ
 		b.reply(tx, req, in, int(res.StatusCode), res.Reason, nil)
 		return
 	}
-	// A 2xx refreshes the remote target; the route set was fixed when
-	// the dialog was made (RFC 3261 §12.2.1.2).
-	if ct := res.Contact(); ct != nil {
-		out.mu.Lock()
-		out.target = ct.Address
-		out.mu.Unlock()
-	}
+	// The 2xx refreshes out's remote target, and the request we accept
+	// in's: a peer that moved says so in either.
+	out.refreshTarget(res.Contact())
+	in.refreshTarget(req.Contact())
 	// The answer commits the offer: both remotes, hold, and what we sent
 	// on each leg. A new remote address gets its pinhole before our ACK
 	// and our answer, as on the initial answer.

@@ -38,6 +38,10 @@ type side struct {
 	// contact is what we write into Via and Contact on this side: the
 	// public address on the Internet side.
 	contact func() netip.AddrPort
+	// trusts is who the peer's route set and Contact may send our
+	// in-dialog requests to (where); nil: only the dialog's first hop.
+	trusts func(netip.Addr) bool
+	hops   *nextHops
 }
 
 // dialog is our half of one SIP dialog on one side. The INVITE handler,
@@ -49,7 +53,10 @@ type dialog struct {
 	localTag string
 	local    sip.Uri // our From (UAC) / To (UAS) address
 	remote   sip.Uri
-	dst      netip.AddrPort
+	// dst is where the initial INVITE went (the trunk's next hop, the
+	// PBX) or came from: in-dialog requests go there when the route set
+	// or remote target points somewhere the side does not trust.
+	dst netip.AddrPort
 
 	mu        sync.Mutex
 	remoteTag string       // guarded by mu
@@ -720,12 +727,14 @@ func (d *dialog) learnTarget(res *sip.Response, uac bool) {
 
 // newRequest builds a request on this dialog from scratch: nothing from
 // the other leg is copied, so no header of one side leaks to the other.
+// Before the peer answered (our initial INVITE) it goes to dst; in the
+// dialog, where the route set and remote target say (routing, where).
 func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	req := sip.NewRequest(method, d.target)
+	ruri, routes, hop := d.routing()
+	req := sip.NewRequest(method, ruri)
 	req.AppendHeader(sipmsg.NewVia(d.side.contact()))
-	for _, r := range d.routes {
+	for _, r := range routes {
 		req.AppendHeader(&sip.RouteHeader{Address: r})
 	}
 	req.AppendHeader(&sip.FromHeader{Address: d.local, Params: sipmsg.Params("tag", d.localTag)})
@@ -754,7 +763,13 @@ func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request 
 		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	}
 	req.SetBody(body)
-	req.SetDestination(d.dst.String())
+	dst, inDialog := d.dst, d.remoteTag != ""
+	d.mu.Unlock()
+	// Outside d.mu: where may look the hop up in DNS.
+	if inDialog {
+		dst = d.side.where(hop, dst)
+	}
+	req.SetDestination(dst.String())
 	return req
 }
 

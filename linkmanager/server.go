@@ -265,6 +265,11 @@ func (s *Server) do(ctx context.Context, req *sip.Request, dst netip.AddrPort) (
 	return s.client.Do(ctx, req)
 }
 
+// hangupBudget bounds the hang-up of the calls left at shutdown: a
+// BYE's 4 s and a margin. With shutdown.grace before it and the
+// unregistration after, the stop stays inside systemd's TimeoutStopSec.
+const hangupBudget = 5 * time.Second
+
 // Run serves until ctx ends, then unregisters every trunk and stops. It
 // returns nil after a clean stop.
 func (s *Server) Run(ctx context.Context) error {
@@ -314,8 +319,13 @@ func (s *Server) Run(ctx context.Context) error {
 		s.tmu.Unlock()
 		<-gctx.Done()
 		if s.b2bua != nil {
-			s.b2bua.Drain()
-			s.b2bua.HangupAll("shutdown")
+			// BYE (or CANCEL) what is left; whatever is not answered
+			// within hangupBudget the B2BUA's Close ends at once.
+			hctx, stop := context.WithTimeout(context.Background(), hangupBudget)
+			if err := s.b2bua.Shutdown(hctx); err != nil {
+				s.log.Warn("calls hung up without waiting for every answer", zap.Duration("after", hangupBudget))
+			}
+			stop()
 		}
 		s.tmu.Lock()
 		s.stopped = true

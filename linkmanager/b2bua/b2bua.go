@@ -241,6 +241,21 @@ func (b *B2BUA) goCall(f func()) bool {
 	return true
 }
 
+// enter counts a transaction that a sipgo handler runs for us (a relayed
+// re-INVITE), so that HangupAll waits for it as for our own goroutines;
+// call what it returns when the transaction is over. Once we are
+// stopping nothing more is counted: the transaction still runs, bounded
+// by its timeout and the base context.
+func (b *B2BUA) enter() (leave func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopping {
+		return func() {}
+	}
+	b.wg.Add(1)
+	return b.wg.Done
+}
+
 func (b *B2BUA) draining() bool { return b.drain.Load() }
 
 // pbxState is the LAN-side settings a reload may change.
@@ -295,14 +310,21 @@ func (b *B2BUA) wanFor(contact func() netip.AddrPort, allows func(netip.Addr) bo
 	return &s
 }
 
-func (b *B2BUA) track(c *call) {
+// track puts a new call into the table, unless HangupAll has begun: it
+// took its list of calls to hang up when it set stopping, so a call
+// tracked later would be missed. It reports whether it did.
+func (b *B2BUA) track(c *call) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.stopping {
+		return false
+	}
 	for _, d := range c.legs {
 		if d != nil {
 			b.calls[d.callID] = c
 		}
 	}
+	return true
 }
 
 // callByID is the call with a leg of this Call-ID.
@@ -430,9 +452,14 @@ func (b *B2BUA) OnMediaTimeout(id string) {
 	b.goCall(func() { b.hangup(c, "media timeout") })
 }
 
-// HangupAll ends every call (shutdown) and waits for the BYEs.
+// HangupAll ends every call (shutdown) and waits for the BYEs and
+// CANCELs to be answered, and for every goroutine and transaction the
+// B2BUA started. From its start no new call is set up and no background
+// work is started; each transaction is bounded by its timeout, and
+// Close ends them all at once.
 func (b *B2BUA) HangupAll(reason string) {
 	b.mu.Lock()
+	b.stopping = true
 	seen := map[*call]bool{}
 	for _, c := range b.calls {
 		seen[c] = true
@@ -444,10 +471,42 @@ func (b *B2BUA) HangupAll(reason string) {
 		go func() { defer wg.Done(); b.hangup(c, reason) }()
 	}
 	wg.Wait()
-	b.mu.Lock()
-	b.stopping = true
-	b.mu.Unlock()
 	b.wg.Wait()
+}
+
+// Shutdown stops the B2BUA gracefully, like net/http's Server.Shutdown:
+// new calls get 503, every call is hung up (BYE, or CANCEL and 503 while
+// it rings) and its BYEs and CANCELs are sent and answered, and it
+// returns once everything the B2BUA started has ended. If ctx ends
+// first, it Closes, so what is still pending ends at once, and returns
+// ctx's error once that is done.
+func (b *B2BUA) Shutdown(ctx context.Context) error {
+	b.Drain()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.HangupAll("shutdown")
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		b.Close()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close stops the B2BUA at once, like net/http's Server.Close: it cancels
+// the base context of every transaction, so each pending one (a re-INVITE
+// the peer never answers, a BYE, a CANCEL) ends now; the calls end, their
+// last requests sent but not awaited. It returns once every goroutine and
+// transaction the B2BUA started has ended.
+func (b *B2BUA) Close() error {
+	b.Drain()
+	b.stop()
+	b.HangupAll("closed")
+	return nil
 }
 
 // Active is the number of calls up or being set up.
@@ -774,7 +833,9 @@ func (b *B2BUA) relay(c *call, leg rtpbridge.Leg, in, out *dialog, req *sip.Requ
 			return
 		}
 	}
-	ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
+	// A handler's transaction: HangupAll and Close wait for it too.
+	defer b.enter()()
+	ctx, stop := context.WithTimeout(b.ctx, b.reinviteTimeout)
 	defer stop()
 	fwd := out.newRequest(req.Method, body)
 	res, err := b.await(ctx, c, out, fwd)

@@ -24,6 +24,9 @@ const DefaultRingTimeout = 120 * time.Second
 
 const byeTimeout = 4 * time.Second
 
+// cancelTimeout bounds a CANCEL's transaction: Timer F would be 32 s.
+const cancelTimeout = 8 * time.Second
+
 // DefaultHopTimeout is how long an INVITE waits for any answer, even a
 // 100, before the next hop gets it. sipgo's Timer B would wait 32 s; a
 // live proxy answers within one or two retransmissions (T1 = 500 ms).
@@ -339,7 +342,12 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	b.reply(tx, req, in_, sip.StatusTrying, "Trying", nil)
 	c.legs[p.to.leg] = out
-	b.track(c)
+	if !b.track(c) {
+		log.Info("call refused: shutting down")
+		b.finish(c, "shutdown")
+		b.reply(tx, req, in_, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
+		return
+	}
 
 	cancelled := make(chan struct{})
 	var once sync.Once
@@ -353,7 +361,7 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	defer ring.Stop()
 	// Not tied to the handler: a CANCEL or a late 2xx must still be
 	// handled after the caller is gone.
-	octx, ocancel := context.WithCancel(context.Background())
+	octx, ocancel := context.WithCancel(b.ctx)
 	defer ocancel()
 
 	otx, err := b.send(octx, out, invite)
@@ -854,7 +862,7 @@ func (b *B2BUA) cancel(d *dialog, invite *sip.Request) {
 	// and one that comes after HangupAll has stopped taking background
 	// work runs here, so no CANCEL is lost at shutdown.
 	send := func() {
-		ctx, stop := context.WithTimeout(context.Background(), 8*time.Second)
+		ctx, stop := context.WithTimeout(b.ctx, cancelTimeout)
 		defer stop()
 		if _, err := d.side.client.Do(ctx, req, sipgo.ClientRequestBuild); err != nil {
 			b.log.Debug("cancel unanswered", zap.String("call_id", d.callID), zap.Error(err))
@@ -873,6 +881,8 @@ func (b *B2BUA) awaitCancelled(c *call, tx sip.ClientTransaction, d *dialog, inv
 	for {
 		select {
 		case <-t.C:
+			return
+		case <-b.ctx.Done():
 			return
 		case <-tx.Done():
 			return
@@ -898,7 +908,7 @@ func (b *B2BUA) awaitCancelled(c *call, tx sip.ClientTransaction, d *dialog, inv
 // TimeoutStopSec.
 func (b *B2BUA) bye(d *dialog) {
 	req := d.newRequest(sip.BYE, nil)
-	ctx, stop := context.WithTimeout(context.Background(), byeTimeout)
+	ctx, stop := context.WithTimeout(b.ctx, b.byeTimeout)
 	defer stop()
 	if _, err := d.side.client.Do(ctx, req, sipgo.ClientRequestBuild); err != nil {
 		b.log.Debug("bye unanswered", zap.String("call_id", d.callID), zap.Error(err))

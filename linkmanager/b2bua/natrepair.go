@@ -98,7 +98,7 @@ func (b *B2BUA) reinviteWith(c *call, d *dialog, port uint16, what string, commi
 		c.log.Warn(what+"; cannot rewrite SDP", zap.Error(err))
 		return false
 	}
-	ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
+	ctx, stop := context.WithTimeout(b.ctx, b.reinviteTimeout)
 	defer stop()
 	res, req, err := b.offer(ctx, c, leg, body)
 	switch {

@@ -208,75 +208,50 @@ func TestStrictRouter(t *testing.T) {
 // counted. The provider's Contact may name anyone, a LAN host included;
 // the PBX's, a phone that is not in pbx.allow.
 func TestUntrustedTarget(t *testing.T) {
-	t.Run("provider contact", func(t *testing.T) {
-		h := newHarnessWith(t, trunkOptions{allow: prefixes(proxyIP)})
-		outside := serving(t, outsideIP)
-		h.prov.on(sip.INVITE, answering(t, h.prov, contactAt(outside.addr)))
-		u := h.pbx.call(h.lan.addr, "4930123456", sdpOf(pbxIP, 20000))
-		if res, _ := u.final(); res.StatusCode != 200 {
-			t.Fatalf("call answered %d", res.StatusCode)
-		}
-		u.ack()
-		h.prov.next(sip.INVITE)
-		h.prov.next(sip.ACK)
-		if res := u.do(sip.BYE, 20, nil); res.StatusCode != 200 {
-			t.Fatalf("BYE answered %d", res.StatusCode)
-		}
-		h.prov.next(sip.BYE)
-		h.awaitEnded()
-		if got := outside.received(sip.BYE); len(got) != 0 {
-			t.Errorf("BYE sent to the untrusted Contact")
-		}
-		if n := h.b.Snapshot().RouteFallbacks; n != 2 {
-			t.Errorf("%d fallbacks counted, want 2 (ACK, BYE)", n)
-		}
-	})
-	t.Run("provider route set", func(t *testing.T) {
-		h := newHarnessWith(t, trunkOptions{allow: prefixes(proxyIP)})
-		outside := serving(t, outsideIP)
-		h.prov.on(sip.INVITE, answering(t, h.prov, recordRoute(uriOf(outside.addr, "lr")), contactAt(h.prov.addr)))
-		u := h.pbx.call(h.lan.addr, "4930123456", sdpOf(pbxIP, 20000))
-		if res, _ := u.final(); res.StatusCode != 200 {
-			t.Fatalf("call answered %d", res.StatusCode)
-		}
-		u.ack()
-		h.prov.next(sip.INVITE)
-		h.prov.next(sip.ACK)
-		if res := u.do(sip.BYE, 20, nil); res.StatusCode != 200 {
-			t.Fatalf("BYE answered %d", res.StatusCode)
-		}
-		h.prov.next(sip.BYE)
-		h.awaitEnded()
-		if got := outside.received(sip.BYE); len(got) != 0 {
-			t.Errorf("BYE sent to the untrusted route")
-		}
-		if n := h.b.Snapshot().RouteFallbacks; n != 2 {
-			t.Errorf("%d fallbacks counted, want 2 (ACK, BYE)", n)
-		}
-	})
-	t.Run("pbx contact", func(t *testing.T) {
-		h := newHarness(t)
-		phone := serving(t, strangerIP)
-		h.pbx.on(sip.INVITE, answering(t, h.pbx, contactAt(phone.addr)))
-		u := h.prov.call(h.wan.addr, "4930123456", sdpOf(provIP, 20000))
-		if res, _ := u.final(); res.StatusCode != 200 {
-			t.Fatalf("call answered %d", res.StatusCode)
-		}
-		u.ack()
-		h.pbx.next(sip.INVITE)
-		h.pbx.next(sip.ACK)
-		if res := u.do(sip.BYE, 20, nil); res.StatusCode != 200 {
-			t.Fatalf("BYE answered %d", res.StatusCode)
-		}
-		h.pbx.next(sip.BYE)
-		h.awaitEnded()
-		if got := phone.received(sip.BYE); len(got) != 0 {
-			t.Errorf("BYE sent to a LAN host not in pbx.allow")
-		}
-		if n := h.b.Snapshot().RouteFallbacks; n != 2 {
-			t.Errorf("%d fallbacks counted, want 2 (ACK, BYE)", n)
-		}
-	})
+	for _, tc := range []struct {
+		name     string
+		outbound bool   // the PBX calls; else the provider does and the PBX answers
+		stranger string // where the answer points
+		headers  func(h *harness, stranger netip.AddrPort) []sip.Header
+	}{
+		{"provider contact", true, outsideIP, func(h *harness, s netip.AddrPort) []sip.Header {
+			return []sip.Header{contactAt(s)}
+		}},
+		{"provider route set", true, outsideIP, func(h *harness, s netip.AddrPort) []sip.Header {
+			return []sip.Header{recordRoute(uriOf(s, "lr")), contactAt(h.prov.addr)}
+		}},
+		{"pbx contact", false, strangerIP, func(h *harness, s netip.AddrPort) []sip.Header {
+			return []sip.Header{contactAt(s)}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarnessWith(t, trunkOptions{allow: prefixes(proxyIP)})
+			stranger := serving(t, tc.stranger)
+			caller, callee, dst := h.pbx, h.prov, h.lan.addr
+			if !tc.outbound {
+				caller, callee, dst = h.prov, h.pbx, h.wan.addr
+			}
+			callee.on(sip.INVITE, answering(t, callee, tc.headers(h, stranger.addr)...))
+			u := caller.call(dst, "4930123456", sdpOf(caller.addr.Addr().String(), 20000))
+			if res, _ := u.final(); res.StatusCode != 200 {
+				t.Fatalf("call answered %d", res.StatusCode)
+			}
+			u.ack()
+			callee.next(sip.INVITE)
+			callee.next(sip.ACK)
+			if res := u.do(sip.BYE, 20, nil); res.StatusCode != 200 {
+				t.Fatalf("BYE answered %d", res.StatusCode)
+			}
+			callee.next(sip.BYE)
+			h.awaitEnded()
+			if got := len(stranger.received(sip.ACK)) + len(stranger.received(sip.BYE)); got != 0 {
+				t.Errorf("%d requests sent where the untrusted answer pointed", got)
+			}
+			if n := h.b.Snapshot().RouteFallbacks; n != 2 {
+				t.Errorf("%d fallbacks counted, want 2 (ACK, BYE)", n)
+			}
+		})
+	}
 }
 
 // A name in the route set is looked up (RFC 3263) with Config.Resolve;

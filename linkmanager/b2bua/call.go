@@ -359,8 +359,8 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	ring := time.NewTimer(b.ringTimeout)
 	defer ring.Stop()
-	// Not tied to the handler: a CANCEL or a late 2xx must still be
-	// handled after the caller is gone.
+	// Tied to the B2BUA's base context, not the handler's: a CANCEL or
+	// a late 2xx must still be handled after the caller is gone.
 	octx, ocancel := context.WithCancel(b.ctx)
 	defer ocancel()
 

@@ -127,6 +127,8 @@ type Config struct {
 	// Resolve looks up host names in route sets and Contacts; nil: only
 	// numeric hosts are followed, a name goes to the dialog's first hop.
 	Resolve Resolve
+	// byeTimeout and reinviteTimeout replace the defaults; tests only.
+	byeTimeout, reinviteTimeout time.Duration
 }
 
 // B2BUA bridges calls between the PBX and the providers. Each call has a
@@ -153,7 +155,8 @@ type B2BUA struct {
 	ctx  context.Context
 	stop context.CancelFunc
 	// byeTimeout and reinviteTimeout bound a BYE's and a re-INVITE's
-	// transaction; tests lengthen them to show Close does not wait.
+	// transaction; tests lengthen them to show Close does not wait for
+	// them.
 	byeTimeout, reinviteTimeout time.Duration
 
 	mu       sync.Mutex
@@ -174,8 +177,8 @@ func New(cfg Config) (*B2BUA, error) {
 	b := &B2BUA{
 		ctx:             ctx,
 		stop:            cancel,
-		byeTimeout:      byeTimeout,
-		reinviteTimeout: reinviteTimeout,
+		byeTimeout:      cmp.Or(cfg.byeTimeout, byeTimeout),
+		reinviteTimeout: cmp.Or(cfg.reinviteTimeout, reinviteTimeout),
 		log:             cmp.Or(cfg.Logger, zap.NewNop()),
 		ringTimeout:     cmp.Or(cfg.RingTimeout, DefaultRingTimeout),
 		hopTimeout:      cmp.Or(cfg.HopTimeout, DefaultHopTimeout),
@@ -753,6 +756,9 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 	if b.refuseUnsupported(tx, req, in) {
 		return
 	}
+	// A relay runs its transaction on this handler's goroutine:
+	// HangupAll and Close wait for it as for their own.
+	defer b.enter()()
 	out := c.other(leg)
 	body := sdpBody(req)
 	if len(body) == 0 {
@@ -833,8 +839,6 @@ func (b *B2BUA) relay(c *call, leg rtpbridge.Leg, in, out *dialog, req *sip.Requ
 			return
 		}
 	}
-	// A handler's transaction: HangupAll and Close wait for it too.
-	defer b.enter()()
 	ctx, stop := context.WithTimeout(b.ctx, b.reinviteTimeout)
 	defer stop()
 	fwd := out.newRequest(req.Method, body)

@@ -44,6 +44,10 @@ func lingering(b *B2BUA, funcs ...string) []string {
 	return out
 }
 
+// patient gives BYEs and re-INVITEs an hour: only the base context can
+// end them within a test.
+func patient(c *Config) { c.byeTimeout, c.reinviteTimeout = time.Hour, time.Hour }
+
 // closeWithin runs Close and fails the test if it does not return.
 func closeWithin(t *testing.T, h *harness) {
 	t.Helper()
@@ -64,8 +68,7 @@ func closeWithin(t *testing.T, h *harness) {
 // the base context can end them. Close returns, the re-INVITE's goroutine
 // is gone, the call ended.
 func TestCloseEndsOwnPendingReinvite(t *testing.T) {
-	h := newHarness(t)
-	h.b.byeTimeout, h.b.reinviteTimeout = time.Hour, time.Hour
+	h := newHarness(t, patient)
 	h.established(h.pbx, h.prov, h.lan.addr, "4930123456", "callee")
 	silence(t, h.prov, sip.INVITE, sip.BYE)
 	if n := h.b.Readdress(""); n != 1 {
@@ -85,8 +88,7 @@ func TestCloseEndsOwnPendingReinvite(t *testing.T) {
 // the provider never answers it. Close still waits for that transaction,
 // ends it at once, and the PBX gets a final answer.
 func TestCloseEndsRelayedReinvite(t *testing.T) {
-	h := newHarness(t)
-	h.b.byeTimeout, h.b.reinviteTimeout = time.Hour, time.Hour
+	h := newHarness(t, patient)
 	u, _ := h.established(h.pbx, h.prov, h.lan.addr, "4930123456", "callee")
 	silence(t, h.prov, sip.INVITE, sip.BYE)
 	res := make(chan *sip.Response, 1)
@@ -112,8 +114,7 @@ func TestCloseEndsRelayedReinvite(t *testing.T) {
 // error once ctx ends, having Closed.
 func TestShutdown(t *testing.T) {
 	t.Run("answered", func(t *testing.T) {
-		h := newHarness(t)
-		h.b.byeTimeout = time.Hour
+		h := newHarness(t, patient)
 		h.established(h.pbx, h.prov, h.lan.addr, "4930123456", "callee")
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
@@ -127,8 +128,7 @@ func TestShutdown(t *testing.T) {
 		}
 	})
 	t.Run("unanswered", func(t *testing.T) {
-		h := newHarness(t)
-		h.b.byeTimeout = time.Hour
+		h := newHarness(t, patient)
 		h.established(h.pbx, h.prov, h.lan.addr, "4930123456", "callee")
 		silence(t, h.prov, sip.BYE)
 		ctx, cancel := context.WithCancel(context.Background())

@@ -257,7 +257,7 @@ func TestUntrustedTarget(t *testing.T) {
 // A name in the route set is looked up (RFC 3263) with Config.Resolve;
 // one that does not resolve goes to the first hop, counted.
 func TestRouteByName(t *testing.T) {
-	var proxy *agent
+	proxy := serving(t, proxyIP)
 	h := newHarnessWith(t, trunkOptions{allow: prefixes(proxyIP)}, func(c *Config) {
 		c.Resolve = func(ctx context.Context, host string, port int) ([]netip.AddrPort, error) {
 			if host == "sbc.provider.test" && port == 0 {
@@ -266,7 +266,6 @@ func TestRouteByName(t *testing.T) {
 			return nil, fmt.Errorf("%s: no such host", host)
 		}
 	})
-	proxy = serving(t, proxyIP)
 	byName := sip.Uri{Scheme: "sip", Host: "sbc.provider.test", UriParams: sip.NewParams()}
 	byName.UriParams.Add("lr", "")
 	h.prov.on(sip.INVITE, answering(t, h.prov, recordRoute(byName), contactAt(h.prov.addr)))

@@ -676,6 +676,9 @@ func (b *B2BUA) OnBye(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	b.reply(tx, req, nil, sip.StatusOK, "OK", nil)
+	// The BYE to the other leg runs on this handler's goroutine:
+	// HangupAll and Close wait for it as for their own.
+	defer b.enter()()
 	if other := c.other(leg); other != nil && other.confirmed() {
 		b.bye(other)
 	}

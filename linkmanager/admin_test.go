@@ -100,7 +100,7 @@ func TestAdminAPI(t *testing.T) {
 		`linkmanager_trunk_registered{trunk="provider"}`, "linkmanager_public_address_changes_total",
 		"linkmanager_stun_rtt_seconds", "linkmanager_stun_failures_total", "linkmanager_calls_active",
 		`linkmanager_port_pool_pairs{pool="internet",state="free"}`, `linkmanager_sip_dropped_total{reason="source_not_allowed",socket="internet"}`,
-		`linkmanager_sip_large_sent_total{socket="internet"}`, "linkmanager_media_addresses_refused_total",
+		`linkmanager_sip_large_sent_total{socket="internet"}`, "linkmanager_media_addresses_refused_total", "linkmanager_sip_route_fallbacks_total",
 		`linkmanager_rtp_dropped_total{reason="no_session"}`, `linkmanager_rtp_dropped_total{reason="foreign_source"}`,
 		"go_goroutines", "process_open_fds",
 	} {

@@ -109,7 +109,7 @@ func (p *fakeProvider) answer(req *sip.Request, from netip.AddrPort) {
 		}
 		ring := res(180, "Ringing")
 		ring.To().Params.Add("tag", "prov")
-		ring.AppendHeader(sip.NewHeader("Record-Route", "<sip:"+wanIP+";lr;secret-provider-route>"))
+		ring.AppendHeader(sip.NewHeader("Record-Route", fmt.Sprintf("<sip:%s:%d;lr;secret-provider-route>", wanIP, p.port())))
 		p.write(ring, from)
 		// A callee rings before it answers. sipgo handles each datagram
 		// in its own goroutine, so a 180 and 200 sent back to back can
@@ -117,7 +117,7 @@ func (p *fakeProvider) answer(req *sip.Request, from netip.AddrPort) {
 		time.Sleep(50 * time.Millisecond)
 		ok := res(200, "OK")
 		ok.To().Params.Add("tag", "prov")
-		ok.AppendHeader(sip.NewHeader("Record-Route", "<sip:"+wanIP+";lr;secret-provider-route>"))
+		ok.AppendHeader(sip.NewHeader("Record-Route", fmt.Sprintf("<sip:%s:%d;lr;secret-provider-route>", wanIP, p.port())))
 		ok.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callee", Host: wanIP, Port: p.port()}})
 		ok.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 		ok.SetBody([]byte("v=0\r\no=prov 1 1 IN IP4 " + wanIP + "\r\ns=-\r\nc=IN IP4 " + wanIP +

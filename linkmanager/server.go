@@ -226,6 +226,9 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 			pm: s.portmap, log: log.Named("portmap")},
 		RingTimeout: opts.RingTimeout,
 		OnCallEnded: s.metrics.CallEnded,
+		Resolve: func(ctx context.Context, host string, port int) ([]netip.AddrPort, error) {
+			return trunk.Lookup(ctx, s.lookup, host, port)
+		},
 	})
 	if err != nil {
 		media.Close()
@@ -263,6 +266,11 @@ func (s *Server) do(ctx context.Context, req *sip.Request, dst netip.AddrPort) (
 	req.SetDestination(dst.String())
 	return s.client.Do(ctx, req)
 }
+
+// hangupBudget bounds the hang-up of the calls left at shutdown: a
+// BYE's 4 s and a margin. With shutdown.grace before it and the
+// unregistration after, the stop stays inside systemd's TimeoutStopSec.
+const hangupBudget = 5 * time.Second
 
 // Run serves until ctx ends, then unregisters every trunk and stops. It
 // returns nil after a clean stop.
@@ -313,8 +321,13 @@ func (s *Server) Run(ctx context.Context) error {
 		s.tmu.Unlock()
 		<-gctx.Done()
 		if s.b2bua != nil {
-			s.b2bua.Drain()
-			s.b2bua.HangupAll("shutdown")
+			// BYE (or CANCEL) what is left; whatever is not answered
+			// within hangupBudget the B2BUA's Close ends at once.
+			hctx, stop := context.WithTimeout(context.Background(), hangupBudget)
+			if err := s.b2bua.Shutdown(hctx); err != nil {
+				s.log.Warn("calls hung up without waiting for every answer", zap.Duration("after", hangupBudget))
+			}
+			stop()
 		}
 		s.tmu.Lock()
 		s.stopped = true
@@ -531,7 +544,8 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(tx, req, sip.StatusTemporarilyUnavailable, "Temporarily Unavailable")
 		return
 	}
-	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.Name(), DID: did, Contact: t.RegisteredContact, Latching: latchingOf(t)}, req, tx)
+	s.b2bua.OnProviderInvite(b2bua.Inbound{Trunk: t.Name(), DID: did, Contact: t.RegisteredContact, Latching: latchingOf(t),
+		Allows: t.Allows}, req, tx)
 }
 
 // inboundTrunk picks the trunk a new call from ip is for: of those that
@@ -635,7 +649,7 @@ func (s *Server) Route(dialled string) (b2bua.Route, error) {
 		return b2bua.Route{Trunk: t.Name(), Dst: r.Dst, Alt: r.Alt, Failed: r.Failed, Number: r.Number, Domain: r.Domain, User: r.User,
 			Denied: o.Outbound.Check(dialled, r.Number), MaxCalls: o.MaxCalls,
 			AuthUser: r.AuthUser, Password: r.Password, Contact: t.RegisteredContact, Latching: latchingOf(t),
-			CallerID: callerIDOf(t)}, nil
+			CallerID: callerIDOf(t), Allows: t.Allows}, nil
 	}
 	return b2bua.Route{}, b2bua.ErrNoRoute
 }

@@ -136,6 +136,8 @@ var (
 		"NAT self-tests run (at start and after each public address change).", nil, nil)
 	descRefusedAddrs = prometheus.NewDesc("linkmanager_media_addresses_refused_total",
 		"SDP media addresses the relay refused to send to: loopback, link-local, multicast, broadcast, its own, or the LAN named from the Internet side.", nil, nil)
+	descRouteFallbacks = prometheus.NewDesc("linkmanager_sip_route_fallbacks_total",
+		"In-dialog requests sent to the dialog's first hop (the trunk's next hop, the PBX) because the peer's Record-Route or Contact named an address its side does not trust, or a name that did not resolve.", nil, nil)
 	descOneWay = prometheus.NewDesc("linkmanager_calls_one_way",
 		"Answered calls up now whose audio has flowed one way only (as /status one_way_audio).", nil, nil)
 	descSIPALG = prometheus.NewDesc("linkmanager_sip_alg_detected",
@@ -151,7 +153,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistered, descRegFailures, descAddrChanges, descSTUNRTT,
 		descSTUNRequests, descSTUNFailures, descSIPDropped, descCallsActive, descCalls, descCallsFailed,
-		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests, descRefusedAddrs, descOneWay, descSIPALG, descSIPALGRewrites, descLengthMismatch} {
+		descRTPPackets, descRTPBytes, descRTPDropped, descPorts, descSIPRejected, descRTPLatch, descNATRepairs, descCapacity, descLargeSent, descNATVerdict, descNATWorks, descNATTests, descRefusedAddrs, descOneWay, descSIPALG, descSIPALGRewrites, descLengthMismatch, descRouteFallbacks} {
 		ch <- d
 	}
 }
@@ -227,6 +229,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descCapacity, float64(s.Media.Pools.MaxSessions()))
 	counter(descRefusedAddrs, float64(s.Media.RefusedAddrs))
+	counter(descRouteFallbacks, float64(s.Calls.RouteFallbacks))
 }
 
 func boolFloat(b bool) float64 {

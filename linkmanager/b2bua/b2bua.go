@@ -70,6 +70,10 @@ type Route struct {
 	Denied error
 	// MaxCalls caps the trunk's calls at once; 0: no cap.
 	MaxCalls int
+	// Allows reports whether ip is the trunk's provider (trunk.Allows):
+	// the call's in-dialog requests follow its route set and Contact
+	// only there. Nil: only to Dst.
+	Allows func(netip.Addr) bool
 }
 
 // Router picks the trunk for a dialled number. Its errors wrap
@@ -84,6 +88,7 @@ type Inbound struct {
 	DID      string                // the number called, as configured
 	Contact  func() netip.AddrPort // as in Route
 	Latching rtpbridge.Latching    // as in Route
+	Allows   func(netip.Addr) bool // as in Route; nil: only the INVITE's source
 }
 
 // Side is one network's SIP stack: the client that sends from its socket
@@ -119,6 +124,11 @@ type Config struct {
 	// answered yet, per trunk and in total, so that a flood of INVITEs
 	// cannot take every relay pair; more get 503. 0: no bound.
 	MaxRingingPerTrunk, MaxRinging int
+	// Resolve looks up host names in route sets and Contacts; nil: only
+	// numeric hosts are followed, a name goes to the dialog's first hop.
+	Resolve Resolve
+	// byeTimeout and reinviteTimeout replace the defaults; tests only.
+	byeTimeout, reinviteTimeout time.Duration
 }
 
 // B2BUA bridges calls between the PBX and the providers. Each call has a
@@ -140,6 +150,15 @@ type B2BUA struct {
 	policyLog   rate.Sometimes                 // refusals by the outbound policy: one line a while
 	glareDelay  func(owner bool) time.Duration // RFC 3261 §14.1; tests shorten it
 	reliableT1  time.Duration                  // RFC 3262 §3 retransmission base (sip.T1); tests shorten it
+	hops        *nextHops
+	// ctx is the base of every transaction the B2BUA runs, as in
+	// net/http: Close cancels it, so each pending one ends at once.
+	ctx  context.Context
+	stop context.CancelFunc
+	// byeTimeout and reinviteTimeout bound a BYE's and a re-INVITE's
+	// transaction; tests lengthen them to show Close does not wait for
+	// them.
+	byeTimeout, reinviteTimeout time.Duration
 
 	mu       sync.Mutex
 	calls    map[string]*call       // guarded by mu; by the Call-ID of either leg
@@ -155,23 +174,31 @@ func New(cfg Config) (*B2BUA, error) {
 	if cfg.LAN.Client == nil || cfg.WAN.Client == nil || cfg.Router == nil || cfg.Media == nil {
 		return nil, ErrConfig
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	b := &B2BUA{
-		log:         cmp.Or(cfg.Logger, zap.NewNop()),
-		ringTimeout: cmp.Or(cfg.RingTimeout, DefaultRingTimeout),
-		hopTimeout:  cmp.Or(cfg.HopTimeout, DefaultHopTimeout),
-		router:      cfg.Router,
-		media:       cfg.Media,
-		onEnded:     cfg.OnCallEnded,
-		ringing:     newRinging(cfg.MaxRingingPerTrunk, cfg.MaxRinging),
-		admit:       newAdmission(),
-		policyLog:   rate.Sometimes{Interval: 10 * time.Second},
-		glareDelay:  glareDelay,
-		reliableT1:  sip.T1,
-		calls:       map[string]*call{},
-		changed:     make(chan struct{}),
-		lan:         &side{name: "pbx", leg: rtpbridge.LegA, client: cfg.LAN.Client, contact: cfg.LAN.Contact},
-		wan:         &side{name: "provider", leg: rtpbridge.LegB, client: cfg.WAN.Client, contact: cfg.WAN.Contact},
+		ctx:             ctx,
+		stop:            cancel,
+		byeTimeout:      cmp.Or(cfg.byeTimeout, byeTimeout),
+		reinviteTimeout: cmp.Or(cfg.reinviteTimeout, reinviteTimeout),
+		log:             cmp.Or(cfg.Logger, zap.NewNop()),
+		ringTimeout:     cmp.Or(cfg.RingTimeout, DefaultRingTimeout),
+		hopTimeout:      cmp.Or(cfg.HopTimeout, DefaultHopTimeout),
+		router:          cfg.Router,
+		media:           cfg.Media,
+		onEnded:         cfg.OnCallEnded,
+		ringing:         newRinging(cfg.MaxRingingPerTrunk, cfg.MaxRinging),
+		admit:           newAdmission(),
+		policyLog:       rate.Sometimes{Interval: 10 * time.Second},
+		glareDelay:      glareDelay,
+		reliableT1:      sip.T1,
+		calls:           map[string]*call{},
+		changed:         make(chan struct{}),
+		lan:             &side{name: "pbx", leg: rtpbridge.LegA, client: cfg.LAN.Client, contact: cfg.LAN.Contact},
+		wan:             &side{name: "provider", leg: rtpbridge.LegB, client: cfg.WAN.Client, contact: cfg.WAN.Contact},
 	}
+	b.hops = &nextHops{ctx: ctx, resolve: cfg.Resolve, log: b.log, every: rate.Sometimes{Interval: 10 * time.Second}}
+	b.lan.hops, b.wan.hops = b.hops, b.hops
+	b.lan.trusts = b.AllowsPBX
 	b.SetPBX(cfg.PBX)
 	return b, nil
 }
@@ -219,6 +246,21 @@ func (b *B2BUA) goCall(f func()) bool {
 	return true
 }
 
+// enter counts a transaction that a sipgo handler runs for us (a relayed
+// re-INVITE), so that HangupAll waits for it as for our own goroutines;
+// call what it returns when the transaction is over. Once we are
+// stopping nothing more is counted: the transaction still runs, bounded
+// by its timeout and the base context.
+func (b *B2BUA) enter() (leave func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopping {
+		return func() {}
+	}
+	b.wg.Add(1)
+	return b.wg.Done
+}
+
 func (b *B2BUA) draining() bool { return b.drain.Load() }
 
 // pbxState is the LAN-side settings a reload may change.
@@ -256,12 +298,14 @@ func (b *B2BUA) sideOf(l rtpbridge.Leg) *side {
 }
 
 // wanFor is the Internet side as seen by one trunk: its Contact is what
-// that trunk's registrar sees, which is what the provider can reach.
-func (b *B2BUA) wanFor(contact func() netip.AddrPort) *side {
-	if contact == nil {
-		return b.wan
-	}
+// that trunk's registrar sees, which is what the provider can reach, and
+// it trusts the trunk's provider addresses (allows).
+func (b *B2BUA) wanFor(contact func() netip.AddrPort, allows func(netip.Addr) bool) *side {
 	s := *b.wan
+	s.trusts = allows
+	if contact == nil {
+		return &s
+	}
 	s.contact = func() netip.AddrPort {
 		if a := contact(); a.IsValid() {
 			return a
@@ -271,14 +315,21 @@ func (b *B2BUA) wanFor(contact func() netip.AddrPort) *side {
 	return &s
 }
 
-func (b *B2BUA) track(c *call) {
+// track puts a new call into the table, unless HangupAll has begun: it
+// took its list of calls to hang up when it set stopping, so a call
+// tracked later would be missed. It reports whether it did.
+func (b *B2BUA) track(c *call) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.stopping {
+		return false
+	}
 	for _, d := range c.legs {
 		if d != nil {
 			b.calls[d.callID] = c
 		}
 	}
+	return true
 }
 
 // callByID is the call with a leg of this Call-ID.
@@ -406,9 +457,14 @@ func (b *B2BUA) OnMediaTimeout(id string) {
 	b.goCall(func() { b.hangup(c, "media timeout") })
 }
 
-// HangupAll ends every call (shutdown) and waits for the BYEs.
+// HangupAll ends every call (shutdown) and waits for the BYEs and
+// CANCELs to be answered, and for every goroutine and transaction the
+// B2BUA started. From its start no new call is set up and no background
+// work is started; each transaction is bounded by its timeout, and
+// Close ends them all at once.
 func (b *B2BUA) HangupAll(reason string) {
 	b.mu.Lock()
+	b.stopping = true
 	seen := map[*call]bool{}
 	for _, c := range b.calls {
 		seen[c] = true
@@ -420,10 +476,42 @@ func (b *B2BUA) HangupAll(reason string) {
 		go func() { defer wg.Done(); b.hangup(c, reason) }()
 	}
 	wg.Wait()
-	b.mu.Lock()
-	b.stopping = true
-	b.mu.Unlock()
 	b.wg.Wait()
+}
+
+// Shutdown stops the B2BUA gracefully, like net/http's Server.Shutdown:
+// new calls get 503, every call is hung up (BYE, or CANCEL and 503 while
+// it rings) and its BYEs and CANCELs are sent and answered, and it
+// returns once everything the B2BUA started has ended. If ctx ends
+// first, it Closes, so what is still pending ends at once, and returns
+// ctx's error once that is done.
+func (b *B2BUA) Shutdown(ctx context.Context) error {
+	b.Drain()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.HangupAll("shutdown")
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		b.Close()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close stops the B2BUA at once, like net/http's Server.Close: it cancels
+// the base context of every transaction, so each pending one (a re-INVITE
+// the peer never answers, a BYE, a CANCEL) ends now; the calls end, their
+// last requests sent but not awaited. It returns once every goroutine and
+// transaction the B2BUA started has ended.
+func (b *B2BUA) Close() error {
+	b.Drain()
+	b.stop()
+	b.HangupAll("closed")
+	return nil
 }
 
 // Active is the number of calls up or being set up.
@@ -499,7 +587,7 @@ func (b *B2BUA) OnPBXInvite(req *sip.Request, tx sip.ServerTransaction) {
 	b.bridge(b.lan, req, tx, bridgeParams{
 		emergency: emergency,
 		onEnd:     release,
-		to:        b.wanFor(r.Contact),
+		to:        b.wanFor(r.Contact, r.Allows),
 		ruri:      sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
 		from:      id.from,
 		at:        sip.Uri{Scheme: "sip", User: r.Number, Host: r.Domain},
@@ -554,7 +642,7 @@ func (b *B2BUA) OnProviderInvite(in Inbound, req *sip.Request, tx sip.ServerTran
 	defer b.releaseUnlessLive(req.CallID().Value(), held)
 	pbx := b.pbx.Load()
 	lanIP := pbx.Listen.Addr().String()
-	b.bridge(b.wanFor(in.Contact), req, tx, bridgeParams{
+	b.bridge(b.wanFor(in.Contact, in.Allows), req, tx, bridgeParams{
 		to:   b.lan,
 		ruri: sip.Uri{Scheme: "sip", User: in.DID, Host: pbx.Addr.Addr().String(), Port: int(pbx.Addr.Port())},
 		from: sip.Uri{Scheme: "sip", User: caller, Host: lanIP},
@@ -590,6 +678,9 @@ func (b *B2BUA) OnBye(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	b.reply(tx, req, nil, sip.StatusOK, "OK", nil)
+	// The BYE to the other leg runs on this handler's goroutine:
+	// HangupAll and Close wait for it as for their own.
+	defer b.enter()()
 	if other := c.other(leg); other != nil && other.confirmed() {
 		b.bye(other)
 	}
@@ -670,6 +761,9 @@ func (b *B2BUA) OnReinvite(req *sip.Request, tx sip.ServerTransaction) {
 	if b.refuseUnsupported(tx, req, in) {
 		return
 	}
+	// A relay runs its transaction on this handler's goroutine:
+	// HangupAll and Close wait for it as for their own.
+	defer b.enter()()
 	out := c.other(leg)
 	body := sdpBody(req)
 	if len(body) == 0 {
@@ -706,6 +800,7 @@ func (b *B2BUA) refresh(c *call, leg rtpbridge.Leg, in *dialog, req *sip.Request
 		return
 	}
 	acked := c.expectAck(leg, req.CSeq().SeqNo)
+	in.refreshTarget(req.Contact())
 	ok := b.reply(tx, req, in, sip.StatusOK, "OK", in.sdp())
 	b.goCall(func() {
 		defer c.release(leg)
@@ -749,7 +844,7 @@ func (b *B2BUA) relay(c *call, leg rtpbridge.Leg, in, out *dialog, req *sip.Requ
 			return
 		}
 	}
-	ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
+	ctx, stop := context.WithTimeout(b.ctx, b.reinviteTimeout)
 	defer stop()
 	fwd := out.newRequest(req.Method, body)
 	res, err := b.await(ctx, c, out, fwd)
@@ -764,13 +859,10 @@ func (b *B2BUA) relay(c *call, leg rtpbridge.Leg, in, out *dialog, req *sip.Requ
 		b.reply(tx, req, in, int(res.StatusCode), res.Reason, nil)
 		return
 	}
-	// A 2xx refreshes the remote target; the route set was fixed when
-	// the dialog was made (RFC 3261 §12.2.1.2).
-	if ct := res.Contact(); ct != nil {
-		out.mu.Lock()
-		out.target = ct.Address
-		out.mu.Unlock()
-	}
+	// The 2xx refreshes out's remote target, and the request we accept
+	// in's: a peer that moved says so in either.
+	out.refreshTarget(res.Contact())
+	in.refreshTarget(req.Contact())
 	// The answer commits the offer: both remotes, hold, and what we sent
 	// on each leg. A new remote address gets its pinhole before our ACK
 	// and our answer, as on the initial answer.

@@ -24,6 +24,9 @@ const DefaultRingTimeout = 120 * time.Second
 
 const byeTimeout = 4 * time.Second
 
+// cancelTimeout bounds a CANCEL's transaction: Timer F would be 32 s.
+const cancelTimeout = 8 * time.Second
+
 // DefaultHopTimeout is how long an INVITE waits for any answer, even a
 // 100, before the next hop gets it. sipgo's Timer B would wait 32 s; a
 // live proxy answers within one or two retransmissions (T1 = 500 ms).
@@ -38,6 +41,10 @@ type side struct {
 	// contact is what we write into Via and Contact on this side: the
 	// public address on the Internet side.
 	contact func() netip.AddrPort
+	// trusts is who the peer's route set and Contact may send our
+	// in-dialog requests to (where); nil: only the dialog's first hop.
+	trusts func(netip.Addr) bool
+	hops   *nextHops
 }
 
 // dialog is our half of one SIP dialog on one side. The INVITE handler,
@@ -49,7 +56,10 @@ type dialog struct {
 	localTag string
 	local    sip.Uri // our From (UAC) / To (UAS) address
 	remote   sip.Uri
-	dst      netip.AddrPort
+	// dst is where the initial INVITE went (the trunk's next hop, the
+	// PBX) or came from: in-dialog requests go there when the route set
+	// or remote target points somewhere the side does not trust.
+	dst netip.AddrPort
 
 	mu        sync.Mutex
 	remoteTag string       // guarded by mu
@@ -339,7 +349,12 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	b.reply(tx, req, in_, sip.StatusTrying, "Trying", nil)
 	c.legs[p.to.leg] = out
-	b.track(c)
+	if !b.track(c) {
+		log.Info("call refused: shutting down")
+		b.finish(c, "shutdown")
+		b.reply(tx, req, in_, sip.StatusServiceUnavailable, "Service Unavailable", nil, sip.NewHeader("Retry-After", "60"))
+		return
+	}
 
 	cancelled := make(chan struct{})
 	var once sync.Once
@@ -353,9 +368,9 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	}
 	ring := time.NewTimer(b.ringTimeout)
 	defer ring.Stop()
-	// Not tied to the handler: a CANCEL or a late 2xx must still be
-	// handled after the caller is gone.
-	octx, ocancel := context.WithCancel(context.Background())
+	// Tied to the B2BUA's base context, not the handler's: a CANCEL or
+	// a late 2xx must still be handled after the caller is gone.
+	octx, ocancel := context.WithCancel(b.ctx)
 	defer ocancel()
 
 	otx, err := b.send(octx, out, invite)
@@ -732,12 +747,14 @@ func (d *dialog) learnTarget(res *sip.Response, uac bool) {
 
 // newRequest builds a request on this dialog from scratch: nothing from
 // the other leg is copied, so no header of one side leaks to the other.
+// Before the peer answered (our initial INVITE) it goes to dst; in the
+// dialog, where the route set and remote target say (routing, where).
 func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	req := sip.NewRequest(method, d.target)
+	ruri, routes, hop := d.routing()
+	req := sip.NewRequest(method, ruri)
 	req.AppendHeader(sipmsg.NewVia(d.side.contact()))
-	for _, r := range d.routes {
+	for _, r := range routes {
 		req.AppendHeader(&sip.RouteHeader{Address: r})
 	}
 	req.AppendHeader(&sip.FromHeader{Address: d.local, Params: sipmsg.Params("tag", d.localTag)})
@@ -766,7 +783,13 @@ func (d *dialog) newRequest(method sip.RequestMethod, body []byte) *sip.Request 
 		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	}
 	req.SetBody(body)
-	req.SetDestination(d.dst.String())
+	dst, inDialog := d.dst, d.remoteTag != ""
+	d.mu.Unlock()
+	// Outside d.mu: where may look the hop up in DNS.
+	if inDialog {
+		dst = d.side.where(hop, dst)
+	}
+	req.SetDestination(dst.String())
 	return req
 }
 
@@ -851,7 +874,7 @@ func (b *B2BUA) cancel(d *dialog, invite *sip.Request) {
 	// and one that comes after HangupAll has stopped taking background
 	// work runs here, so no CANCEL is lost at shutdown.
 	send := func() {
-		ctx, stop := context.WithTimeout(context.Background(), 8*time.Second)
+		ctx, stop := context.WithTimeout(b.ctx, cancelTimeout)
 		defer stop()
 		if _, err := d.side.client.Do(ctx, req, sipgo.ClientRequestBuild); err != nil {
 			b.log.Debug("cancel unanswered", zap.String("call_id", d.callID), zap.Error(err))
@@ -870,6 +893,8 @@ func (b *B2BUA) awaitCancelled(c *call, tx sip.ClientTransaction, d *dialog, inv
 	for {
 		select {
 		case <-t.C:
+			return
+		case <-b.ctx.Done():
 			return
 		case <-tx.Done():
 			return
@@ -895,7 +920,7 @@ func (b *B2BUA) awaitCancelled(c *call, tx sip.ClientTransaction, d *dialog, inv
 // TimeoutStopSec.
 func (b *B2BUA) bye(d *dialog) {
 	req := d.newRequest(sip.BYE, nil)
-	ctx, stop := context.WithTimeout(context.Background(), byeTimeout)
+	ctx, stop := context.WithTimeout(b.ctx, b.byeTimeout)
 	defer stop()
 	if _, err := d.side.client.Do(ctx, req, sipgo.ClientRequestBuild); err != nil {
 		b.log.Debug("bye unanswered", zap.String("call_id", d.callID), zap.Error(err))

@@ -257,11 +257,25 @@ func sdpOf(ip string, port int) []byte {
 type fakeRouter struct {
 	dst    netip.AddrPort
 	caller CallerID
+	allow  []netip.Prefix // the trunk's provider addresses besides dst's
 }
 
 func (r fakeRouter) Route(dialled string) (Route, error) {
 	return Route{Trunk: "provider", Dst: r.dst, Number: dialled, Domain: "sip.provider.test",
-		User: "4930123456", AuthUser: "4930123456", Password: "secret", CallerID: r.caller}, nil
+		User: "4930123456", AuthUser: "4930123456", Password: "secret", CallerID: r.caller, Allows: r.allows}, nil
+}
+
+// allows is the trunk's Allows: dst's address and the allow prefixes.
+func (r fakeRouter) allows(ip netip.Addr) bool {
+	if ip == r.dst.Addr() {
+		return true
+	}
+	for _, p := range r.allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // fakeMedia hands out sessions that relay nothing but remember what the
@@ -406,6 +420,7 @@ type harness struct {
 type trunkOptions struct {
 	caller  CallerID
 	didFrom DIDSource
+	allow   []netip.Prefix // trunks[].allow: the provider's other addresses
 	// tune adjusts the B2BUA before the stacks serve (timers a test
 	// shortens); nil: none.
 	tune func(*B2BUA)
@@ -428,7 +443,7 @@ func newHarnessWith(t testing.TB, o trunkOptions, opts ...func(*Config)) *harnes
 		WAN:    Side{Client: h.wan.client, Contact: func() netip.AddrPort { return h.wan.addr }},
 		PBX: PBXOptions{Listen: h.lan.addr, Addr: h.pbx.addr,
 			Allow: []netip.Prefix{netip.MustParsePrefix(pbxIP + "/32")}},
-		Router:      fakeRouter{dst: h.prov.addr, caller: o.caller},
+		Router:      fakeRouter{dst: h.prov.addr, caller: o.caller, allow: o.allow},
 		Media:       h.media,
 		RingTimeout: wait,
 		OnCallEnded: func(e CallEnded) { h.ended <- e },
@@ -460,7 +475,7 @@ func newHarnessWith(t testing.TB, o trunkOptions, opts ...func(*Config)) *harnes
 			respond(t, tx, req, 404, "Not Found", "", nil)
 			return
 		}
-		b.OnProviderInvite(Inbound{Trunk: "provider", DID: called[0]}, req, tx)
+		b.OnProviderInvite(Inbound{Trunk: "provider", DID: called[0], Allows: fakeRouter{dst: h.prov.addr, allow: o.allow}.allows}, req, tx)
 	})
 	h.wan.srv.OnAck(b.OnAck)
 	h.wan.srv.OnBye(b.OnBye)

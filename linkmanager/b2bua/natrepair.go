@@ -98,7 +98,7 @@ func (b *B2BUA) reinviteWith(c *call, d *dialog, port uint16, what string, commi
 		c.log.Warn(what+"; cannot rewrite SDP", zap.Error(err))
 		return false
 	}
-	ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
+	ctx, stop := context.WithTimeout(b.ctx, b.reinviteTimeout)
 	defer stop()
 	res, req, err := b.offer(ctx, c, leg, body)
 	switch {
@@ -111,11 +111,7 @@ func (b *B2BUA) reinviteWith(c *call, d *dialog, port uint16, what string, commi
 		c.log.Warn(what+"; re-INVITE refused", zap.Uint16("port", port), zap.Int("status", int(res.StatusCode)))
 		return false
 	}
-	if ct := res.Contact(); ct != nil {
-		d.mu.Lock()
-		d.target = ct.Address
-		d.mu.Unlock()
-	}
+	d.refreshTarget(res.Contact())
 	d.commit(body, version)
 	if s, err := sdp.Parse(sdpBody(res)); err == nil {
 		if err := c.takeAnswer(leg, s); err != nil {

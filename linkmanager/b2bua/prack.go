@@ -101,7 +101,7 @@ func (b *B2BUA) prack(c *call, d *dialog, res *sip.Response) {
 	req := d.newRequest(sip.PRACK, nil)
 	req.AppendHeader(sip.NewHeader("RAck", fmt.Sprintf("%d %d %s", rseq, cs.SeqNo, cs.MethodName)))
 	b.goCall(func() {
-		ctx, stop := context.WithTimeout(context.Background(), reinviteTimeout)
+		ctx, stop := context.WithTimeout(b.ctx, 64*sip.T1) // Timer F; Close ends it at once
 		defer stop()
 		tx, err := b.send(ctx, d, req)
 		if err != nil {

@@ -27,6 +27,10 @@ type Snapshot struct {
 	// (AtoB: PBX to provider), read under one lock with the call table
 	// so a call that ends is never counted twice or not at all.
 	Media rtpbridge.Stats
+	// RouteFallbacks counts in-dialog requests sent to the dialog's first
+	// hop because its route set or Contact pointed at an address the
+	// side does not trust, or at a name that did not resolve.
+	RouteFallbacks uint64
 }
 
 // Snapshot reports the calls and the media totals.
@@ -36,7 +40,7 @@ func (b *B2BUA) Snapshot() Snapshot {
 	for _, c := range b.calls {
 		seen[c] = true
 	}
-	var snap Snapshot
+	snap := Snapshot{RouteFallbacks: b.hops.refused.Load()}
 	snap.Media.AtoB, snap.Media.BtoA = b.ended[0], b.ended[1]
 	snap.Calls = make([]CallInfo, 0, len(seen))
 	for c := range seen {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -104,6 +105,17 @@ func lookupHost(ctx context.Context, r Resolver, host string, port int) ([]srvTa
 		return nil, err
 	}
 	return []srvTarget{{name: host, addrs: addrs}}, nil
+}
+
+// Lookup resolves a host named in a SIP URI (a Record-Route, a Contact)
+// the way lookupHost does, best address first: the B2BUA's in-dialog
+// requests find their next hop with it.
+func Lookup(ctx context.Context, r Resolver, host string, port int) ([]netip.AddrPort, error) {
+	ts, err := lookupHost(ctx, r, host, port)
+	if err != nil {
+		return nil, err
+	}
+	return orderTargets(ts, rand.IntN), nil
 }
 
 // lookupTargets resolves every SRV target; one that does not resolve

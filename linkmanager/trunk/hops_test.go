@@ -161,6 +161,20 @@ func TestLookupHost(t *testing.T) {
 	}
 }
 
+// Lookup, for a host in a Record-Route or Contact: every address of every
+// SRV target, best priority first; a name that does not resolve is an
+// error.
+func TestLookup(t *testing.T) {
+	dns := providerDNS()
+	got, err := Lookup(context.Background(), dns, "provider.test", 0)
+	if want := aps("192.0.2.1:5060", "192.0.2.2:5060", "192.0.2.3:5060"); err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Lookup = %v, %v; want %v", got, err, want)
+	}
+	if got, err := Lookup(context.Background(), dns, "nowhere.test", 5060); err == nil {
+		t.Errorf("Lookup of a name without records = %v, want an error", got)
+	}
+}
+
 // srvTrunk is a trunk whose proxy has two SRV targets and whose
 // registrar is another name, as at providers that register on one host
 // and route calls through SBCs.

@@ -14,6 +14,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,13 +24,18 @@ import (
 
 // StartMiniUPnPd runs miniupnpd in the router namespace (lab.sh
 // run-miniupnpd) and waits until it has passed its STUN check and serves
-// UPnP IGD and, unless upnpOnly, NAT-PMP. It is stopped by PID on cleanup.
-func (l *Lab) StartMiniUPnPd(t *testing.T, upnpOnly bool) *Proc {
+// UPnP IGD and, unless mode is "upnp-only", PCP and NAT-PMP ("no-pcp":
+// PCP requests are dropped on the way, a NAT-PMP-only router). It is
+// stopped by PID on cleanup.
+func (l *Lab) StartMiniUPnPd(t *testing.T, mode string) *Proc {
 	t.Helper()
 	args := []string{l.script, "run-miniupnpd", l.Prefix, l.Dir}
 	ready := []string{"Port forwarding is now enabled", "HTTP listening on port", "Listening for NAT-PMP/PCP traffic"}
-	if upnpOnly {
-		args, ready = append(args, "upnp-only"), ready[:2]
+	if mode != "" {
+		args = append(args, mode)
+	}
+	if mode == "upnp-only" {
+		ready = ready[:2]
 	}
 	p := l.startRoot("miniupnpd", "miniupnpd.log", args...)
 	deadline := time.Now().Add(30 * time.Second)
@@ -59,6 +65,22 @@ func containsAll(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// routerGrants is which protocols miniupnpd's log shows mapping requests
+// of.
+func routerGrants(log string) []string {
+	var by []string
+	for _, p := range []struct{ name, line string }{
+		{"pcp", "PCP MAP: "},
+		{"nat-pmp", "NAT-PMP port mapping request"},
+		{"upnp", "AddPortMapping"},
+	} {
+		if strings.Contains(log, p.line) {
+			by = append(by, p.name)
+		}
+	}
+	return by
 }
 
 // routerRedirects is the DNAT rules miniupnpd holds in the router.
@@ -92,22 +114,24 @@ func portmapStatus(t *testing.T, l *Lab) admin.Status {
 }
 
 // TestPortMapSymmetricNAT: through a symmetric NAT, a call to a phone that
-// does not latch has two-way audio when the router grants mappings, by
-// NAT-PMP or (with NAT-PMP off at the router) by UPnP IGD, and the PBX
-// hears nothing from the phone without them (the control). The daemon
-// deletes its mappings when it stops.
+// does not latch has two-way audio when the router grants mappings: by
+// PCP against miniupnpd as it is (it speaks PCP and NAT-PMP on one port,
+// and PCP is tried first), by NAT-PMP when the router drops PCP, by UPnP
+// IGD with both off at the router; the PBX hears nothing from the phone
+// without them (the control). The daemon deletes its mappings when it
+// stops.
 func TestPortMapSymmetricNAT(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name, portmap string
-		upnpOnly      bool
+		router        string // miniupnpd's mode (lab.sh run-miniupnpd)
 		proto         string // "": nothing mapped
 		dir           callDir
 	}{
-		{"nat-pmp", "auto", false, "nat-pmp", outbound},
-		{"nat-pmp inbound", "auto", false, "nat-pmp", inbound},
-		{"upnp", "auto", true, "upnp", outbound},
-		{"off", "off", false, "", outbound},
+		{"pcp", "auto", "", "pcp", outbound},
+		{"nat-pmp inbound", "auto", "no-pcp", "nat-pmp", inbound},
+		{"upnp", "auto", "upnp-only", "upnp", outbound},
+		{"off", "off", "", "", outbound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -116,7 +140,7 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 			if err := l.SetNATMode(NATRandomFully); err != nil {
 				t.Fatal(err)
 			}
-			l.StartMiniUPnPd(t, tc.upnpOnly)
+			mu := l.StartMiniUPnPd(t, tc.router)
 			d := l.StartDaemon(DaemonConfig{Extra: "nat: {portmap: " + tc.portmap + "}\n"}.YAML())
 			d.WaitLog(t, regTimeout, Msg("registered", "trunk", "provider"))
 			if mapped {
@@ -125,6 +149,11 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 				if pm := st.PortMap; pm == nil || pm.Protocol != tc.proto || pm.External != WANIP1 ||
 					len(pm.Mappings) != 1 || pm.Mappings[0].External != WANIP1+":65002" {
 					t.Fatalf("/status portmap = %+v, want %s, %s, 65002 mapped", st.PortMap, tc.proto, WANIP1)
+				}
+				// The router's own word for which protocol it granted by.
+				b, _ := os.ReadFile(mu.LogPath)
+				if got := routerGrants(string(b)); !slices.Equal(got, []string{tc.proto}) {
+					t.Fatalf("miniupnpd granted by %v, want only %s:\n%s", got, tc.proto, tail(string(b), 20))
 				}
 			} else if st := portmapStatus(t, l); st.PortMap != nil {
 				t.Fatalf("/status portmap with portmap off = %+v, want none", st.PortMap)

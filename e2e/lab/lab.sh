@@ -11,7 +11,7 @@
 #   lab.sh prepare DIR             write Kamailio db_text tables + coturn config into DIR
 #   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING]   exec Kamailio in the foreground
 #   lab.sh run-coturn PREFIX DIR IP [IP2]                 exec coturn in the foreground (two IPs: RFC 5780)
-#   lab.sh run-miniupnpd PREFIX DIR [upnp-only]   exec miniupnpd (NAT-PMP/PCP + UPnP IGD) in the router, foreground
+#   lab.sh run-miniupnpd PREFIX DIR [upnp-only|no-pcp]   exec miniupnpd (PCP/NAT-PMP + UPnP IGD) in the router, foreground
 #   lab.sh redial PREFIX NEWIP     change the router's WAN address, flush conntrack + ARP
 #   lab.sh nat-mode PREFIX preserve|random-fully   port-preserving MASQUERADE (default) or --random-fully
 #   lab.sh exec PREFIX NS CMD...   run CMD inside PREFIX-NS
@@ -230,9 +230,19 @@ run_coturn() {
 # router's own packets must leave un-NATed, so they skip MASQUERADE.
 # Granted mappings are DNAT'ed in the legacy tables; the nft FORWARD chain
 # lets DNAT'ed packets through, as a router's "port forwards" rule does.
+#
+# miniupnpd 2.3.1 has one switch for NAT-PMP and PCP (enable_natpmp; later
+# versions call it enable_pcp_pmp) and answers both on port 5351, so a
+# client that tries PCP first gets PCP. no-pcp makes it a NAT-PMP-only
+# router: PCP requests (24 bytes and more; NAT-PMP's are 2 and 12) to 5351
+# are dropped in the router's INPUT.
 run_miniupnpd() {
 	local p=$1 d=$2 natpmp=yes t c
 	[ "${3:-}" = upnp-only ] && natpmp=no
+	if [ "${3:-}" = no-pcp ]; then
+		c=(-i lan -p udp --dport 5351 -m length --length 52:65535 -j DROP) # IP+UDP headers (28) + 24
+		nsx "$p" router iptables -C INPUT "${c[@]}" 2>/dev/null || nsx "$p" router iptables -I INPUT 1 "${c[@]}"
+	fi
 	mkdir -p "$d"
 	for t in nat mangle filter; do
 		nsx "$p" router iptables-legacy -t $t -N MINIUPNPD 2>/dev/null || true
@@ -375,7 +385,7 @@ net-down) net_down "$1" ;;
 prepare) prepare "$1" ;;
 run-kamailio) run_kamailio "$@" ;;
 run-coturn) run_coturn "$@" ;;
-run-miniupnpd) [ $# -ge 2 ] || die "usage: run-miniupnpd PREFIX DIR [upnp-only]"; check_prefix "$1"; run_miniupnpd "$@" ;;
+run-miniupnpd) [ $# -ge 2 ] || die "usage: run-miniupnpd PREFIX DIR [upnp-only|no-pcp]"; check_prefix "$1"; run_miniupnpd "$@" ;;
 redial) redial "$1" "$2" ;;
 nat-mode) [ $# -eq 2 ] || die "usage: nat-mode PREFIX preserve|random-fully"; check_prefix "$1"; nat_mode "$1" "$2" ;;
 exec) p=$1 n=$2; shift 2; exec ip netns exec "$(ns "$p" "$n")" "$@" ;;

@@ -46,6 +46,9 @@ type Status struct {
 	External string    `json:"external_ip,omitempty"`
 	Mappings []Mapping `json:"mappings,omitempty"`
 	Error    string    `json:"last_error,omitempty"`
+	// Dropped counts datagrams from the gateway that answered none of our
+	// requests (PCP only: short, another version, opcode or nonce).
+	Dropped uint64 `json:"dropped,omitempty"`
 }
 
 // Mapping is one lease as /status shows it.
@@ -201,7 +204,13 @@ func (m *Mapper) Status() Status {
 	defer m.mu.Unlock()
 	st := Status{Gateway: m.cfg.Gateway.String()}
 	if m.proto != nil {
-		st.Protocol, st.External = m.proto.Name(), m.ext.String()
+		st.Protocol = m.proto.Name()
+		if m.ext.IsValid() { // PCP's comes with its first grant
+			st.External = m.ext.String()
+		}
+		if d, ok := m.proto.(interface{ Dropped() uint64 }); ok {
+			st.Dropped = d.Dropped()
+		}
 	}
 	if m.lastErr != nil {
 		st.Error = m.lastErr.Error()

@@ -406,3 +406,45 @@ func TestPCPRequestEncoding(t *testing.T) {
 		t.Fatalf("ANNOUNCE %x", got)
 	}
 }
+
+// TestMapperOverPCP: the Mapper over a real PCP client and the fake
+// gateway takes the external address from the grants (PCP has no request
+// for it alone), shows it and the dropped junk in Status, and deletes the
+// mapping when Run stops.
+func TestMapperOverPCP(t *testing.T) {
+	t.Parallel()
+	g := startFakePCP(t, false)
+	g.set(func(g *fakePCP) {
+		g.junk = func([]byte) [][]byte { return [][]byte{{2, 0x81, 0, 0}} } // short: dropped
+	})
+	m, err := New(Config{Gateway: g.addr, Ports: []uint16{65002},
+		Probe: func(context.Context, netip.Addr, netip.Addr, time.Duration) (Protocol, error) {
+			return NewPCP(g.addr, 2*time.Second), nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	if r := g.next(t); r.op != 1 || r.internal != 65002 || r.lifetime != 7200 {
+		t.Fatalf("first request %+v, want MAP 65002 for 2 h", r)
+	}
+	var st Status
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if st = m.Status(); len(st.Mappings) == 1 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if st.Protocol != "pcp" || st.External != "203.0.113.9" || len(st.Mappings) != 1 ||
+		st.Mappings[0].External != "203.0.113.9:65002" || st.Dropped != 1 {
+		t.Fatalf("Status = %+v, want pcp, 203.0.113.9:65002, 1 dropped", st)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if r := g.next(t); r.op != 1 || r.lifetime != 0 || r.internal != 65002 {
+		t.Fatalf("request at stop %+v, want the delete of 65002", r)
+	}
+}

@@ -111,6 +111,9 @@ func TestNATVerdictInTheDaemon(t *testing.T) {
 			if st["public_addr"] != addrs["registrar_sees"] {
 				t.Errorf("public_addr %v, want what the registrar sees, %v", st["public_addr"], addrs["registrar_sees"])
 			}
+			if tc.forward && !strings.Contains(note, "declared port forward") {
+				t.Errorf("trunk addresses note %q, want it to name the declared port forward", note)
+			}
 			if symmetric := tc.verdict == "symmetric"; !symmetric && note != "" || symmetric && !strings.Contains(note, "symmetric") {
 				t.Errorf("trunk addresses %v: want a note naming a symmetric NAT only behind one", addrs)
 			}

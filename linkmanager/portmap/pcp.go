@@ -39,7 +39,7 @@ const (
 	pcpNotAuthorized = 2
 	pcpNoResources   = 8
 	pcpUserExQuota   = 10
-	pcpAddrMismatch  = 12 // the client address in the request is not the source (a NAT between us and the gateway)
+	pcpAddrMismatch  = 12
 )
 
 // Errors of PCP answers. ErrUnsupportedVersion is how a NAT-PMP gateway
@@ -64,7 +64,9 @@ func pcpResultErr(code byte) error {
 		return ErrNotAuthorized
 	case pcpNoResources, pcpUserExQuota:
 		return fmt.Errorf("%w (result %d)", ErrNoResources, code)
-	default: // MALFORMED_REQUEST, UNSUPP_OPCODE, UNSUPP_PROTOCOL, CANNOT_PROVIDE_EXTERNAL, ADDRESS_MISMATCH, …
+	case pcpAddrMismatch:
+		return fmt.Errorf("%w: ADDRESS_MISMATCH: the gateway sees another source address than ours (a second NAT on the way?)", ErrPCPRefused)
+	default: // MALFORMED_REQUEST, UNSUPP_OPCODE, UNSUPP_PROTOCOL, CANNOT_PROVIDE_EXTERNAL, …
 		return fmt.Errorf("%w (result %d)", ErrPCPRefused, code)
 	}
 }

@@ -14,6 +14,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -66,6 +67,45 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// checkRouterRestart restarts miniupnpd, which forgets every mapping and
+// starts a new PCP epoch. The daemon's next request (a call's pair) gets an
+// answer whose epoch went back (RFC 6887 §8.5), and it maps 65002 again at
+// once instead of at its renewal an hour later. It returns the new
+// miniupnpd.
+func checkRouterRestart(t *testing.T, l *Lab, d *Daemon, mu *Proc) *Proc {
+	t.Helper()
+	mu.Stop(5 * time.Second)
+	if err := os.Rename(mu.LogPath, mu.LogPath+".1"); err != nil { // the new one's readiness is read from a new log
+		t.Fatal(err)
+	}
+	// miniupnpd 2.3.1 leaves its rules when it stops; a rebooted router
+	// has none.
+	for _, c := range [][]string{{"nat", "MINIUPNPD"}, {"nat", "MINIUPNPD-POSTROUTING"}, {"filter", "MINIUPNPD"}, {"mangle", "MINIUPNPD"}} {
+		if out, err := l.Exec(NSRouter, "iptables-legacy", "-t", c[0], "-F", c[1]); err != nil {
+			t.Fatalf("flush %v: %v: %s", c, err, out)
+		}
+	}
+	mu = l.StartMiniUPnPd(t, "")
+	r := placeCall(t, l, outbound, "uac-cancel.xml", "uas-cancel.xml", 0, 0)
+	defer r.ExplainOnFailure(t)
+	requireCompleted(t, r, 487)
+	d.WaitSeen(t, 10*time.Second, Msg("the router lost its port mappings (restarted?); mapping them again"))
+	if b, _ := os.ReadFile(mu.LogPath); !pcpMapped65002.Match(b) {
+		t.Errorf("the restarted miniupnpd got no PCP MAP of 65002:\n%s", tail(string(b), 20))
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if r := routerRedirects(t, l); len(r) == 1 && strings.Contains(r[0], "--dport 65002") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the router's restart it redirects %q, want 65002 again (and the cancelled call's pair gone)", routerRedirects(t, l))
+		}
+	}
+	return mu
+}
+
+var pcpMapped65002 = regexp.MustCompile(`PCP MAP: .* 65002->`)
 
 // checkForwardedAudio is checkTwoWay through a static port forward under
 // --random-fully: the forward rewrites only what comes in, so the relay's
@@ -248,6 +288,9 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 				if r := routerRedirects(t, l); len(r) != 1 || !strings.Contains(r[0], "--dport 65002") {
 					t.Errorf("the router redirects %q, want only 65002", r)
 				}
+			}
+			if tc.proto == "pcp" {
+				mu = checkRouterRestart(t, l, d, mu)
 			}
 			stopDaemon(t, d)
 			if mu == nil {

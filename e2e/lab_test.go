@@ -337,6 +337,15 @@ func (l *Lab) SetSIPALG(on bool) error {
 	return nil
 }
 
+// RouterRule runs lab.sh port-forward PREFIX PORTS or lab.sh hairpin PREFIX
+// (cmd "port-forward" or "hairpin").
+func (l *Lab) RouterRule(cmd string, args ...string) error {
+	if out, err := l.script1(30*time.Second, append([]string{cmd, l.Prefix}, args...)...); err != nil {
+		return fmt.Errorf("%s: %v: %s", cmd, err, out)
+	}
+	return nil
+}
+
 // StopSTUN stops coturn (both STUN addresses go down).
 func (l *Lab) StopSTUN() {
 	l.mu.Lock()

@@ -130,7 +130,8 @@ func TestNATTestLabPortRestrictedCone(t *testing.T) {
 var natSockets = regexp.MustCompile(`\(test sockets ` + regexp.QuoteMeta(DaemonIP) + `:(\d+), ` + regexp.QuoteMeta(DaemonIP) + `:(\d+)\)`)
 
 // (b) MASQUERADE --random-fully: a new public port per destination, so
-// symmetric, with the port-forward advice for the configured RTP pool.
+// symmetric, with the port-forward advice for the configured RTP pool, or,
+// with that forward declared, reachable.
 func TestNATTestLabSymmetric(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
@@ -143,6 +144,14 @@ func TestNATTestLabSymmetric(t *testing.T) {
 		"mapping:     address-and-port-dependent\n",
 		"filtering:   address-and-port-dependent\n",
 		natVerdictSymmetric)
+	// With a forward of the pool declared (nat.port_forward), the same
+	// router is reachable: nothing left to do.
+	fwd := filepath.Join(l.Dir, "nattest-forward.yaml")
+	if err := os.WriteFile(fwd, []byte(DaemonConfig{Extra: "nat: {port_forward: true}\n"}.YAML()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantLines(t, natTest(t, l, fwd),
+		"NAT: symmetric, with the declared port forward of the SIP port and 55000–56000 (nat.port_forward): reachable; no further action\n")
 	// The control: back to port-preserving, the same lab is a cone again.
 	if err := l.SetNATMode(NATPreserve); err != nil {
 		t.Fatal(err)

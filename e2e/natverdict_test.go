@@ -27,17 +27,22 @@ func (l *Lab) statusJSON(t *testing.T) map[string]any {
 // own sockets and says, in one line and in /status, what the router is
 // and what to do. The lab's port-preserving MASQUERADE is a
 // port-restricted cone; with --random-fully the same router is symmetric,
-// and the advice names the pool's port forward.
+// and the advice names the pool's port forward; with that forward in
+// place and declared (nat.port_forward) it is reachable and nothing is
+// left to do. A router that hairpins is seen to (the others do not).
 func TestNATVerdictInTheDaemon(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		mode, verdict, advice string
-		works                 bool
+		name, mode, verdict, advice string
+		works                       bool
+		forward, hairpin            bool // router rules (lab.sh port-forward, hairpin)
 	}{
-		{"preserve", "port-restricted cone", "no port forward needed", true},
-		{"random-fully", "symmetric", "inbound media needs a port forward of 55000–56000", false},
+		{"preserve", "preserve", "port-restricted cone", "no port forward needed", true, false, false},
+		{"random-fully", "random-fully", "symmetric", "inbound media needs a port forward of 55000–56000", false, false, false},
+		{"random-fully port forward", "random-fully", "symmetric", "reachable; no further action", true, true, false},
+		{"preserve hairpin", "preserve", "port-restricted cone", "no port forward needed", true, false, true},
 	} {
-		t.Run(tc.mode, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			l := newLab(t)
 			if tc.mode != "preserve" {
@@ -45,19 +50,34 @@ func TestNATVerdictInTheDaemon(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			d := l.StartDaemon(DaemonConfig{LogLevel: "info"}.YAML())
+			extra := ""
+			if tc.forward {
+				for _, ports := range []string{"65002", "55000:56000"} {
+					if err := l.RouterRule("port-forward", ports); err != nil {
+						t.Fatal(err)
+					}
+				}
+				extra = "nat: {port_forward: true}\n"
+			}
+			if tc.hairpin {
+				if err := l.RouterRule("hairpin"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d := l.StartDaemon(DaemonConfig{LogLevel: "info", Extra: extra}.YAML())
 			e := d.WaitSeen(t, 30*time.Second, func(e map[string]any) bool {
 				m, _ := e["msg"].(string)
 				return strings.HasPrefix(m, "NAT: ")
 			})
-			t.Logf("daemon: %v (mapping %v, filtering %v)", e["msg"], e["mapping"], e["filtering"])
+			t.Logf("daemon: %v (mapping %v, filtering %v, hairpin %v)", e["msg"], e["mapping"], e["filtering"], e["hairpin"])
 			if msg, _ := e["msg"].(string); !strings.Contains(msg, tc.verdict) || !strings.Contains(msg, tc.advice) {
 				t.Errorf("the daemon's NAT line is %q; want %q with %q", msg, tc.verdict, tc.advice)
 			}
+			hairpin := map[bool]string{true: "yes", false: "no"}[tc.hairpin]
 			st := l.statusJSON(t)
 			nt, _ := st["nat_test"].(map[string]any)
-			if nt == nil || nt["verdict"] != tc.verdict || nt["works"] != tc.works {
-				t.Errorf("/status nat_test = %v; want verdict %q, works %v", nt, tc.verdict, tc.works)
+			if nt == nil || nt["verdict"] != tc.verdict || nt["works"] != tc.works || nt["hairpin"] != hairpin {
+				t.Errorf("/status nat_test = %v; want verdict %q, works %v, hairpin %s", nt, tc.verdict, tc.works, hairpin)
 			}
 			if m, err := l.AdminGet("/metrics"); err != nil {
 				t.Errorf("/metrics: %v", err)
@@ -91,7 +111,10 @@ func TestNATVerdictInTheDaemon(t *testing.T) {
 			if st["public_addr"] != addrs["registrar_sees"] {
 				t.Errorf("public_addr %v, want what the registrar sees, %v", st["public_addr"], addrs["registrar_sees"])
 			}
-			if tc.works && note != "" || !tc.works && !strings.Contains(note, "symmetric") {
+			if tc.forward && !strings.Contains(note, "declared port forward") {
+				t.Errorf("trunk addresses note %q, want it to name the declared port forward", note)
+			}
+			if symmetric := tc.verdict == "symmetric"; !symmetric && note != "" || symmetric && !strings.Contains(note, "symmetric") {
 				t.Errorf("trunk addresses %v: want a note naming a symmetric NAT only behind one", addrs)
 			}
 			stopDaemon(t, d)

@@ -14,6 +14,8 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,13 +25,18 @@ import (
 
 // StartMiniUPnPd runs miniupnpd in the router namespace (lab.sh
 // run-miniupnpd) and waits until it has passed its STUN check and serves
-// UPnP IGD and, unless upnpOnly, NAT-PMP. It is stopped by PID on cleanup.
-func (l *Lab) StartMiniUPnPd(t *testing.T, upnpOnly bool) *Proc {
+// UPnP IGD and, unless mode is "upnp-only", PCP and NAT-PMP ("no-pcp":
+// PCP requests are dropped on the way, a NAT-PMP-only router). It is
+// stopped by PID on cleanup.
+func (l *Lab) StartMiniUPnPd(t *testing.T, mode string) *Proc {
 	t.Helper()
 	args := []string{l.script, "run-miniupnpd", l.Prefix, l.Dir}
 	ready := []string{"Port forwarding is now enabled", "HTTP listening on port", "Listening for NAT-PMP/PCP traffic"}
-	if upnpOnly {
-		args, ready = append(args, "upnp-only"), ready[:2]
+	if mode != "" {
+		args = append(args, mode)
+	}
+	if mode == "upnp-only" {
+		ready = ready[:2]
 	}
 	p := l.startRoot("miniupnpd", "miniupnpd.log", args...)
 	deadline := time.Now().Add(30 * time.Second)
@@ -59,6 +66,90 @@ func containsAll(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// checkRouterRestart restarts miniupnpd, which forgets every mapping and
+// starts a new PCP epoch. The daemon's next request (a call's pair) gets an
+// answer whose epoch went back (RFC 6887 §8.5), and it maps 65002 again at
+// once instead of at its renewal an hour later. It returns the new
+// miniupnpd.
+func checkRouterRestart(t *testing.T, l *Lab, d *Daemon, mu *Proc) *Proc {
+	t.Helper()
+	mu.Stop(5 * time.Second)
+	if err := os.Rename(mu.LogPath, mu.LogPath+".1"); err != nil { // the new one's readiness is read from a new log
+		t.Fatal(err)
+	}
+	// miniupnpd 2.3.1 leaves its rules when it stops; a rebooted router
+	// has none.
+	for _, c := range [][]string{{"nat", "MINIUPNPD"}, {"nat", "MINIUPNPD-POSTROUTING"}, {"filter", "MINIUPNPD"}, {"mangle", "MINIUPNPD"}} {
+		if out, err := l.Exec(NSRouter, "iptables-legacy", "-t", c[0], "-F", c[1]); err != nil {
+			t.Fatalf("flush %v: %v: %s", c, err, out)
+		}
+	}
+	mu = l.StartMiniUPnPd(t, "")
+	r := placeCall(t, l, outbound, "uac-cancel.xml", "uas-cancel.xml", 0, 0)
+	defer r.ExplainOnFailure(t)
+	requireCompleted(t, r, 487)
+	d.WaitSeen(t, 10*time.Second, Msg("the router lost its port mappings (restarted?); mapping them again"))
+	if b, _ := os.ReadFile(mu.LogPath); !pcpMapped65002.Match(b) {
+		t.Errorf("the restarted miniupnpd got no PCP MAP of 65002:\n%s", tail(string(b), 20))
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if r := routerRedirects(t, l); len(r) == 1 && strings.Contains(r[0], "--dport 65002") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the router's restart it redirects %q, want 65002 again (and the cancelled call's pair gone)", routerRedirects(t, l))
+		}
+	}
+	return mu
+}
+
+var pcpMapped65002 = regexp.MustCompile(`PCP MAP: .* 65002->`)
+
+// checkForwardedAudio is checkTwoWay through a static port forward under
+// --random-fully: the forward rewrites only what comes in, so the relay's
+// pinhole packet, when it leaves before the phone's first packet (an
+// inbound call: the relay knows the phone's SDP from its INVITE), goes out
+// from a random public port; the phone, which does not latch, ignores it.
+// The rest of the phone's audio must come from the SDP's pool port.
+func checkForwardedAudio(t *testing.T, r *CallRun, dir callDir) {
+	t.Helper()
+	for _, at := range []Endpoint{dir.caller, dir.callee} {
+		if at.NS != NSPhone {
+			r.CheckAudio(t, relayAudio(at))
+			continue
+		}
+		pool, other := 0, 0
+		for a, n := range BySource(Select(r.Pkts[NSPhone], To(PhoneIP), RTPWithPT(PTPCMA))) {
+			if a.Addr().String() == WANIP1 && int(a.Port()) >= PoolMin && int(a.Port()) <= PoolMax {
+				pool += n
+			} else {
+				other += n
+			}
+		}
+		t.Logf("the phone got %d RTP packets from the pool's forwarded port, %d from elsewhere", pool, other)
+		if pool < MinDelivered(G711Packets) || other > 2 {
+			t.Errorf("the phone got %d RTP packets from %s on a pool port and %d from elsewhere; want %d or more, and at most the pinhole's from elsewhere",
+				pool, WANIP1, other, MinDelivered(G711Packets))
+		}
+	}
+}
+
+// routerGrants is which protocols miniupnpd's log shows mapping requests
+// of.
+func routerGrants(log string) []string {
+	var by []string
+	for _, p := range []struct{ name, line string }{
+		{"pcp", "PCP MAP: "},
+		{"nat-pmp", "NAT-PMP port mapping request"},
+		{"upnp", "AddPortMapping"},
+	} {
+		if strings.Contains(log, p.line) {
+			by = append(by, p.name)
+		}
+	}
+	return by
 }
 
 // routerRedirects is the DNAT rules miniupnpd holds in the router.
@@ -92,32 +183,48 @@ func portmapStatus(t *testing.T, l *Lab) admin.Status {
 }
 
 // TestPortMapSymmetricNAT: through a symmetric NAT, a call to a phone that
-// does not latch has two-way audio when the router grants mappings, by
-// NAT-PMP or (with NAT-PMP off at the router) by UPnP IGD, and the PBX
-// hears nothing from the phone without them (the control). The daemon
-// deletes its mappings when it stops.
+// does not latch has two-way audio when the router grants mappings: by
+// PCP against miniupnpd as it is (it speaks PCP and NAT-PMP on one port,
+// and PCP is tried first), by NAT-PMP when the router drops PCP, by UPnP
+// IGD with both off at the router; the PBX hears nothing from the phone
+// without them (the control). The daemon deletes its mappings when it
+// stops.
 func TestPortMapSymmetricNAT(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name, portmap string
-		upnpOnly      bool
+		router        string // miniupnpd's mode (lab.sh run-miniupnpd)
 		proto         string // "": nothing mapped
 		dir           callDir
 	}{
-		{"nat-pmp", "auto", false, "nat-pmp", outbound},
-		{"nat-pmp inbound", "auto", false, "nat-pmp", inbound},
-		{"upnp", "auto", true, "upnp", outbound},
-		{"off", "off", false, "", outbound},
+		{"pcp", "auto", "", "pcp", outbound},
+		{"nat-pmp inbound", "auto", "no-pcp", "nat-pmp", inbound},
+		{"upnp", "auto", "upnp-only", "upnp", outbound},
+		{"off", "off", "", "", outbound},
+		// No miniupnpd: a static forward of 65002 and the pool, declared.
+		{"port forward", "forward", "-", "", inbound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			mapped := tc.proto != ""
+			mapped, forward := tc.proto != "", tc.portmap == "forward"
 			l := newLab(t)
 			if err := l.SetNATMode(NATRandomFully); err != nil {
 				t.Fatal(err)
 			}
-			l.StartMiniUPnPd(t, tc.upnpOnly)
-			d := l.StartDaemon(DaemonConfig{Extra: "nat: {portmap: " + tc.portmap + "}\n"}.YAML())
+			var mu *Proc
+			if tc.router != "-" {
+				mu = l.StartMiniUPnPd(t, tc.router)
+			}
+			extra := "nat: {portmap: " + tc.portmap + "}\n"
+			if forward {
+				for _, ports := range []string{"65002", "55000:56000"} {
+					if err := l.RouterRule("port-forward", ports); err != nil {
+						t.Fatal(err)
+					}
+				}
+				extra = "nat: {port_forward: true}\n"
+			}
+			d := l.StartDaemon(DaemonConfig{Extra: extra}.YAML())
 			d.WaitLog(t, regTimeout, Msg("registered", "trunk", "provider"))
 			if mapped {
 				d.WaitSeen(t, 30*time.Second, Msg("port mapped", "port", "65002"))
@@ -125,6 +232,11 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 				if pm := st.PortMap; pm == nil || pm.Protocol != tc.proto || pm.External != WANIP1 ||
 					len(pm.Mappings) != 1 || pm.Mappings[0].External != WANIP1+":65002" {
 					t.Fatalf("/status portmap = %+v, want %s, %s, 65002 mapped", st.PortMap, tc.proto, WANIP1)
+				}
+				// The router's own word for which protocol it granted by.
+				b, _ := os.ReadFile(mu.LogPath)
+				if got := routerGrants(string(b)); !slices.Equal(got, []string{tc.proto}) {
+					t.Fatalf("miniupnpd granted by %v, want only %s:\n%s", got, tc.proto, tail(string(b), 20))
 				}
 			} else if st := portmapStatus(t, l); st.PortMap != nil {
 				t.Fatalf("/status portmap with portmap off = %+v, want none", st.PortMap)
@@ -136,11 +248,17 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 				t.Fatalf("the caller's INVITE was answered %d, want 200", a)
 			}
 			sent := len(Select(r.Pkts[NSPhone], From(PhoneIP), RTPWithPT(PTPCMA)))
-			if mapped {
-				e := d.WaitSeen(t, 5*time.Second, Msg("call's RTP pair mapped"))
-				t.Logf("the call's pair %v was mapped to %v in %v", e["port"], e["external"], e["took"])
+			if mapped || forward {
+				if mapped {
+					e := d.WaitSeen(t, 5*time.Second, Msg("call's RTP pair mapped"))
+					t.Logf("the call's pair %v was mapped to %v in %v", e["port"], e["external"], e["took"])
+				}
 				requireCompleted(t, r, 200)
-				checkTwoWay(t, r, tc.dir, 1)
+				if forward {
+					checkForwardedAudio(t, r, tc.dir)
+				} else {
+					checkTwoWay(t, r, tc.dir, 1)
+				}
 				checkLegs(t, r)
 			} else {
 				// Today's failure: the phone's RTP dies at the router, the
@@ -171,7 +289,13 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 					t.Errorf("the router redirects %q, want only 65002", r)
 				}
 			}
+			if tc.proto == "pcp" {
+				mu = checkRouterRestart(t, l, d, mu)
+			}
 			stopDaemon(t, d)
+			if mu == nil {
+				return
+			}
 			if r := routerRedirects(t, l); len(r) != 0 {
 				t.Errorf("after the daemon stopped the router still redirects %q", r)
 			}

@@ -120,12 +120,20 @@ type NATReport struct {
 	// the test's requests (garbage, strays).
 	Dropped uint64
 	Took    time.Duration
+	// PortForward: the admin declared a static forward of the SIP port
+	// and the RTP pool (nat.port_forward). The test cannot see one (it
+	// probes from ephemeral ports); the verdict takes it on trust.
+	PortForward bool
 }
 
 // Works reports whether a remote that does not latch can send media to
-// the SDP address without a port forward: the mapping does not depend on
-// the destination (and the relay sends first on every port).
+// the SDP address: the mapping does not depend on the destination (and
+// the relay sends first on every port), or a port forward takes the
+// remote's packets to the SDP's port whatever the NAT does.
 func (r NATReport) Works() bool {
+	if r.PortForward && r.Verdict != VerdictUnknown {
+		return true
+	}
 	switch r.Verdict {
 	case VerdictNoNAT, VerdictFullCone, VerdictRestrictedCone, VerdictPortRestrictedCone, VerdictCone:
 		return true
@@ -144,6 +152,9 @@ func (r NATReport) Advice(portMin, portMax int) string {
 	case VerdictCone:
 		return "cone (" + r.Note + "): works; no port forward needed"
 	case VerdictSymmetric:
+		if r.PortForward {
+			return fmt.Sprintf("symmetric, with the declared port forward of the SIP port and %d–%d (nat.port_forward): reachable; no further action", portMin, portMax)
+		}
 		s := fmt.Sprintf("symmetric: inbound media needs a port forward of %d–%d or a router that offers PCP/UPnP; run `linkmanager firewall`", portMin, portMax)
 		if r.Note != "" {
 			s += " (" + r.Note + ")"

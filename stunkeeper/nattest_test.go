@@ -368,18 +368,23 @@ func TestNATTestConfig(t *testing.T) {
 
 func TestNATAdvice(t *testing.T) {
 	for _, tc := range []struct {
-		r    NATReport
-		want string
+		r     NATReport
+		want  string
+		works bool
 	}{
-		{NATReport{Verdict: VerdictPortRestrictedCone}, "port-restricted cone: works; no port forward needed"},
-		{NATReport{Verdict: VerdictFullCone}, "full cone: works; no port forward needed"},
-		{NATReport{Verdict: VerdictSymmetric}, "symmetric: inbound media needs a port forward of 55000–56000 or a router that offers PCP/UPnP; run `linkmanager firewall`"},
-		{NATReport{Verdict: VerdictCone, Note: noteNo5780}, "cone (" + noteNo5780 + "): works; no port forward needed"},
+		{NATReport{Verdict: VerdictPortRestrictedCone}, "port-restricted cone: works; no port forward needed", true},
+		{NATReport{Verdict: VerdictFullCone}, "full cone: works; no port forward needed", true},
+		{NATReport{Verdict: VerdictSymmetric}, "symmetric: inbound media needs a port forward of 55000–56000 or a router that offers PCP/UPnP; run `linkmanager firewall`", false},
+		{NATReport{Verdict: VerdictCone, Note: noteNo5780}, "cone (" + noteNo5780 + "): works; no port forward needed", true},
+		{NATReport{Verdict: VerdictSymmetric, PortForward: true},
+			"symmetric, with the declared port forward of the SIP port and 55000–56000 (nat.port_forward): reachable; no further action", true},
+		{NATReport{Verdict: VerdictPortRestrictedCone, PortForward: true}, "port-restricted cone: works; no port forward needed", true},
+		{NATReport{Verdict: VerdictUnknown, Note: noteNoAnswer, PortForward: true}, "NAT type unknown: " + noteNoAnswer, false},
 	} {
 		if got := tc.r.Advice(55000, 56000); got != tc.want {
 			t.Errorf("%v: %q, want %q", tc.r.Verdict, got, tc.want)
 		}
-		if works := tc.r.Verdict != VerdictSymmetric; tc.r.Works() != works {
+		if tc.r.Works() != tc.works {
 			t.Errorf("%v: Works() = %v", tc.r.Verdict, tc.r.Works())
 		}
 	}

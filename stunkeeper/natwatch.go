@@ -35,6 +35,9 @@ type NATWatchConfig struct {
 	Listen func() (net.PacketConn, error)
 	// PortMin, PortMax: the Internet-side RTP pool, for the advice line.
 	PortMin, PortMax int
+	// PortForward: the router forwards the SIP port and the pool to us
+	// (nat.port_forward); every report carries it (NATReport.PortForward).
+	PortForward bool
 	// Settle and MinGap default to DefaultNATWatchSettle and
 	// DefaultNATWatchMinGap.
 	Settle, MinGap time.Duration
@@ -197,6 +200,7 @@ func (w *NATWatch) test(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
+	r.PortForward = w.cfg.PortForward
 	if err != nil && !errors.Is(err, ErrNoAnswer) {
 		w.log.Warn("nat test failed", zap.Error(err))
 		return

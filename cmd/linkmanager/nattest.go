@@ -143,6 +143,7 @@ func cmdNATTest(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "linkmanager nat-test: %v\n", err)
 		return 1
 	}
+	r.PortForward = cfg.NAT.PortForward
 	printNATReport(stdout, r, cfg.RTP.PortMin, cfg.RTP.PortMax)
 	if err != nil {
 		return 1

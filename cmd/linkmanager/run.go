@@ -156,7 +156,7 @@ func serve(path string, cfg *config.Config, level zap.AtomicLevel, log *zap.Logg
 			Listen: func() (net.PacketConn, error) {
 				return net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
 			},
-			PortMin: cfg.RTP.PortMin, PortMax: cfg.RTP.PortMax,
+			PortMin: cfg.RTP.PortMin, PortMax: cfg.RTP.PortMax, PortForward: cfg.NAT.PortForward,
 			Logger: log,
 		})
 		if err != nil {

@@ -11,10 +11,12 @@
 #   lab.sh prepare DIR             write Kamailio db_text tables + coturn config into DIR
 #   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING] [SDPDELAY]   exec Kamailio in the foreground
 #   lab.sh run-coturn PREFIX DIR IP [IP2]                 exec coturn in the foreground (two IPs: RFC 5780)
-#   lab.sh run-miniupnpd PREFIX DIR [upnp-only]   exec miniupnpd (NAT-PMP/PCP + UPnP IGD) in the router, foreground
+#   lab.sh run-miniupnpd PREFIX DIR [upnp-only|no-pcp]   exec miniupnpd (PCP/NAT-PMP + UPnP IGD) in the router, foreground
 #   lab.sh redial PREFIX NEWIP     change the router's WAN address, flush conntrack + ARP
 #   lab.sh nat-mode PREFIX preserve|random-fully   port-preserving MASQUERADE (default) or --random-fully
 #   lab.sh sip-alg PREFIX on|off   attach Linux's SIP ALG (the sip conntrack helper) to the router's SIP flows, or not
+#   lab.sh port-forward PREFIX PORTS   forward UDP PORTS (65002, 55000:56000) at the WAN address to the daemon host
+#   lab.sh hairpin PREFIX          the router hairpins UDP from the LAN to its WAN address back to the daemon host
 #   lab.sh exec PREFIX NS CMD...   run CMD inside PREFIX-NS
 #   lab.sh status PREFIX           addresses, NAT rules, conntrack
 #
@@ -231,9 +233,19 @@ run_coturn() {
 # router's own packets must leave un-NATed, so they skip MASQUERADE.
 # Granted mappings are DNAT'ed in the legacy tables; the nft FORWARD chain
 # lets DNAT'ed packets through, as a router's "port forwards" rule does.
+#
+# miniupnpd 2.3.1 has one switch for NAT-PMP and PCP (enable_natpmp; later
+# versions call it enable_pcp_pmp) and answers both on port 5351, so a
+# client that tries PCP first gets PCP. no-pcp makes it a NAT-PMP-only
+# router: PCP requests (24 bytes and more; NAT-PMP's are 2 and 12) to 5351
+# are dropped in the router's INPUT.
 run_miniupnpd() {
 	local p=$1 d=$2 natpmp=yes t c
 	[ "${3:-}" = upnp-only ] && natpmp=no
+	if [ "${3:-}" = no-pcp ]; then
+		c=(-i lan -p udp --dport 5351 -m length --length 52:65535 -j DROP) # IP+UDP headers (28) + 24
+		nsx "$p" router iptables -C INPUT "${c[@]}" 2>/dev/null || nsx "$p" router iptables -I INPUT 1 "${c[@]}"
+	fi
 	mkdir -p "$d"
 	for t in nat mangle filter; do
 		nsx "$p" router iptables-legacy -t $t -N MINIUPNPD 2>/dev/null || true
@@ -307,6 +319,31 @@ sip_alg() {
 	*) die "sip-alg: want on or off, not '$2'" ;;
 	esac
 	nsx "$p" router conntrack -F >/dev/null 2>&1 || true
+}
+
+# port_forward PREFIX PORTS: a static port forward on the router, as an admin
+# sets one: UDP to the WAN address on PORTS (iptables --dport syntax, e.g.
+# 55000:56000) goes to the daemon host on the same port.
+port_forward() {
+	local p=$1 ports=$2 c
+	c=(-i wan -d $ROUTER_WAN -p udp --dport "$ports" -j DNAT --to-destination $LM_IP)
+	nsx "$p" router iptables -t nat -C PREROUTING "${c[@]}" 2>/dev/null || nsx "$p" router iptables -t nat -A PREROUTING "${c[@]}"
+	c=(-i wan -o lan -m conntrack --ctstate DNAT -j ACCEPT)
+	nsx "$p" router iptables -C FORWARD "${c[@]}" 2>/dev/null || nsx "$p" router iptables -I FORWARD 1 "${c[@]}"
+}
+
+# hairpin PREFIX: the router hairpins: UDP from the LAN to its own WAN
+# address goes back into the LAN to the daemon host on the same port (with
+# the port-preserving MASQUERADE that is the mapping a host's socket got),
+# source-NATed to the router so the answer comes back through it.
+hairpin() {
+	local p=$1 c
+	c=(-i lan -d $ROUTER_WAN -p udp -j DNAT --to-destination $LM_IP)
+	nsx "$p" router iptables -t nat -C PREROUTING "${c[@]}" 2>/dev/null || nsx "$p" router iptables -t nat -A PREROUTING "${c[@]}"
+	c=(-o lan -s $LAN_NET.0/24 -d $LM_IP -p udp -j MASQUERADE)
+	nsx "$p" router iptables -t nat -C POSTROUTING "${c[@]}" 2>/dev/null || nsx "$p" router iptables -t nat -I POSTROUTING 1 "${c[@]}"
+	c=(-i lan -o lan -j ACCEPT)
+	nsx "$p" router iptables -C FORWARD "${c[@]}" 2>/dev/null || nsx "$p" router iptables -I FORWARD 1 "${c[@]}"
 }
 
 redial() {
@@ -395,9 +432,11 @@ net-down) net_down "$1" ;;
 prepare) prepare "$1" ;;
 run-kamailio) run_kamailio "$@" ;;
 run-coturn) run_coturn "$@" ;;
-run-miniupnpd) [ $# -ge 2 ] || die "usage: run-miniupnpd PREFIX DIR [upnp-only]"; check_prefix "$1"; run_miniupnpd "$@" ;;
+run-miniupnpd) [ $# -ge 2 ] || die "usage: run-miniupnpd PREFIX DIR [upnp-only|no-pcp]"; check_prefix "$1"; run_miniupnpd "$@" ;;
 redial) redial "$1" "$2" ;;
 sip-alg) [ $# -eq 2 ] || die "usage: sip-alg PREFIX on|off"; check_prefix "$1"; sip_alg "$1" "$2" ;;
+port-forward) [ $# -eq 2 ] || die "usage: port-forward PREFIX PORTS"; check_prefix "$1"; port_forward "$1" "$2" ;;
+hairpin) [ $# -eq 1 ] || die "usage: hairpin PREFIX"; check_prefix "$1"; hairpin "$1" ;;
 nat-mode) [ $# -eq 2 ] || die "usage: nat-mode PREFIX preserve|random-fully"; check_prefix "$1"; nat_mode "$1" "$2" ;;
 exec) p=$1 n=$2; shift 2; exec ip netns exec "$(ns "$p" "$n")" "$@" ;;
 status) status "$1" ;;

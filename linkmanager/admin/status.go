@@ -129,8 +129,9 @@ type AddrView struct {
 	Note      string `json:"note,omitempty"`           // set when they disagree: what it means
 }
 
-// addrView compares the views; zero addresses are unknown.
-func addrView(registrar, stun, contact, sdp netip.AddrPort) AddrView {
+// addrView compares the views; zero addresses are unknown. forwarded: the
+// admin declared a port forward of the pool (nat.port_forward).
+func addrView(registrar, stun, contact, sdp netip.AddrPort, forwarded bool) AddrView {
 	str := func(a netip.AddrPort) string {
 		if a.IsValid() {
 			return a.String()
@@ -146,9 +147,12 @@ func addrView(registrar, stun, contact, sdp netip.AddrPort) AddrView {
 		v.Note = fmt.Sprintf("the registrar sees %s but STUN sees %s: two public IPs (two uplinks, or a carrier-grade NAT); "+
 			"the provider answers where it sees us, so signalling works, but media to %s may not", registrar.Addr(), stun.Addr(), sdp.Addr())
 	case registrar.IsValid() && stun.IsValid() && registrar != stun:
+		media := "inbound media needs the remote to latch or a port forward of the RTP pool (run `linkmanager nat-test`)"
+		if forwarded {
+			media = "inbound media comes through the declared port forward of the RTP pool (nat.port_forward)"
+		}
 		v.Note = fmt.Sprintf("the registrar sees port %d but STUN sees %d: the router maps per destination (symmetric NAT); "+
-			"signalling works on the registrar's flow, and inbound media needs the remote to latch or a port forward of the RTP pool (run `linkmanager nat-test`)",
-			registrar.Port(), stun.Port())
+			"signalling works on the registrar's flow, and %s", registrar.Port(), stun.Port(), media)
 	case contact.IsValid() && registrar.IsValid() && contact != registrar:
 		v.Note = fmt.Sprintf("the registered Contact %s is not where the registrar sees us (%s): the next refresh moves it", contact, registrar)
 	}
@@ -321,7 +325,7 @@ func status(s Snapshot) Status {
 		if r.Registered {
 			contact = r.Contact
 		}
-		ts.Addresses = addrView(r.Public, s.STUNView.Addr, contact, s.Public.Addr)
+		ts.Addresses = addrView(r.Public, s.STUNView.Addr, contact, s.Public.Addr, s.NATTest != nil && s.NATTest.PortForward)
 		ts.SIPALG = sipALG(r.ALG)
 		st.Trunks = append(st.Trunks, ts)
 	}

@@ -117,16 +117,18 @@ func TestAddrView(t *testing.T) {
 	for _, tc := range []struct {
 		name                     string
 		registrar, stun, contact netip.AddrPort
+		forwarded                bool
 		note                     string // substring; "" = no note
 	}{
-		{"all agree", pub, pub, pub, ""},
-		{"unknown is no disagreement", netip.AddrPort{}, pub, netip.AddrPort{}, ""},
-		{"symmetric", pub, pub2, pub, "maps per destination (symmetric NAT)"},
-		{"two public IPs", pub, other, pub, "two public IPs"},
-		{"contact stale", pub, pub, pub2, "the next refresh moves it"},
+		{"all agree", pub, pub, pub, false, ""},
+		{"unknown is no disagreement", netip.AddrPort{}, pub, netip.AddrPort{}, false, ""},
+		{"symmetric", pub, pub2, pub, false, "maps per destination (symmetric NAT); signalling works on the registrar's flow, and inbound media needs"},
+		{"symmetric with a port forward", pub, pub2, pub, true, "symmetric NAT); signalling works on the registrar's flow, and inbound media comes through the declared port forward"},
+		{"two public IPs", pub, other, pub, false, "two public IPs"},
+		{"contact stale", pub, pub, pub2, false, "the next refresh moves it"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := addrView(tc.registrar, tc.stun, tc.contact, tc.stun)
+			v := addrView(tc.registrar, tc.stun, tc.contact, tc.stun, tc.forwarded)
 			if (v.Note == "") != (tc.note == "") || !strings.Contains(v.Note, tc.note) {
 				t.Fatalf("note %q, want %q", v.Note, tc.note)
 			}

@@ -343,19 +343,26 @@ type Admin struct {
 
 // Values of nat.portmap.
 const (
-	PortmapAuto = "auto" // ask the router (NAT-PMP, UPnP IGD); go on without if none answers
+	PortmapAuto = "auto" // ask the router (PCP, NAT-PMP, UPnP IGD); go on without if none answers
 	PortmapOff  = "off"  // never ask
 )
 
-// DefaultPortmap is nat.portmap's default.
+// DefaultPortmap is nat.portmap's default (off when nat.port_forward is
+// set).
 const DefaultPortmap = PortmapAuto
 
-// NAT is what the daemon asks of the router.
+// NAT is what the daemon asks of the router, and what it is told of it.
 type NAT struct {
 	// Ask the router for mappings of sip.listen's port and of each call's
-	// RTP pair: auto|off; default auto. There is no static port forward
-	// setting: with a forward on the router, set off.
+	// RTP pair: auto|off; default auto, or off with port_forward.
 	Portmap string `yaml:"portmap"`
+	// PortForward declares a static port forward on the router of
+	// sip.listen's port and the Internet RTP pool (rtp.port_min–port_max)
+	// to this host, on the same ports: `linkmanager firewall` lists them.
+	// The NAT self-test cannot see a forward (its probes leave from
+	// ephemeral ports), so without this a symmetric NAT is reported as
+	// needing one. Default false.
+	PortForward bool `yaml:"port_forward"`
 }
 
 // Shutdown controls the drain on SIGTERM.
@@ -411,6 +418,9 @@ func (c *Config) SetDefaults() {
 		c.Admin.Listen = &s
 	}
 	setDuration(&c.Shutdown.Grace, DefaultShutdownGrace)
+	if c.NAT.PortForward {
+		setString(&c.NAT.Portmap, PortmapOff) // the forward already does what a mapping would
+	}
 	setString(&c.NAT.Portmap, DefaultPortmap)
 	setDuration(&c.PBX.RingTimeout, DefaultRingTimeout)
 }

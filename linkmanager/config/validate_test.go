@@ -318,6 +318,7 @@ func TestDefaults(t *testing.T) {
 		{"admin parsed", c.Admin.ListenAddr, netip.MustParseAddrPort("127.0.0.1:9065")},
 		{"shutdown.grace", c.Shutdown.Grace, Duration(30 * time.Second)},
 		{"nat.portmap", c.NAT.Portmap, PortmapAuto},
+		{"nat.port_forward", c.NAT.PortForward, false},
 		{"pbx.ring_timeout", c.PBX.RingTimeout, Duration(120 * time.Second)},
 		{"pbx.emergency_numbers", c.PBX.EmergencyNumbers, []string{"112", "110", "911", "999"}},
 		{"pbx.max_call_rate", *c.PBX.MaxCallRate, 10.0},
@@ -385,6 +386,10 @@ func TestDefaultPortsAndForms(t *testing.T) {
 			[]any{"as-is", CallerID{FromUser: "number", Asserted: "ppi", NumberFormat: "e164-no-plus"}}},
 		{"did_from header", "    password: secret\n", "    password: secret\n    did_from: header:P-Called-Party-ID\n",
 			func(c *Config) any { return c.Trunks[0].DIDFrom }, "header:P-Called-Party-ID"},
+		{"a declared port forward turns portmap off", "pbx:\n", "nat: {port_forward: true}\npbx:\n",
+			func(c *Config) any { return []any{c.NAT.PortForward, c.NAT.Portmap} }, []any{true, PortmapOff}},
+		{"port forward with portmap asked for", "pbx:\n", "nat: {port_forward: true, portmap: auto}\npbx:\n",
+			func(c *Config) any { return c.NAT.Portmap }, PortmapAuto},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

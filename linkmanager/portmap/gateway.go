@@ -10,17 +10,29 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
-// Discover asks gateway for NAT-PMP, then looks for a UPnP IGD at it, and
-// returns the first that answers (NAT-PMP is one datagram; UPnP needs an
-// SSDP search and an HTTP fetch).
+// Discover asks gateway for PCP and NAT-PMP at once (one datagram each to
+// port 5351; a gateway that speaks one answers the other's version with
+// UNSUPP_VERSION, RFC 6887 §9), prefers PCP, and only when neither answers
+// looks for a UPnP IGD at it (an SSDP search and an HTTP fetch), as
+// tailscale's portmapper does.
 func Discover(ctx context.Context, gateway, local netip.Addr, timeout time.Duration) (Protocol, error) {
-	pmp := NewNATPMP(gateway, timeout)
-	pctx, cancel := context.WithTimeout(ctx, timeout)
-	_, errPMP := pmp.ExternalAddr(pctx)
-	cancel()
+	pcp, pmp := NewPCP(gateway, timeout), NewNATPMP(gateway, timeout)
+	var errPCP, errPMP error
+	var wg sync.WaitGroup
+	wg.Go(func() { errPCP = pcp.Announce(ctx) })
+	wg.Go(func() {
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		_, errPMP = pmp.ExternalAddr(pctx)
+	})
+	wg.Wait()
+	if errPCP == nil {
+		return pcp, nil
+	}
 	if errPMP == nil {
 		return pmp, nil
 	}
@@ -28,7 +40,7 @@ func Discover(ctx context.Context, gateway, local netip.Addr, timeout time.Durat
 	if errUPnP == nil {
 		return u, nil
 	}
-	return nil, fmt.Errorf("%w: nat-pmp: %w; upnp: %w", ErrNoGateway, errPMP, errUPnP)
+	return nil, fmt.Errorf("%w: pcp: %w; nat-pmp: %w; upnp: %w", ErrNoGateway, errPCP, errPMP, errUPnP)
 }
 
 // DefaultGateway is the IPv4 default route's gateway, from /proc/net/route.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -45,6 +46,9 @@ type Status struct {
 	External string    `json:"external_ip,omitempty"`
 	Mappings []Mapping `json:"mappings,omitempty"`
 	Error    string    `json:"last_error,omitempty"`
+	// Dropped counts datagrams from the gateway that answered none of our
+	// requests (PCP only: short, another version, opcode or nonce).
+	Dropped uint64 `json:"dropped,omitempty"`
 }
 
 // Mapping is one lease as /status shows it.
@@ -149,12 +153,25 @@ func (m *Mapper) Add(ctx context.Context, port uint16) (netip.AddrPort, error) {
 func (m *Mapper) request(ctx context.Context, proto Protocol, internal, wish uint16) (Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
 	defer cancel()
-	got, life, err := proto.Map(ctx, internal, wish, m.cfg.Lifetime)
+	var got uint16
+	var addr netip.Addr // as the grant names it (PCP), else the gateway's
+	var life time.Duration
+	var err error
+	if g, ok := proto.(addrGranter); ok {
+		var ap netip.AddrPort
+		ap, life, err = g.MapAddr(ctx, internal, wish, m.cfg.Lifetime)
+		got, addr = ap.Port(), ap.Addr()
+	} else {
+		got, life, err = proto.Map(ctx, internal, wish, m.cfg.Lifetime)
+	}
 	if err != nil {
 		return Lease{}, fmt.Errorf("portmap: %s map %d: %w", proto.Name(), internal, err)
 	}
 	if got == 0 || life <= 0 {
 		return Lease{}, fmt.Errorf("%w: %s map %d: port %d, lifetime %s", ErrNotMapped, proto.Name(), internal, got, life)
+	}
+	if addr.IsValid() {
+		m.setExt(addr)
 	}
 	m.mu.Lock()
 	ext := m.ext
@@ -187,7 +204,13 @@ func (m *Mapper) Status() Status {
 	defer m.mu.Unlock()
 	st := Status{Gateway: m.cfg.Gateway.String()}
 	if m.proto != nil {
-		st.Protocol, st.External = m.proto.Name(), m.ext.String()
+		st.Protocol = m.proto.Name()
+		if m.ext.IsValid() { // PCP's comes with its first grant
+			st.External = m.ext.String()
+		}
+		if d, ok := m.proto.(interface{ Dropped() uint64 }); ok {
+			st.Dropped = d.Dropped()
+		}
 	}
 	if m.lastErr != nil {
 		st.Error = m.lastErr.Error()
@@ -197,6 +220,24 @@ func (m *Mapper) Status() Status {
 	}
 	slices.SortFunc(st.Mappings, func(a, b Mapping) int { return int(a.Internal) - int(b.Internal) })
 	return st
+}
+
+// setExt notes the gateway's public address.
+func (m *Mapper) setExt(a netip.Addr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if a != m.ext {
+		if m.ext.IsValid() {
+			m.log.Info("router's public address changed", zap.Stringer("old", m.ext), zap.Stringer("new", a))
+		}
+		m.ext = a
+	}
+}
+
+func (m *Mapper) currentProto() Protocol {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.proto
 }
 
 func (m *Mapper) poke() {
@@ -219,6 +260,7 @@ func (m *Mapper) setErr(err error) {
 func (m *Mapper) Run(ctx context.Context) error {
 	defer m.Close()
 	var nextProbe, retryAfter time.Time
+	renewAll := false
 	for {
 		m.mu.Lock()
 		proto, closed := m.proto, m.closed
@@ -233,8 +275,13 @@ func (m *Mapper) Run(ctx context.Context) error {
 			}
 		}
 		m.deletePending(ctx)
-		if m.renew(ctx, now) {
+		if m.renew(ctx, now, renewAll) {
 			retryAfter = now.Add(retryDelay)
+		}
+		renewAll = false
+		var lost <-chan struct{}
+		if sl, ok := m.currentProto().(stateLoser); ok {
+			lost = sl.Lost()
 		}
 
 		m.mu.Lock()
@@ -257,6 +304,9 @@ func (m *Mapper) Run(ctx context.Context) error {
 			return nil
 		case <-m.wake:
 		case <-timer:
+		case <-lost:
+			m.log.Warn("the router lost its port mappings (restarted?); mapping them again")
+			renewAll = true
 		}
 	}
 }
@@ -275,16 +325,18 @@ func (m *Mapper) probe(ctx context.Context) bool {
 		}
 		return false
 	}
-	ext, err := m.externalAddr(ctx, proto)
-	if err != nil {
-		m.setErr(err)
-		return false
+	var ext netip.Addr // PCP's comes with the first grant
+	if _, ok := proto.(addrGranter); !ok {
+		var err error
+		if ext, err = m.externalAddr(ctx, proto); err != nil {
+			m.setErr(err)
+			return false
+		}
 	}
 	m.mu.Lock()
 	m.proto, m.ext, m.lastErr = proto, ext, nil
 	m.mu.Unlock()
-	m.log.Info("router grants port mappings", zap.String("protocol", proto.Name()),
-		zap.Stringer("gateway", m.cfg.Gateway), zap.Stringer("external_ip", ext))
+	m.log.Info("router grants port mappings", zap.String("protocol", proto.Name()), zap.Stringer("gateway", m.cfg.Gateway))
 	for _, p := range m.cfg.Ports {
 		if a, err := m.Add(ctx, p); err != nil {
 			m.log.Warn("port mapping refused", zap.Uint16("port", p), zap.Error(err))
@@ -308,23 +360,25 @@ func (m *Mapper) externalAddr(ctx context.Context, proto Protocol) (netip.Addr, 
 	return ext.Unmap(), nil
 }
 
-// renew renews every due lease; it reports whether one failed. A lease
-// that could not be renewed before it expired is dropped.
-func (m *Mapper) renew(ctx context.Context, now time.Time) (failed bool) {
+// renew renews every due lease (every lease with all: the gateway lost
+// them); it reports whether one failed. A lease that could not be renewed
+// before it expired is dropped.
+func (m *Mapper) renew(ctx context.Context, now time.Time, all bool) (failed bool) {
 	m.mu.Lock()
 	proto, ports := m.proto, due(m.leases, now)
+	if all {
+		ports = slices.Sorted(maps.Keys(m.leases))
+	}
 	m.mu.Unlock()
 	if proto == nil || len(ports) == 0 {
 		return false
 	}
-	// The public address may have changed (a redial): read it once per round.
-	if ext, err := m.externalAddr(ctx, proto); err == nil {
-		m.mu.Lock()
-		if ext != m.ext {
-			m.log.Info("router's public address changed", zap.Stringer("old", m.ext), zap.Stringer("new", ext))
-			m.ext = ext
+	// The public address may have changed (a redial): read it once per
+	// round (PCP's grants name it themselves).
+	if _, granter := proto.(addrGranter); !granter {
+		if ext, err := m.externalAddr(ctx, proto); err == nil {
+			m.setExt(ext)
 		}
-		m.mu.Unlock()
 	}
 	for _, p := range ports {
 		m.req.Lock()

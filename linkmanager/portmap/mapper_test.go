@@ -155,16 +155,22 @@ type harness struct {
 	stop  context.CancelFunc
 }
 
-func startMapper(t *testing.T, life time.Duration, probeOK bool) *harness {
+// startMapper runs a Mapper whose gateway is h.proto (as wrap makes it, if
+// given).
+func startMapper(t *testing.T, life time.Duration, probeOK bool, wrap ...func(*fakeProto) Protocol) *harness {
 	t.Helper()
 	h := &harness{clk: &fakeClock{now: t0}, proto: newFakeProto(life), probe: make(chan bool, 10), done: make(chan error, 1)}
 	h.probe <- probeOK
+	var gw Protocol = h.proto
+	for _, w := range wrap {
+		gw = w(h.proto)
+	}
 	m, err := New(Config{
 		Gateway: netip.MustParseAddr("192.168.100.1"), Local: netip.MustParseAddr("192.168.100.2"),
 		Ports: []uint16{65002}, Lifetime: life, Reprobe: time.Minute,
 		Probe: func(context.Context, netip.Addr, netip.Addr, time.Duration) (Protocol, error) {
 			if <-h.probe {
-				return h.proto, nil
+				return gw, nil
 			}
 			return nil, ErrNoGateway
 		},
@@ -243,6 +249,7 @@ func TestMapperRenewalFailure(t *testing.T) {
 	if _, ok := h.m.Lookup(65002); !ok {
 		t.Fatal("lease dropped before it expired")
 	}
+	h.clk.awaitTimer(t, t0.Add(time.Minute+2*retryDelay)) // Run has noted the failure and is idle
 	if h.m.Status().Error == "" {
 		t.Fatal("Status shows no error after failed renewals")
 	}
@@ -250,6 +257,7 @@ func TestMapperRenewalFailure(t *testing.T) {
 	h.proto.set(func(f *fakeProto) { f.fail, f.shift = false, 1 })
 	h.clk.advanceTo(t, time.Minute+2*retryDelay)
 	h.proto.await(t, "map 65002->65002")
+	h.clk.awaitTimer(t, t0.Add(2*time.Minute+2*retryDelay)) // the new lease is stored, its renewal armed
 	if a, _ := h.m.Lookup(65002); a.Port() != 65003 {
 		t.Fatalf("after a moved renewal Lookup = %s, want port 65003", a)
 	}
@@ -289,4 +297,30 @@ func TestMapperNoGateway(t *testing.T) {
 	if _, err := h.m.Add(context.Background(), 55000); err != nil {
 		t.Fatalf("Add once the gateway answers = %v", err)
 	}
+}
+
+// losingProto is a gateway that reports losing its state (PCP's epoch).
+type losingProto struct {
+	*fakeProto
+	lost chan struct{}
+}
+
+func (l losingProto) Lost() <-chan struct{} { return l.lost }
+
+// TestMapperGatewayLost: when the gateway says it lost its mappings, every
+// lease is mapped again at once, not at its renewal time.
+func TestMapperGatewayLost(t *testing.T) {
+	lost := make(chan struct{}, 1)
+	h := startMapper(t, time.Hour, true, func(f *fakeProto) Protocol { return losingProto{f, lost} })
+	h.proto.await(t, "map 65002->65002")
+	if _, err := h.m.Add(context.Background(), 55000); err != nil {
+		t.Fatal(err)
+	}
+	h.proto.await(t, "map 55000->55000")
+	h.clk.awaitTimer(t, t0.Add(30*time.Minute)) // idle until the renewals are due
+	lost <- struct{}{}
+	h.proto.await(t, "map 55000->55000")
+	h.proto.await(t, "map 65002->65002")
+	h.clk.awaitTimer(t, t0.Add(30*time.Minute))
+	h.proto.quiet(t)
 }

@@ -3,7 +3,6 @@ package portmap
 import (
 	"context"
 	"encoding/binary"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"testing"
@@ -22,19 +21,7 @@ type fakeNATPMP struct {
 
 func startFakeNATPMP(t *testing.T, shift uint16) *fakeNATPMP {
 	t.Helper()
-	var conn *net.UDPConn
-	var addr netip.Addr
-	for range 20 {
-		addr = netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(250)), byte(rand.IntN(256)), byte(1 + rand.IntN(250))})
-		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 5351)))
-		if err == nil {
-			conn = c
-			break
-		}
-	}
-	if conn == nil {
-		t.Skip("no free loopback address for port 5351")
-	}
+	conn, addr := listen5351(t)
 	g := &fakeNATPMP{addr: addr, conn: conn, requests: make(chan [3]uint32, 10), shift: shift}
 	done := make(chan struct{})
 	go g.serve(done)
@@ -50,7 +37,11 @@ func (g *fakeNATPMP) serve(done chan struct{}) {
 		if err != nil {
 			return
 		}
-		if n < 2 || buf[0] != 0 {
+		if n < 2 {
+			continue
+		}
+		if buf[0] != 0 { // PCP, say: UNSUPP_VERSION (RFC 6886 §3.5)
+			g.conn.WriteToUDPAddrPort([]byte{0, 128 + buf[1], 0, 1, 0, 0, 0, 42}, from)
 			continue
 		}
 		var out []byte

@@ -1,6 +1,6 @@
-// Package portmap asks the LAN's router for UDP port mappings (NAT-PMP,
-// RFC 6886, or UPnP IGD, whichever answers first, as tailscale's
-// portmapper does), renews them before they expire and deletes them on
+// Package portmap asks the LAN's router for UDP port mappings (PCP,
+// RFC 6887, then NAT-PMP, RFC 6886, then UPnP IGD: whichever answers, as
+// tailscale's portmapper does), renews them before they expire and deletes them on
 // shutdown.
 //
 // Behind a symmetric NAT (MASQUERADE --random-fully, carrier-grade and many
@@ -30,16 +30,16 @@ import (
 
 // Sentinel errors.
 var (
-	ErrNoGateway   = errors.New("portmap: no gateway answers NAT-PMP or UPnP")
+	ErrNoGateway   = errors.New("portmap: no gateway answers PCP, NAT-PMP or UPnP")
 	ErrNotMapped   = errors.New("portmap: no mapping granted")
 	ErrClosed      = errors.New("portmap: closed")
 	ErrBadResponse = errors.New("portmap: bad answer from the gateway")
 )
 
 // Protocol is one way of asking a gateway for mappings. Implementations:
-// NATPMP, UPnP; tests use fakes.
+// PCP, NATPMP, UPnP; tests use fakes.
 type Protocol interface {
-	// Name is how /status and the logs call it: "nat-pmp", "upnp".
+	// Name is how /status and the logs call it: "pcp", "nat-pmp", "upnp".
 	Name() string
 	// ExternalAddr is the gateway's public address.
 	ExternalAddr(ctx context.Context) (netip.Addr, error)
@@ -48,6 +48,19 @@ type Protocol interface {
 	Map(ctx context.Context, internal, external uint16, lifetime time.Duration) (granted uint16, life time.Duration, err error)
 	// Unmap deletes the mapping of internal (granted as external).
 	Unmap(ctx context.Context, internal, external uint16) error
+}
+
+// addrGranter is a Protocol whose every grant names the external address
+// (PCP's MAP answer); it has no request for the address alone, so the
+// Mapper takes it from the grants, and follows a redial with the next one.
+type addrGranter interface {
+	MapAddr(ctx context.Context, internal, external uint16, lifetime time.Duration) (netip.AddrPort, time.Duration, error)
+}
+
+// stateLoser is a Protocol that notices when the gateway lost its mappings
+// (PCP's epoch, RFC 6887 §8.5): the Mapper then renews every lease at once.
+type stateLoser interface {
+	Lost() <-chan struct{}
 }
 
 // Lease is one granted mapping.

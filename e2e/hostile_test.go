@@ -496,7 +496,7 @@ func TestHostileProviderInviteFlood(t *testing.T) {
 	if err := l.ForwardSIP(); err != nil {
 		t.Fatal(err)
 	}
-	st := portmapStatus(t, l)
+	st := labStatus(t, l)
 	if st.Ports == nil {
 		t.Fatal("/status has no ports")
 	}
@@ -557,7 +557,7 @@ func TestHostileProviderInviteFlood(t *testing.T) {
 		}
 	}
 	counted := time.Now()
-	held := portmapStatus(t, l).Ports.WAN.InUse - baseline
+	held := labStatus(t, l).Ports.WAN.InUse - baseline
 	t.Logf("%d INVITEs from %s in %v: %d ringing, %d refused 503; %d relay pairs held of %d calls' capacity (bound %d per trunk)",
 		flood, forger.Addr(), sent.Round(time.Millisecond), len(ringing), refused, held, capacity, bound)
 	// A busy machine loses some of the flood on the way; twice the bound
@@ -581,13 +581,13 @@ func TestHostileProviderInviteFlood(t *testing.T) {
 	}
 	freed, cancelled := false, time.Now()
 	for deadline := time.Now().Add(20 * time.Second); !freed && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		st := portmapStatus(t, l)
+		st := labStatus(t, l)
 		freed = st.Ports.WAN.InUse <= baseline && st.Ports.LAN.InUse <= baseline && len(st.Calls) == 0
 	}
 	t.Logf("flood %v, counted %v after the first INVITE; the pairs were free %v after the CANCELs",
 		sent.Round(time.Millisecond), counted.Sub(start).Round(time.Millisecond), time.Since(cancelled).Round(time.Millisecond))
 	if !freed {
-		st := portmapStatus(t, l)
+		st := labStatus(t, l)
 		t.Errorf("20 s after the CANCELs the relay still holds %d Internet and %d LAN pairs (%d calls)", st.Ports.WAN.InUse, st.Ports.LAN.InUse, len(st.Calls))
 	}
 	stopDaemon(t, d)

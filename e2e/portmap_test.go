@@ -168,8 +168,8 @@ func routerRedirects(t *testing.T, l *Lab) []string {
 	return rules
 }
 
-// portmapStatus is /status's portmap field.
-func portmapStatus(t *testing.T, l *Lab) admin.Status {
+// labStatus is the daemon's /status.
+func labStatus(t *testing.T, l *Lab) admin.Status {
 	t.Helper()
 	body, err := l.AdminGet("/status")
 	if err != nil {
@@ -228,7 +228,7 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 			d.WaitLog(t, regTimeout, Msg("registered", "trunk", "provider"))
 			if mapped {
 				d.WaitSeen(t, 30*time.Second, Msg("port mapped", "port", "65002"))
-				st := portmapStatus(t, l)
+				st := labStatus(t, l)
 				if pm := st.PortMap; pm == nil || pm.Protocol != tc.proto || pm.External != WANIP1 ||
 					len(pm.Mappings) != 1 || pm.Mappings[0].External != WANIP1+":65002" {
 					t.Fatalf("/status portmap = %+v, want %s, %s, 65002 mapped", st.PortMap, tc.proto, WANIP1)
@@ -238,7 +238,7 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 				if got := routerGrants(string(b)); !slices.Equal(got, []string{tc.proto}) {
 					t.Fatalf("miniupnpd granted by %v, want only %s:\n%s", got, tc.proto, tail(string(b), 20))
 				}
-			} else if st := portmapStatus(t, l); st.PortMap != nil {
+			} else if st := labStatus(t, l); st.PortMap != nil {
 				t.Fatalf("/status portmap with portmap off = %+v, want none", st.PortMap)
 			}
 
@@ -275,7 +275,7 @@ func TestPortMapSymmetricNAT(t *testing.T) {
 				// The call's pair goes with the call (its BYE may still be
 				// in flight when sipp is done); only 65002 stays.
 				for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-					pm := portmapStatus(t, l).PortMap
+					pm := labStatus(t, l).PortMap
 					if pm != nil && len(pm.Mappings) == 1 {
 						break
 					}

@@ -33,7 +33,6 @@ const childEnv = "SIDEBYSIDE_RTPBRIDGE"
 
 func main() {
 	if os.Getenv(childEnv) == "1" {
-		runtime.GOMAXPROCS(runtime.NumCPU())
 		err := relaychild.Serve(os.Stdin, os.Stdout, rtpbridge.Config{
 			IO:  os.Getenv("SIDEBYSIDE_IO"),
 			LAN: &rtpbridge.Pool{Address: "127.0.0.1", MinPort: 20000, MaxPort: 24999},
@@ -178,6 +177,9 @@ func printTable(res map[string]map[int]result, names []string, counts []int) {
 }
 
 func fmtDur(d time.Duration) string {
+	if d >= maxLatUS*time.Microsecond {
+		return "≥200 ms"
+	}
 	return fmt.Sprintf("%d µs", d.Microseconds())
 }
 
@@ -221,6 +223,7 @@ type lineRelay struct {
 
 func startLineRelay(cmd *exec.Cmd) (*lineRelay, error) {
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

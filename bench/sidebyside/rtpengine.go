@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -18,10 +19,11 @@ import (
 // rtpengineRelay is rtpengine in userspace (table = -1) on 127.0.0.1, with
 // its own config in a temp dir, driven over its ng control protocol.
 type rtpengineRelay struct {
-	cmd    *exec.Cmd
-	exited chan error
-	ng     *net.UDPConn
-	cookie int
+	cmd     *exec.Cmd
+	exited  chan error
+	ng      *net.UDPConn
+	cookie  int
+	logPath string
 }
 
 const rtpengineConf = `[rtpengine]
@@ -50,11 +52,20 @@ func startRtpengine(bin, tmp string) (*rtpengineRelay, error) {
 	}
 	cmd := exec.Command(bin, "--config-file="+conf, "--config-section=rtpengine",
 		"--pidfile="+filepath.Join(tmp, "rtpengine.pid"))
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	// Its log goes to a file: under overload it logs a line per socket
+	// that it gave up draining, which stop counts.
+	logf, err := os.Create(filepath.Join(tmp, "rtpengine.log"))
+	if err != nil {
 		return nil, err
 	}
-	r := &rtpengineRelay{cmd: cmd, exited: make(chan error, 1)}
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // if we die first
+	if err := cmd.Start(); err != nil {
+		_ = logf.Close()
+		return nil, err
+	}
+	_ = logf.Close()
+	r := &rtpengineRelay{cmd: cmd, exited: make(chan error, 1), logPath: logf.Name()}
 	go func() { r.exited <- cmd.Wait() }()
 	r.ng, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: ngPort})
 	if err != nil {
@@ -82,6 +93,21 @@ func (r *rtpengineRelay) stop() {
 		_ = r.ng.Close()
 	}
 	stopPID(r.cmd, r.exited, syscall.SIGTERM)
+	if b, err := os.ReadFile(r.logPath); err == nil {
+		var errs int
+		var first string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "ERR:") || strings.Contains(l, "CRIT:") {
+				if errs == 0 {
+					first = l
+				}
+				errs++
+			}
+		}
+		if errs > 0 {
+			fmt.Fprintf(os.Stderr, "rtpengine logged %d errors, the first: %s\n", errs, first)
+		}
+	}
 }
 
 func sdp(port int) string {

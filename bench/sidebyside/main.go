@@ -177,7 +177,7 @@ func printTable(res map[string]map[int]result, names []string, counts []int) {
 }
 
 func fmtDur(d time.Duration) string {
-	if d >= maxLatUS*time.Microsecond {
+	if d >= (maxLatUS-1)*time.Microsecond {
 		return "≥200 ms"
 	}
 	return fmt.Sprintf("%d µs", d.Microseconds())

@@ -109,6 +109,6 @@ elapsed=$(echo "$t1 - $t0" | bc)
 echo "offered $n calls at $rate/s; successful $succ, failed $fail, in ${elapsed}s"
 # Why calls failed, by sipp's counters, and what the daemon warned of.
 awk -F';' 'NR==1 {for (i=1;i<=NF;i++) h[i]=$i} END {for (i in h) if (h[i] ~ /^Failed.*\(C\)$/ && $i > 0) print "  " h[i], $i}' "$dir/uac.csv"
-grep -v 'trusted by its address' "$dir/lm.log" | cut -c1-300 | sort | uniq -c | sort -rn | head -5 || true
+grep -v 'trusted by its address' "$dir/lm.log" | awk -F'\t' '{print "  daemon:", $2, $3, $4}' | sort | uniq -c | sort -rn | head -5 || true
 echo "achieved: $(echo "scale=0; $succ / ($elapsed - 1)" | bc) calls/s (1 s hold)"
 echo "daemon CPU per call: $(echo "scale=3; ($c1 - $c0) * 10 / $succ" | bc) ms"

@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/linkmanager/linkmanager/bench/internal/relaychild"
 	"github.com/linkmanager/linkmanager/rtpbridge"
 )
 
@@ -50,11 +51,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// runRelay reads "pbxPort providerPort" lines up to "go", creates a session
-// per line, answers with "legAPort legBPort" lines and "ready", and relays
-// until stdin closes.
+// runRelay is the child: rtpbridge on loopback, driven over stdin.
 func runRelay() error {
-	lo := "127.0.0.1"
 	reactors := 0
 	if r := os.Getenv("RELAY_REACTORS"); r != "" {
 		var err error
@@ -62,40 +60,12 @@ func runRelay() error {
 			return fmt.Errorf("RELAY_REACTORS: %w", err)
 		}
 	}
-	br, err := rtpbridge.New(rtpbridge.Config{
+	return relaychild.Serve(os.Stdin, os.Stdout, rtpbridge.Config{
 		IO:       os.Getenv("RELAY_IO"),
 		Reactors: reactors,
-		LAN:      &rtpbridge.Pool{Address: lo, MinPort: 45000, MaxPort: 46999},
-		WAN:      &rtpbridge.Pool{Address: lo, MinPort: 47000, MaxPort: 48999},
+		LAN:      &rtpbridge.Pool{Address: "127.0.0.1", MinPort: 45000, MaxPort: 46999},
+		WAN:      &rtpbridge.Pool{Address: "127.0.0.1", MinPort: 47000, MaxPort: 48999},
 	})
-	if err != nil {
-		return err
-	}
-	defer br.Close()
-	in := bufio.NewScanner(os.Stdin)
-	out := bufio.NewWriter(os.Stdout)
-	for in.Scan() && in.Text() != "go" {
-		var pbx, prov uint16
-		if _, err := fmt.Sscan(in.Text(), &pbx, &prov); err != nil {
-			return err
-		}
-		s, err := br.NewSession("load")
-		if err != nil {
-			return err
-		}
-		ip := netip.MustParseAddr(lo)
-		_ = s.SetRemote(rtpbridge.LegA, netip.AddrPortFrom(ip, pbx), netip.AddrPort{})
-		_ = s.SetRemote(rtpbridge.LegB, netip.AddrPortFrom(ip, prov), netip.AddrPort{})
-		s.Established()
-		fmt.Fprintln(out, s.LocalPort(rtpbridge.LegA), s.LocalPort(rtpbridge.LegB))
-	}
-	fmt.Fprintln(out, "ready")
-	if err := out.Flush(); err != nil {
-		return err
-	}
-	for in.Scan() {
-	}
-	return nil
 }
 
 // procStat sums CPU time (ns) and context switches over the threads of pid.

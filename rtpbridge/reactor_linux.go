@@ -354,15 +354,21 @@ func (r *reactor) loop(wg *sync.WaitGroup) {
 // nothing is saved. It returns true to be called again at once, when a
 // full batch may have left something behind, or to stop.
 func (r *reactor) poll(uintptr) bool {
-	n, err := unix.EpollWait(r.epfd, r.events[:], 0)
-	if err != nil {
-		if errors.Is(err, unix.EINTR) {
+	// The packet path's syscalls never block (a 0 timeout, MSG_DONTWAIT),
+	// so they are raw: a scheduled syscall wakes the runtime's sysmon
+	// thread out of its sleep, and those wake-ups cost more than a
+	// quarter of the relay's CPU at 200 calls (perf: futex, nanosleep).
+	nr, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(r.epfd), uintptr(unsafe.Pointer(&r.events[0])),
+		maxEvents, 0, 0, 0)
+	if e != 0 {
+		if e == unix.EINTR {
 			return false
 		}
-		r.log.Error("epoll_wait failed", zap.Error(err))
+		r.log.Error("epoll_wait failed", zap.Error(e))
 		r.stopped = true
 		return true
 	}
+	n := int(nr)
 	if n == 0 {
 		return false
 	}
@@ -404,7 +410,7 @@ func (r *reactor) serve(rs *rsock) bool {
 		r.in[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 		r.in[i].Hdr.Flags = 0
 	}
-	n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(rs.fdn()), uintptr(unsafe.Pointer(&r.in[0])), batch,
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(rs.fdn()), uintptr(unsafe.Pointer(&r.in[0])), batch,
 		unix.MSG_DONTWAIT, 0, 0)
 	if e != 0 {
 		if e != unix.EAGAIN && e != unix.EINTR {
@@ -464,7 +470,7 @@ func (r *reactor) flush() {
 			j++
 		}
 		for i < j {
-			n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(r.outFd[i]), uintptr(unsafe.Pointer(&r.out[i])),
+			n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(r.outFd[i]), uintptr(unsafe.Pointer(&r.out[i])),
 				uintptr(j-i), unix.MSG_DONTWAIT, 0, 0)
 			switch {
 			case e == unix.EINTR:

@@ -1,0 +1,61 @@
+//go:build linux
+
+package e2e
+
+// The provider's registrar as an SRV name (issue 8 item 9): the daemon
+// uses the targets by priority, fails over when the primary goes silent
+// and returns to it after its hold-down.
+
+import (
+	"testing"
+	"time"
+
+	"github.com/linkmanager/linkmanager/linkmanager/trunk"
+)
+
+// Issue 8 item 9: registrar sip.provider.test without a port, resolved
+// by the lab's DNS to kam1 (.50, priority 10) and kam2 (.51, priority 20).
+// The daemon registers at kam1. kam1's traffic is dropped in the provider
+// namespace: the next refresh (refresh_max 30 s) times out there and the
+// daemon registers at kam2, where an inbound call from the phone reaches
+// the PBX with two-way audio. kam1 answers again: once its hold-down is
+// over, the next refresh registers there again.
+func TestTrunkSRVFailover(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	l.StartDNS()
+	l.StartSecondRegistrar()
+	start := time.Now()
+	d := l.StartDaemon(DaemonConfig{LogLevel: "info", Registrar: SIPDomain, Trunk: "refresh_max: 30s"}.YAML())
+	d.WaitLog(t, regTimeout, Msg("registered", "trunk", "provider", "registrar", ProviderAddr))
+	t.Logf("registered at the primary %s after %v", ProviderAddr, time.Since(start).Round(time.Millisecond))
+
+	// The primary goes silent: everything to its SIP port is dropped.
+	rule := []string{"INPUT", "-d", ProviderIP, "-p", "udp", "--dport", "5060", "-j", "DROP"}
+	if out, err := l.Exec(NSProvider, append([]string{"iptables", "-I"}, rule...)...); err != nil {
+		t.Fatalf("drop the primary's traffic: %v\n%s", err, out)
+	}
+	down := time.Now()
+	// Bound: one refresh interval, one REGISTER timeout, and slack.
+	d.WaitLog(t, 30*time.Second+15*time.Second, Msg("registered", "trunk", "provider", "registrar", Provider2Addr))
+	failed := time.Now() // the failed REGISTER's hold-down started just before
+	t.Logf("registered at the secondary %s %v after the primary went silent", Provider2Addr, failed.Sub(down).Round(time.Millisecond))
+
+	viaSecond := PhoneCaller
+	viaSecond.Target = Provider2Addr
+	dir := callDir{"inbound through the second registrar", viaSecond, PBXCallee}
+	r := placeCall(t, l, dir, "uac-pcap.xml", "uas-pcap.xml", 8500*time.Millisecond, 0)
+	defer r.ExplainOnFailure(t)
+	requireCompleted(t, r, 200)
+	checkTwoWay(t, r, dir, 1)
+
+	// The primary answers again; it is tried first once its hold-down
+	// (from the failed REGISTER) is over.
+	if out, err := l.Exec(NSProvider, append([]string{"iptables", "-D"}, rule...)...); err != nil {
+		t.Fatalf("let the primary's traffic through: %v\n%s", err, out)
+	}
+	d.WaitLog(t, trunk.HoldDown+30*time.Second+15*time.Second-time.Since(failed),
+		Msg("registered", "trunk", "provider", "registrar", ProviderAddr))
+	t.Logf("registered at the primary again %v after the failover (hold-down %v, refresh_max 30s)", time.Since(failed).Round(time.Millisecond), trunk.HoldDown)
+	stopDaemon(t, d)
+}

@@ -7,6 +7,9 @@ package e2e
 // and returns to it after its hold-down.
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,7 +25,18 @@ import (
 // over, the next refresh registers there again.
 func TestTrunkSRVFailover(t *testing.T) {
 	t.Parallel()
-	l := newLab(t)
+	// Registered before the lab's own cleanup, so it runs after it: the
+	// daemon namespace's resolv.conf goes with the lab.
+	var l *Lab
+	t.Cleanup(func() {
+		if l == nil {
+			return
+		}
+		if _, err := os.Stat(filepath.Join("/etc/netns", l.NS(NSLM))); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("/etc/netns/%s is still there after the lab's cleanup (%v)", l.NS(NSLM), err)
+		}
+	})
+	l = newLab(t)
 	l.StartDNS()
 	l.StartSecondRegistrar()
 	start := time.Now()

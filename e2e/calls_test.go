@@ -34,14 +34,15 @@ var (
 	inbound  = callDir{"inbound", PhoneCaller, PBXCallee}  // the phone calls the DID
 )
 
-// relayAudio is what must reach at through the daemon: from the router's
-// public address and an Internet pool port at the phone, from the daemon's
-// LAN address and a LAN relay port at the PBX.
+// relayAudio is what must reach at through the daemon: from the daemon's
+// LAN address and a LAN relay port at the PBX, from the router's public
+// address and an Internet pool port at anyone on the Internet (the phone,
+// a provider SBC).
 func relayAudio(at Endpoint) AudioCheck {
-	if at.NS == NSPhone {
-		return AudioCheck{At: at, SrcIP: WANIP1, PortMin: PoolMin, PortMax: PoolMax}
+	if at.NS == NSPBX {
+		return AudioCheck{At: at, SrcIP: DaemonIP, PortMin: LANPoolMin, PortMax: LANPoolMax}
 	}
-	return AudioCheck{At: at, SrcIP: DaemonIP, PortMin: LANPoolMin, PortMax: LANPoolMax}
+	return AudioCheck{At: at, SrcIP: WANIP1, PortMin: PoolMin, PortMax: PoolMax}
 }
 
 // callLab is a lab with the daemon registered.

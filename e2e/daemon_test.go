@@ -85,6 +85,7 @@ type DaemonConfig struct {
 	NoSTUN      bool
 	Interval    string // 10s
 	Password    string // lab-secret
+	Registrar   string // host[:port]; default 198.51.100.50:5060 (a name without a port: SRV)
 	Expires     string // 300s
 	Keepalive   string // auto
 	Listen      string // 192.168.100.2:65002
@@ -140,7 +141,7 @@ rtp: %s
 admin: {listen: 127.0.0.1:9065}
 %s`, def(c.LogLevel, "debug"), def(c.Listen, fmt.Sprintf("%s:%d", DaemonIP, DaemonSIPPort)),
 		strings.Join(q, ", "), def(c.Interval, "10s"),
-		ProviderAddr, SIPDomain, TrunkUser, def(c.Password, TrunkPass), def(c.Expires, "300s"),
+		def(c.Registrar, ProviderAddr), SIPDomain, TrunkUser, def(c.Password, TrunkPass), def(c.Expires, "300s"),
 		def(c.Keepalive, "auto"), DID, DID, trunkExtra, DaemonIP, PBXIP, def(c.PBXAllow, PBXIP+"/32"), pbxExtra,
 		rtp, c.Extra)
 }

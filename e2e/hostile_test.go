@@ -31,10 +31,14 @@ const rogueLANIP = "192.168.100.66"
 
 // addRogueLANHost gives the PBX's LAN interface a second address, the
 // rogue host's, inside the lab namespace.
-func (l *Lab) addRogueLANHost(t *testing.T) {
+func (l *Lab) addRogueLANHost(t *testing.T) { l.addHostAddr(t, NSPBX, rogueLANIP) }
+
+// addHostAddr gives eth0 of the lab namespace ns one more address of its
+// /24: another host on that switch. It goes with the namespace.
+func (l *Lab) addHostAddr(t *testing.T, ns, ip string) {
 	t.Helper()
-	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueLANIP+"/24", "dev", "eth0"); err != nil {
-		t.Fatalf("rogue LAN address: %v\n%s", err, out)
+	if out, err := l.Exec(ns, "ip", "addr", "add", ip+"/24", "dev", "eth0"); err != nil {
+		t.Fatalf("address %s in %s: %v\n%s", ip, ns, err, out)
 	}
 }
 
@@ -80,6 +84,26 @@ func metricValue(metrics, series string) float64 {
 	return 0
 }
 
+// sourceNotAllowed counts what the daemon's Internet socket dropped, unanswered,
+// because it came from no trunk's address.
+const sourceNotAllowed = `linkmanager_sip_dropped_total{reason="source_not_allowed",socket="internet"}`
+
+// awaitMetric polls /metrics (bounded by timeout) until series is at
+// least want and returns its last value.
+func (l *Lab) awaitMetric(t *testing.T, series string, want float64, timeout time.Duration) float64 {
+	t.Helper()
+	var v float64
+	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
+		m, err := l.AdminGet("/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v = metricValue(m, series); v >= want || time.Now().After(deadline) {
+			return v
+		}
+	}
+}
+
 // Issue 9 item 5: SIP responses from strangers. sipgo kept state per
 // source it heard from and logged every unparsable "SIP/2.0 ..." datagram
 // whole, at error level with a stack trace: 40k such datagrams once made
@@ -95,7 +119,7 @@ func TestHostileJunkResponseFlood(t *testing.T) {
 	if err := l.ForwardSIP(); err != nil {
 		t.Fatal(err)
 	}
-	series := `linkmanager_sip_dropped_total{reason="source_not_allowed",socket="internet"}`
+	series := sourceNotAllowed
 	before, err := l.AdminGet("/metrics")
 	if err != nil {
 		t.Fatal(err)

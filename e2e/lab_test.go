@@ -311,6 +311,52 @@ func (l *Lab) startCoturn() {
 	}
 }
 
+// The SRV lab's provider: a second registrar and a DNS server, more
+// addresses of the provider namespace (lab.sh run-kamailio SECOND,
+// run-dnsmasq). The DNS answers _sip._udp.sip.provider.test with kam1
+// (ProviderIP, priority 10) and kam2 (Provider2IP, priority 20).
+const (
+	Provider2IP   = "198.51.100.51"
+	Provider2Addr = Provider2IP + ":5060"
+	DNSIP         = "198.51.100.53"
+)
+
+// StartSecondRegistrar starts a second Kamailio on Provider2Addr, with a
+// directory (location table, control socket) of its own, and waits until
+// it answers OPTIONS.
+func (l *Lab) StartSecondRegistrar() *Proc {
+	l.t.Helper()
+	p := l.startRoot("kamailio2", "kamailio2.log", l.script, "run-kamailio", l.Prefix, filepath.Join(l.Dir, "kam2"), "SECOND")
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if code, err := l.SIPOptions(NSPhone, PhoneIP+":0", Provider2Addr, 500*time.Millisecond); err == nil && code == 200 {
+			return p
+		}
+		if p.Exited() || time.Now().After(deadline) {
+			l.t.Fatalf("the second registrar did not answer OPTIONS:\n%s", tail(p.Log(), 20))
+		}
+	}
+}
+
+// StartDNS starts the provider's DNS server and points the daemon's
+// namespace at it (/etc/netns/PREFIX-lm/resolv.conf, which ip netns exec
+// mounts over /etc/resolv.conf: start the daemon after this). It waits
+// until the server has bound DNSIP:53.
+func (l *Lab) StartDNS() *Proc {
+	l.t.Helper()
+	p := l.startRoot("dnsmasq", "dnsmasq.log", l.script, "run-dnsmasq", l.Prefix, l.Dir)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out, err := l.Exec(NSProvider, "ss", "-Hlun", "sport", "= :53")
+		if err == nil && strings.Contains(out, DNSIP+":53") {
+			if _, err := os.Stat(filepath.Join("/etc/netns", l.NS(NSLM), "resolv.conf")); err == nil {
+				return p
+			}
+		}
+		if p.Exited() || time.Now().After(deadline) {
+			l.t.Fatalf("dnsmasq did not bind %s:53:\n%s", DNSIP, tail(p.Log(), 20))
+		}
+	}
+}
+
 // NAT modes of the lab router (SetNATMode).
 const (
 	NATPreserve    = "preserve"     // port-preserving MASQUERADE, the default: port-restricted cone

@@ -329,3 +329,73 @@ func TestTrunkPacketRateBounded(t *testing.T) {
 		t.Errorf("provider got %d packets in %v: the daemon floods it", p1-p0, window)
 	}
 }
+
+// Other hosts of the provider's network (issue 8 item 9): an SBC inside
+// the trunk's allow prefix, and one outside it. Both are more addresses
+// of the provider namespace; neither is the registrar (.50).
+const (
+	providerSBCs   = "198.51.100.48/28" // trunks[].allow
+	providerSBCIP  = "198.51.100.52"    // in providerSBCs
+	strangerSBCIP  = "198.51.100.90"    // outside it
+	otherSBCsTrunk = `allow: ["` + providerSBCs + `"]`
+)
+
+// Issue 8 item 9: providers send INVITEs from other SBC addresses than
+// the registrar's, straight to the port forward of 65002 (as a provider
+// does once the admin has forwarded it). A call for the DID from an SBC
+// in trunks[].allow reaches the PBX and has two-way audio. The control,
+// in the same daemon: the same INVITE from an address outside allow gets
+// no answer at all (counted as source_not_allowed), the PBX sees no call,
+// and the registrar's own address is still answered on that socket.
+func TestTrunkAllowOtherSBC(t *testing.T) {
+	t.Parallel()
+	l, d := callLab(t, DaemonConfig{LogLevel: "info", Trunk: otherSBCsTrunk})
+	if err := l.ForwardSIP(); err != nil {
+		t.Fatal(err)
+	}
+	l.addHostAddr(t, NSProvider, providerSBCIP)
+	l.addHostAddr(t, NSProvider, strangerSBCIP)
+	dst := netip.AddrPortFrom(netip.MustParseAddr(WANIP1), DaemonSIPPort)
+
+	sbc := Endpoint{Name: "sbc", NS: NSProvider, IP: providerSBCIP, Port: 5060, Target: dst.String(), Number: DID}
+	fromSBC := callDir{"from another SBC", sbc, PBXCallee}
+	start := time.Now()
+	r := placeCall(t, l, fromSBC, "uac-pcap.xml", "uas-pcap.xml", 8500*time.Millisecond, 0)
+	defer r.ExplainOnFailure(t)
+	requireCompleted(t, r, 200)
+	checkTwoWay(t, r, fromSBC, 1)
+	if r.Callee.Received("BYE") == 0 {
+		t.Error("the PBX got no BYE after the SBC hung up")
+	}
+	t.Logf("call from %s (allow %s) answered and hung up in %v", providerSBCIP, providerSBCs, time.Since(start).Round(time.Millisecond))
+
+	// The control: a stranger's INVITE and its retransmission.
+	pbx := l.startRawUA(t, NSPBX, PBXIP+":5060", ringingPBX)
+	stranger := l.startRawUA(t, NSProvider, strangerSBCIP+":5060", nil)
+	ruri := fmt.Sprintf("sip:%s@%s", DID, dst)
+	inv := rawRequest{Method: "INVITE", RURI: ruri, Via: stranger.Addr(),
+		From: "<sip:+4915112345678@" + SIPDomain + ">;tag=s1", To: "<sip:" + DID + "@" + SIPDomain + ">",
+		CallID: "stranger@" + strangerSBCIP, CSeq: 1, Body: labSDP(strangerSBCIP, 30000)}
+	before := l.awaitMetric(t, sourceNotAllowed, 0, 0)
+	for i := 1; i <= 2; i++ {
+		stranger.Send(dst, inv.String())
+		if got := l.awaitMetric(t, sourceNotAllowed, before+float64(i), 10*time.Second); got < before+float64(i) {
+			t.Fatalf("the daemon counted %.0f of %d INVITEs from %s (not in allow) as %s", got-before, i, strangerSBCIP, sourceNotAllowed)
+		}
+	}
+	// A barrier on the same socket: the registrar's address is answered.
+	probe := l.startRawUA(t, NSProvider, ProviderIP+":5064", nil)
+	opt := rawRequest{Method: "OPTIONS", RURI: ruri, Via: probe.Addr(), From: "<sip:probe@" + SIPDomain + ">;tag=p1",
+		To: "<sip:" + DID + "@" + SIPDomain + ">", CallID: "probe@" + ProviderIP, CSeq: 1}
+	probe.Send(dst, opt.String())
+	if _, ok := probe.Await(10*time.Second, func(m WireSIP) bool { return m.CallID == opt.CallID && m.Code == 200 }); !ok {
+		t.Fatalf("OPTIONS from the registrar's address %s got no 200", ProviderIP)
+	}
+	if got := stranger.Received(func(WireSIP) bool { return true }); len(got) > 0 {
+		t.Errorf("%s (not in allow %s) got %d answers, want silence; first: %s", strangerSBCIP, providerSBCs, len(got), got[0].First)
+	}
+	if got := pbx.Received(func(m WireSIP) bool { return m.Method == "INVITE" }); len(got) > 0 {
+		t.Errorf("the PBX got %d INVITEs from the stranger's call", len(got))
+	}
+	stopDaemon(t, d)
+}

@@ -7,7 +7,8 @@ set -euo pipefail
 # baresip (the PBX) and linphone-cli (linphone-daemon, the remote phone): the real
 # user agents of realua_test.go. miniupnpd-iptables: the router that grants NAT-PMP/PCP/UPnP
 # mappings (portmap_test.go); its service is kept from starting like the others.
-pkgs=(iproute2 procps kamailio coturn sip-tester conntrack iptables nftables tcpdump buildah systemd make baresip linphone-cli miniupnpd-iptables)
+# dnsmasq-base (no service): the provider's DNS with _sip._udp SRV records (srv_test.go).
+pkgs=(iproute2 procps kamailio coturn sip-tester conntrack iptables nftables tcpdump buildah systemd make baresip linphone-cli miniupnpd-iptables dnsmasq-base)
 if [[ $(id -u) -ne 0 ]]; then
 	echo "install-deps.sh: run as root (apt-get install)" >&2
 	exit 1

@@ -9,7 +9,10 @@
 #   lab.sh net-up PREFIX           topology only
 #   lab.sh net-down PREFIX         kill what runs in the lab namespaces, delete them
 #   lab.sh prepare DIR             write Kamailio db_text tables + coturn config into DIR
-#   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING] [SDPDELAY]   exec Kamailio in the foreground
+#   lab.sh run-kamailio PREFIX DIR [NOSTUN] [NATPING] [SDPDELAY] [SECOND]   exec Kamailio in the foreground
+#                                  (SECOND: the provider's second registrar on .51; give it a DIR of its own)
+#   lab.sh run-dnsmasq PREFIX DIR  exec dnsmasq (the provider's DNS, .53) in the foreground; the daemon's
+#                                  namespace gets /etc/netns/PREFIX-lm/resolv.conf pointing at it
 #   lab.sh run-coturn PREFIX DIR IP [IP2]                 exec coturn in the foreground (two IPs: RFC 5780)
 #   lab.sh run-miniupnpd PREFIX DIR [upnp-only|no-pcp]   exec miniupnpd (PCP/NAT-PMP + UPnP IGD) in the router, foreground
 #   lab.sh redial PREFIX NEWIP     change the router's WAN address, flush conntrack + ARP
@@ -35,6 +38,8 @@ PBX_IP=$LAN_NET.20
 INET_NET=198.51.100
 ROUTER_WAN=$INET_NET.1
 PROVIDER_IP=$INET_NET.50
+PROVIDER2_IP=$INET_NET.51 # the second registrar (run-kamailio SECOND)
+DNS_IP=$INET_NET.53       # the provider's DNS (run-dnsmasq)
 STUN1_IP=$INET_NET.60
 STUN2_IP=$INET_NET.61
 PHONE_IP=$INET_NET.70
@@ -164,6 +169,9 @@ net_down() {
 	kill_ns_pids "$p"
 	for n in "${NAMES[@]}"; do
 		[ -e "/run/netns/$(ns "$p" "$n")" ] && ip netns del "$(ns "$p" "$n")" 2>/dev/null || true
+		# run-dnsmasq's resolv.conf (a file, read by ip netns exec; no network config)
+		rm -f "/etc/netns/$(ns "$p" "$n")/resolv.conf"
+		[ -d "/etc/netns/$(ns "$p" "$n")" ] && rmdir "/etc/netns/$(ns "$p" "$n")" 2>/dev/null || true
 	done
 	return 0
 }
@@ -199,6 +207,10 @@ run_kamailio() {
 	for a in "$@"; do
 		case "$a" in
 		NOSTUN | NATPING | SDPDELAY) defs+=(-A "$a") ;;
+		SECOND)
+			defs+=(-A "$a")
+			ip -n "$(ns "$p" provider)" addr replace $PROVIDER2_IP/24 dev eth0
+			;;
 		*) die "unknown kamailio switch $a" ;;
 		esac
 	done
@@ -207,6 +219,27 @@ run_kamailio() {
 	exec ip netns exec "$(ns "$p" provider)" kamailio -DD -E -f "$HERE/kamailio.cfg" \
 		-Y "$d/run" -w "$d/run" -P "$d/run/kamailio.pid" -m 32 -M 8 \
 		-A "DBURL=\"text://$d/db\"" -A "CTLSOCK=\"unix:$d/run/kamailio_ctl\"" "${defs[@]}"
+}
+
+# run_dnsmasq PREFIX DIR: the provider's DNS on $DNS_IP:53 in the provider
+# namespace. It answers for provider.test only (no upstream): _sip._udp SRV
+# of the domain to kam1 (.50, priority 10) and kam2 (.51, priority 20), and
+# their A records. ip netns exec bind-mounts /etc/netns/NS/resolv.conf over
+# /etc/resolv.conf, so what runs in the lm namespace after this asks it.
+run_dnsmasq() {
+	local p=$1 d=$2
+	mkdir -p "$d/run" "/etc/netns/$(ns "$p" lm)"
+	ip -n "$(ns "$p" provider)" addr replace $DNS_IP/24 dev eth0
+	printf 'nameserver %s\noptions timeout:1 attempts:2\n' $DNS_IP >"/etc/netns/$(ns "$p" lm)/resolv.conf"
+	exec ip netns exec "$(ns "$p" provider)" dnsmasq --keep-in-foreground --log-facility=- --log-queries \
+		--conf-file=/dev/null --no-resolv --no-hosts --no-poll --user=root --group=root \
+		--bind-interfaces --listen-address=$DNS_IP --port=53 --pid-file="$d/run/dnsmasq.pid" \
+		--local=/provider.test/ \
+		--srv-host=_sip._udp.$SIP_DOMAIN,kam1.provider.test,5060,10,10 \
+		--srv-host=_sip._udp.$SIP_DOMAIN,kam2.provider.test,5060,20,10 \
+		--host-record=kam1.provider.test,$PROVIDER_IP \
+		--host-record=kam2.provider.test,$PROVIDER2_IP \
+		--host-record=$SIP_DOMAIN,$PROVIDER_IP
 }
 
 # run_coturn PREFIX DIR IP [IP2]: with one IP a plain RFC 5389 server on IP:3478; with two
@@ -422,7 +455,7 @@ down() {
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,23p' "$0"; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,25p' "$0"; exit 2; }
 shift
 case "$cmd" in
 up) [ $# -ge 2 ] || die "usage: up PREFIX DIR [options]"; up "$@" ;;
@@ -432,6 +465,7 @@ net-down) net_down "$1" ;;
 prepare) prepare "$1" ;;
 run-kamailio) run_kamailio "$@" ;;
 run-coturn) run_coturn "$@" ;;
+run-dnsmasq) [ $# -eq 2 ] || die "usage: run-dnsmasq PREFIX DIR"; check_prefix "$1"; run_dnsmasq "$@" ;;
 run-miniupnpd) [ $# -ge 2 ] || die "usage: run-miniupnpd PREFIX DIR [upnp-only|no-pcp]"; check_prefix "$1"; run_miniupnpd "$@" ;;
 redial) redial "$1" "$2" ;;
 sip-alg) [ $# -eq 2 ] || die "usage: sip-alg PREFIX on|off"; check_prefix "$1"; sip_alg "$1" "$2" ;;

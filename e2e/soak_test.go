@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strings"
 	"testing"
 	"time"
 )
@@ -60,10 +59,7 @@ func TestSoakChurn(t *testing.T) {
 	}
 	daemon := &net.UDPAddr{IP: net.ParseIP(DaemonIP), Port: 5060}
 	for i, end := 0, time.Now().Add(10*time.Second); i < 3000 && time.Now().Before(end); i++ {
-		inv := fmt.Sprintf("INVITE sip:0090%07d@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bKscan%d\r\n"+
-			"From: <sip:scan@%s>;tag=s%d\r\nTo: <sip:0090%07d@%s>\r\nCall-ID: scan%d@%s\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-			i, DaemonIP, rogueIP, i, rogueIP, i, i, DaemonIP, i, rogueIP)
-		if _, err := conn.WriteTo([]byte(inv), daemon); err != nil {
+		if _, err := conn.WriteTo(scanInvite(rogueIP, i), daemon); err != nil {
 			t.Fatalf("scanner: %v", err)
 		}
 		time.Sleep(3 * time.Millisecond) // a scanner's pace, not a wait for an event
@@ -102,14 +98,17 @@ func TestSoakChurn(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 	rss := metricValue(after, "process_resident_memory_bytes")
-	var flood string
-	for _, line := range strings.Split(after, "\n") {
-		if strings.HasPrefix(line, `linkmanager_sip_dropped_total{reason="source_not_allowed",socket="pbx"}`) {
-			flood = line
-		}
-	}
+	flood := metricLine(after, `linkmanager_sip_dropped_total{reason="source_not_allowed",socket="pbx"}`)
 	t.Logf("%d calls at %d/s: goroutines %v → %v, fds %v → %v, RSS %.1f → %.1f MiB (%+.1f %%); %s", calls, rate,
 		baseG, metricValue(after, "go_goroutines"), baseFD, metricValue(after, "process_open_fds"),
 		baseRSS/(1<<20), rss/(1<<20), 100*(rss-baseRSS)/baseRSS, flood)
 	stopDaemon(t, d)
+}
+
+// scanInvite is a scanner's i-th INVITE from ip to the daemon's PBX socket:
+// each to another international number, each its own transaction.
+func scanInvite(ip string, i int) []byte {
+	return fmt.Appendf(nil, "INVITE sip:0090%07d@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bKscan%d\r\n"+
+		"From: <sip:scan@%s>;tag=s%d\r\nTo: <sip:0090%07d@%s>\r\nCall-ID: scan%d@%s\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+		i, DaemonIP, ip, i, ip, i, i, DaemonIP, i, ip)
 }

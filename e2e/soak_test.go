@@ -20,8 +20,10 @@ import (
 // multiplies its memory.
 //
 // LINKMANAGER_SOAK_CALLS sets the number of calls (default 60, at 3/s, each
-// 9 s: the pcap's 236 packets of 30 ms, then the BYE; about 27 up at once); e.g. 36000 for the hour at 10/s with
-// LINKMANAGER_SOAK_RATE=10 and a go test -timeout to match.
+// 9 s: the pcap's 236 packets of 30 ms, then the BYE; about 27 up at once)
+// and LINKMANAGER_SOAK_RATE their rate. The hour, with redials,
+// random holds and a sampled verdict, is TestSoakLong (bench/soak.sh);
+// this is its CI variant.
 func TestSoakChurn(t *testing.T) {
 	t.Parallel()
 	calls, rate := 60, 3

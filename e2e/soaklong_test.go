@@ -71,11 +71,21 @@ func TestSoakLong(t *testing.T) {
 	}
 	defer scanner.Close()
 
+	// The baseline once the daemon's start-up work (its NAT test, the
+	// first STUN rounds) is over: goroutines and FDs unchanged for 5 s.
 	base := s.sample(t, "baseline")
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		time.Sleep(5 * time.Second)
+		x := s.sample(t, "baseline")
+		if x.goroutines == base.goroutines && x.fds == base.fds {
+			break
+		}
+		base = x
+	}
 	t.Logf("soak: %v at %d calls/s, holds %v-%v, redial every %v, flood %v of each %v at %d/s, samples every %v, warm-up %v",
 		p.Duration, p.Rate, p.HoldMin, p.HoldMax, p.Redial, p.FloodFor, p.FloodEvery, p.FloodRate, p.Sample, p.Warmup)
 	t.Log(soakHeader)
-	t.Log(base.row(time.Time{}))
+	t.Log(base.row(time.Time{}, soakSample{}))
 
 	calls := p.Rate * int(p.Duration/time.Second)
 	timeout := p.Duration + p.HoldMax + 2*time.Minute
@@ -113,8 +123,9 @@ func TestSoakLong(t *testing.T) {
 			}
 			x := s.sample(t, "load")
 			x.uac, x.uas = sippStats(r.Caller.StatFile), sippStats(r.Callee.StatFile)
+			prev := soakLastSample(samples, base)
 			samples = append(samples, x)
-			t.Log(x.row(start))
+			t.Log(x.row(start, prev))
 		}
 	}
 	tick.Stop()
@@ -136,7 +147,7 @@ func TestSoakLong(t *testing.T) {
 			break
 		}
 	}
-	t.Log(end.row(start))
+	t.Log(end.row(start, soakLastSample(samples, base)))
 
 	// The verdict.
 	uacRows, uasRows := sippStatRows(r.Caller.StatFile), sippStatRows(r.Callee.StatFile)
@@ -151,8 +162,9 @@ func TestSoakLong(t *testing.T) {
 	uacAll, uacRedial := failuresIn(uacRows, window)
 	uasAll, uasRedial := failuresIn(uasRows, window)
 	last := soakLastRow(uacRows)
-	t.Logf("calls: attempted %d (of %d), answered and hung up %d, failed %d (%d overlapping a redial); at the phone: failed %d (%d overlapping a redial); failure causes at the PBX: %s",
-		int(last["OutgoingCall(C)"]), calls, int(last["SuccessfulCall(C)"]), uacAll, uacRedial, uasAll, uasRedial, failureCauses(last))
+	t.Logf("calls: attempted %d (of %d), answered and hung up %d, failed %d (%d overlapping a redial); at the phone: failed %d (%d overlapping a redial); failure causes at the PBX: %s; at the phone: %s",
+		int(last["OutgoingCall(C)"]), calls, int(last["SuccessfulCall(C)"]), uacAll, uacRedial, uasAll, uasRedial,
+		failureCauses(last), failureCauses(soakLastRow(uasRows)))
 	if n := uacAll - uacRedial; n > 0 {
 		t.Errorf("%d calls failed outside the redial windows", n)
 	}
@@ -215,8 +227,9 @@ func TestSoakLong(t *testing.T) {
 		t.Errorf("no two samples between the warm-up (%v) and the end of the load (%v): RSS growth not measured", p.Warmup, p.Duration)
 	} else {
 		growth := 100 * (peak.rss - warm.rss) / warm.rss
-		t.Logf("RSS: baseline %.1f MiB, after warm-up (+%v) %.1f MiB, end of load (+%v) %.1f MiB: %+.1f %%; drained %.1f MiB",
-			base.rss/(1<<20), warm.at.Sub(start).Round(time.Second), warm.rss/(1<<20), peak.at.Sub(start).Round(time.Second), peak.rss/(1<<20), growth, end.rss/(1<<20))
+		t.Logf("RSS: baseline %.1f MiB, after warm-up (+%v) %.1f MiB, end of load (+%v) %.1f MiB: %+.1f %%; drained %.1f MiB (Go heap in use %.1f → %.1f → %.1f → %.1f MiB)",
+			base.rss/(1<<20), warm.at.Sub(start).Round(time.Second), warm.rss/(1<<20), peak.at.Sub(start).Round(time.Second), peak.rss/(1<<20), growth, end.rss/(1<<20),
+			base.heap/(1<<20), warm.heap/(1<<20), peak.heap/(1<<20), end.heap/(1<<20))
 		if growth >= 5 && !raced {
 			t.Errorf("RSS grew %.1f %% under steady load, want < 5 %%", growth)
 		}
@@ -322,15 +335,17 @@ type soakSample struct {
 	at              time.Time
 	label           string
 	rss             float64 // bytes, /proc/PID/status VmRSS
+	heap            float64 // bytes, go_memstats_heap_inuse_bytes
 	goroutines, fds float64 // /metrics
 	calls, pairs    float64 // calls up, port pairs in use (both pools)
 	sockets         int     // UDP sockets in the daemon's namespace (ss)
+	cpu             float64 // the daemon's CPU seconds so far (utime+stime)
 	load            string  // /proc/loadavg, 1 min
 	uac, uas        map[string]float64
 	metrics         string
 }
 
-const soakHeader = "      time  label     RSS MiB  goroutines  fds  calls  pairs  udp  load  PBX ok/failed  phone failed"
+const soakHeader = "      time  label       RSS MiB  heap MiB  goroutines   fds  calls  pairs   udp  cpu%   load  PBX ok/failed  phone failed"
 
 func (s *soakSampler) sample(t *testing.T, label string) soakSample {
 	t.Helper()
@@ -343,12 +358,21 @@ func (s *soakSampler) sample(t *testing.T, label string) soakSample {
 			}
 		}
 	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.pid)); err == nil {
+		// after the ")" of comm: utime and stime are the 12th and 13th fields
+		if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 12 {
+			ut, _ := strconv.ParseFloat(f[11], 64)
+			st, _ := strconv.ParseFloat(f[12], 64)
+			x.cpu = (ut + st) / 100 // USER_HZ
+		}
+	}
 	m, err := s.l.AdminGet("/metrics")
 	if err != nil {
 		t.Errorf("/metrics: %v", err)
 	}
 	x.metrics = m
 	x.goroutines, x.fds = metricValue(m, "go_goroutines"), metricValue(m, "process_open_fds")
+	x.heap = metricValue(m, "go_memstats_heap_inuse_bytes")
 	x.calls = metricValue(m, "linkmanager_calls_active")
 	x.pairs = metricValue(m, `linkmanager_port_pool_pairs{pool="internet",state="in_use"}`) +
 		metricValue(m, `linkmanager_port_pool_pairs{pool="lan",state="in_use"}`)
@@ -361,14 +385,26 @@ func (s *soakSampler) sample(t *testing.T, label string) soakSample {
 	return x
 }
 
-func (x soakSample) row(start time.Time) string {
+// row formats x; cpu is the daemon's share of one core since prev.
+func (x soakSample) row(start time.Time, prev soakSample) string {
 	at := "0"
 	if !start.IsZero() {
 		at = "+" + x.at.Sub(start).Round(time.Second).String()
 	}
-	return fmt.Sprintf("%10s  %-8s %8.1f  %10.0f  %3.0f  %5.0f  %5.0f  %3d  %4s  %6.0f/%-6.0f  %6.0f",
-		at, x.label, x.rss/(1<<20), x.goroutines, x.fds, x.calls, x.pairs, x.sockets, x.load,
+	cpu := 0.0
+	if !prev.at.IsZero() {
+		cpu = 100 * (x.cpu - prev.cpu) / x.at.Sub(prev.at).Seconds()
+	}
+	return fmt.Sprintf("%10s  %-11s %7.1f  %8.1f  %10.0f  %4.0f  %5.0f  %5.0f  %4d  %4.0f  %5s  %6.0f/%-6.0f  %6.0f",
+		at, x.label, x.rss/(1<<20), x.heap/(1<<20), x.goroutines, x.fds, x.calls, x.pairs, x.sockets, cpu, x.load,
 		x.uac["SuccessfulCall(C)"], x.uac["FailedCall(C)"], x.uas["FailedCall(C)"])
+}
+
+func soakLastSample(samples []soakSample, base soakSample) soakSample {
+	if len(samples) == 0 {
+		return base
+	}
+	return samples[len(samples)-1]
 }
 
 // soakRedial is one redial and how the phone's audio came back.

@@ -381,14 +381,7 @@ func TestHostileLANInviteFlood(t *testing.T) {
 		flood   = 5000
 	)
 	l, d := callLab(t, DaemonConfig{LogLevel: "info"})
-	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueIP+"/24", "dev", "eth0"); err != nil {
-		t.Fatalf("rogue LAN address: %v\n%s", err, out)
-	}
-	conn, err := l.ListenUDP(NSPBX, rogueIP+":5060")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := rogueLANHost(t, l, rogueIP)
 	var (
 		answers  atomic.Int64
 		mu       sync.Mutex

@@ -52,13 +52,7 @@ func TestSoakChurn(t *testing.T) {
 		Capture: []string{NSPBX},
 	})
 	// The scanner: a rogue LAN host's INVITEs, bounded in count and time.
-	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueIP+"/24", "dev", "eth0"); err != nil {
-		t.Fatalf("rogue LAN address: %v\n%s", err, out)
-	}
-	conn, err := l.ListenUDP(NSPBX, rogueIP+":5060")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := rogueLANHost(t, l, rogueIP)
 	daemon := &net.UDPAddr{IP: net.ParseIP(DaemonIP), Port: 5060}
 	for i, end := 0, time.Now().Add(10*time.Second); i < 3000 && time.Now().Before(end); i++ {
 		if _, err := conn.WriteTo(scanInvite(rogueIP, i), daemon); err != nil {
@@ -113,4 +107,20 @@ func scanInvite(ip string, i int) []byte {
 	return fmt.Appendf(nil, "INVITE sip:0090%07d@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bKscan%d\r\n"+
 		"From: <sip:scan@%s>;tag=s%d\r\nTo: <sip:0090%07d@%s>\r\nCall-ID: scan%d@%s\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
 		i, DaemonIP, ip, i, ip, i, i, DaemonIP, i, ip)
+}
+
+// rogueLANHost gives the PBX's namespace the further address ip, a host on
+// the LAN that pbx.allow does not name, and returns its socket on ip:5060
+// (closed when the test ends).
+func rogueLANHost(t *testing.T, l *Lab, ip string) *net.UDPConn {
+	t.Helper()
+	if out, err := l.Exec(NSPBX, "ip", "addr", "add", ip+"/24", "dev", "eth0"); err != nil {
+		t.Fatalf("rogue LAN address: %v\n%s", err, out)
+	}
+	conn, err := l.ListenUDP(NSPBX, ip+":5060")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }

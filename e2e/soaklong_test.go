@@ -62,14 +62,7 @@ func TestSoakLong(t *testing.T) {
 	if err := os.WriteFile(uacPath, []byte(strings.Replace(string(uac), `min="20000" max="40000"`, hold, 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := l.Exec(NSPBX, "ip", "addr", "add", rogueIP+"/24", "dev", "eth0"); err != nil {
-		t.Fatalf("rogue LAN address: %v\n%s", err, out)
-	}
-	scanner, err := l.ListenUDP(NSPBX, rogueIP+":5060")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer scanner.Close()
+	scanner := rogueLANHost(t, l, rogueIP)
 
 	// The baseline once the daemon's start-up work (its NAT test, the
 	// first STUN rounds) is over: goroutines and FDs unchanged for 5 s.
@@ -661,4 +654,43 @@ func soakDur(d time.Duration) string {
 		return "not within 90 s"
 	}
 	return d.Round(100 * time.Millisecond).String()
+}
+
+// TestSoakParams: the soak's knobs parse, default as bench/README.md says,
+// and a bad value is an error naming its variable, not a silent default.
+func TestSoakParams(t *testing.T) {
+	env := func(kv ...string) func(string) string {
+		return func(k string) string {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1]
+				}
+			}
+			return ""
+		}
+	}
+	p, err := soakParamsFrom(env())
+	if err != nil || p.Duration != 0 {
+		t.Fatalf("unset: %+v, %v; want a zero duration (skip) and no error", p, err)
+	}
+	want := soakParams{Duration: time.Hour, Rate: 10, HoldMin: 20 * time.Second, HoldMax: 40 * time.Second,
+		Redial: 15 * time.Minute, FloodFor: time.Minute, FloodEvery: 10 * time.Minute, FloodRate: 300,
+		Sample: 30 * time.Second, Warmup: 70 * time.Second}
+	if p, err := soakParamsFrom(env(soakLongEnv, "1h")); err != nil || p != want {
+		t.Errorf("defaults: %+v, %v; want %+v", p, err, want)
+	}
+	want = soakParams{Duration: 5 * time.Minute, Rate: 3, HoldMin: 5 * time.Second, HoldMax: 9 * time.Second,
+		FloodFor: 10 * time.Second, FloodEvery: time.Minute, FloodRate: 50, Sample: 10 * time.Second, Warmup: 39 * time.Second}
+	p, err = soakParamsFrom(env(soakLongEnv, "5m", soakLongEnv+"_RATE", "3", soakLongEnv+"_HOLD", "5s-9s",
+		soakLongEnv+"_REDIAL", "0", soakLongEnv+"_FLOOD", "10s/1m", soakLongEnv+"_FLOOD_RATE", "50", soakLongEnv+"_SAMPLE", "10s"))
+	if err != nil || p != want {
+		t.Errorf("set: %+v, %v; want %+v", p, err, want)
+	}
+	for _, kv := range [][2]string{{"_RATE", "ten"}, {"_RATE", "0"}, {"_HOLD", "40s-20s"}, {"_HOLD", "20s"},
+		{"_FLOOD", "1m-10m"}, {"_REDIAL", "15"}, {"_SAMPLE", "100ms"}} {
+		_, err := soakParamsFrom(env(soakLongEnv, "1h", soakLongEnv+kv[0], kv[1]))
+		if err == nil || !strings.Contains(err.Error(), soakLongEnv+kv[0]) {
+			t.Errorf("%s=%s: error %v, want one naming the variable", soakLongEnv+kv[0], kv[1], err)
+		}
+	}
 }

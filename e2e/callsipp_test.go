@@ -12,6 +12,7 @@ import (
 	"math"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -74,6 +75,10 @@ type SippSpec struct {
 	Rate     int           // -r (calls per second); default 10
 	Hold     time.Duration // -d: how long <pause/> waits
 	Timeout  time.Duration // sipp's own -timeout (fails the run); default 60 s
+	// Stats, when set, writes sipp's -trace_stat file every Stats period
+	// (Sipp.StatFile) instead of the -trace_msg file, which a long run
+	// would make huge; Messages and everything built on it are then empty.
+	Stats time.Duration
 	// Args are more sipp arguments (e.g. -key NAME VALUE), placed before
 	// the remote host of a UAC.
 	Args []string
@@ -84,8 +89,9 @@ func (s SippSpec) uac() bool { return s.Target != "" }
 // Sipp is a running sipp.
 type Sipp struct {
 	*Proc
-	Spec    SippSpec
-	MsgFile string
+	Spec     SippSpec
+	MsgFile  string
+	StatFile string // with Spec.Stats: sipp's -trace_stat CSV
 }
 
 // StartSipp starts sipp in the background. A UAS is waited for until its SIP
@@ -124,8 +130,15 @@ func (l *Lab) StartSipp(spec SippSpec) *Sipp {
 	}
 	name := fmt.Sprintf("%s-%s-%s", spec.Name, role, strings.TrimSuffix(filepath.Base(spec.Scenario), ".xml"))
 	argv, msgFile := l.sippArgs(name, spec.Scenario, args...)
+	statFile := ""
+	if spec.Stats > 0 {
+		statFile = strings.TrimSuffix(msgFile, ".msg") + ".csv"
+		i := slices.Index(argv, "-trace_msg")
+		argv = slices.Replace(argv, i, i+3, "-trace_stat", "-stf", statFile,
+			"-fd", strconv.Itoa(max(1, int(spec.Stats/time.Second))))
+	}
 	p := l.Start(spec.NS, strings.TrimSuffix(msgFile, ".msg")+".out", argv...)
-	s := &Sipp{Proc: p, Spec: spec, MsgFile: msgFile}
+	s := &Sipp{Proc: p, Spec: spec, MsgFile: msgFile, StatFile: statFile}
 	if !spec.uac() {
 		deadline := time.Now().Add(10 * time.Second)
 		for {

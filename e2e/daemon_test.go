@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -41,6 +42,10 @@ func moduleRoot() (string, error) {
 	}
 }
 
+// raceEnv set to "off" builds the lab's daemon without -race (bench/soak.sh
+// does, so that its RSS means something); unset, every lab daemon has it.
+const raceEnv = "LINKMANAGER_E2E_RACE"
+
 // daemonBinary builds ./cmd/linkmanager once per test binary.
 func daemonBinary(t testing.TB) string {
 	t.Helper()
@@ -62,8 +67,13 @@ func daemonBinary(t testing.TB) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		// -race: a data race under real traffic makes the daemon exit 66,
-		// which every test that stops it checks.
-		cmd := exec.CommandContext(ctx, "go", "build", "-race", "-o", out, "./cmd/linkmanager")
+		// which every test that stops it checks. A soak that measures RSS
+		// turns it off (raceEnv): the race detector multiplies memory.
+		args := []string{"build", "-race", "-o", out, "./cmd/linkmanager"}
+		if os.Getenv(raceEnv) == "off" {
+			args = slices.Delete(args, 1, 2)
+		}
+		cmd := exec.CommandContext(ctx, "go", args...)
 		cmd.Dir = root
 		if b, err := cmd.CombinedOutput(); err != nil {
 			buildError = fmt.Errorf("go build ./cmd/linkmanager: %v\n%s", err, b)

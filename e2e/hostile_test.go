@@ -409,12 +409,7 @@ func TestHostileLANInviteFlood(t *testing.T) {
 	t.Parallel()
 	const flood = 5000
 	l, d := callLab(t, DaemonConfig{LogLevel: "info"})
-	l.addRogueLANHost(t)
-	conn, err := l.ListenUDP(NSPBX, rogueLANIP+":5060")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := rogueLANHost(t, l, rogueLANIP)
 	var (
 		answers  atomic.Int64
 		mu       sync.Mutex

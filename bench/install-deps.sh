@@ -6,22 +6,4 @@
 # instance with its own config, and a packaged one would hold ports.
 set -euo pipefail
 pkgs=(rtpengine-daemon gcc libc6-dev procps)
-if [[ $(id -u) -ne 0 ]]; then
-	echo "bench/install-deps.sh: run as root (apt-get install)" >&2
-	exit 1
-fi
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-((${#missing[@]})) || exit 0
-created_policy=0
-if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-	printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-	chmod +x /usr/sbin/policy-rc.d
-	created_policy=1
-fi
-trap 'if ((created_policy)); then rm -f /usr/sbin/policy-rc.d; fi' EXIT
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+exec "$(dirname "$0")/../e2e/lab/apt-install.sh" "${pkgs[@]}"

@@ -9,26 +9,7 @@ set -euo pipefail
 # mappings (portmap_test.go); its service is kept from starting like the others.
 # dnsmasq-base (no service): the provider's DNS with _sip._udp SRV records (srv_test.go).
 pkgs=(iproute2 procps kamailio coturn sip-tester conntrack iptables nftables tcpdump buildah systemd make baresip linphone-cli miniupnpd-iptables dnsmasq-base)
-if [[ $(id -u) -ne 0 ]]; then
-	echo "install-deps.sh: run as root (apt-get install)" >&2
-	exit 1
-fi
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-	created_policy=0
-	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod +x /usr/sbin/policy-rc.d
-		created_policy=1
-	fi
-	trap 'if ((created_policy)); then rm -f /usr/sbin/policy-rc.d; fi' EXIT
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+"$(dirname "$0")/apt-install.sh" "${pkgs[@]}"
 # Go 1.26 or newer builds the daemon; Debian's golang package is older.
 export PATH="$PATH:/usr/local/go/bin"
 if ! command -v go >/dev/null; then

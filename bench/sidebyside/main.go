@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command sidebyside measures three RTP relays in the same rounds, driven by
 // one generator: the C floor relay (bench/floor/floor.c), rtpengine in
 // userspace, and linkmanager's rtpbridge. For each relay and call count it

@@ -1,6 +1,7 @@
 package b2bua
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -92,6 +93,13 @@ func (d *dialog) commit(body []byte, version uint64) []byte {
 		d.mu.Unlock()
 	}
 	return body
+}
+
+// sent is the SDP we last sent on this leg and its o= version.
+func (d *dialog) sent() ([]byte, uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lastSDP, d.version
 }
 
 // sdp is the SDP we last sent on this leg.
@@ -611,7 +619,10 @@ func setRemote(s Session, leg rtpbridge.Leg, m sdp.Media) error {
 
 // rewrite turns an SDP body from one side into what we send on dialog
 // d: our address on d's side and our relay port for its leg, with the
-// o= version of d's next offer. Nothing is recorded: the caller commits
+// o= version of d's next offer, unless the result is what we last sent
+// there: a description sent again unchanged (a repeated 18x, a session
+// refresh) keeps its version (RFC 3264 §8), since a peer may take a new
+// version for a media change. Nothing is recorded: the caller commits
 // the result when it counts.
 func (b *B2BUA) rewrite(c *call, d *dialog, body []byte) ([]byte, uint64, error) {
 	s, err := sdp.Parse(body)
@@ -625,8 +636,14 @@ func (b *B2BUA) rewrite(c *call, d *dialog, body []byte) ([]byte, uint64, error)
 	if m, ok := c.stream(s); ok && m.Port != 0 {
 		ports[m.Index] = int(c.media.LocalPort(d.side.leg))
 	}
+	addr := d.side.contact().Addr()
+	if last, version := d.sent(); last != nil {
+		if out, err := sdp.Rewrite(body, addr, ports, version); err == nil && bytes.Equal(out, last) {
+			return out, version, nil
+		}
+	}
 	version := d.offerVersion()
-	out, err := sdp.Rewrite(body, d.side.contact().Addr(), ports, version)
+	out, err := sdp.Rewrite(body, addr, ports, version)
 	return out, version, err
 }
 

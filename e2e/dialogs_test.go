@@ -573,8 +573,8 @@ func TestDialogSessionRefresh(t *testing.T) {
 					t.Errorf("the PBX got the SDP-less refresh UPDATE with a body:\n%s", m.Text)
 				}
 			}
-			// RFC 3264 §8 allows a new o= version for an unchanged SDP;
-			// sdp.Rewrite's doc asks for the same one (observation only).
+			// An SDP we relay unchanged keeps its o= version (RFC 3264 §8;
+			// asserted in b2bua's TestRefusedOfferRollsBack; logged here).
 			var back []string
 			for _, m := range distinct(r.SIPTo(c.refresher), isResponse(200, "INVITE")) {
 				for _, l := range strings.Split(m.Body(), "\r\n") {

@@ -206,10 +206,10 @@ func TestHostilePBXSpoofedInvite(t *testing.T) {
 			blind := inv
 			blind.Method, blind.Body, blind.To = "ACK", "", inv.To+";tag=guessed"
 			spoofer.Send(daemon, blind.String())
-			// The spoofer never reads; the test awaits the daemon's final
-			// answer (407, or the provider's refusal relayed) as the sign
-			// that the INVITE has been dealt with.
-			resp, ok := spoofer.Await(20*time.Second, finalFor(inv.CallID))
+			// The test awaits the daemon's final answer (407, or the
+			// provider's refusal relayed) as the sign that the INVITE has
+			// been dealt with, resending the INVITE as Timer A would.
+			resp, ok := spoofer.AwaitResending(20*time.Second, daemon, inv.String(), finalFor(inv.CallID))
 			pkts, err := ReadPcap(capture.Stop())
 			if err != nil {
 				t.Fatal(err)

@@ -122,6 +122,24 @@ func (u *rawUA) Await(timeout time.Duration, pred func(WireSIP) bool) (WireSIP, 
 	}
 }
 
+// AwaitResending is Await for a request sent over UDP: like a real UA's
+// Timer A it sends msg again after 0.5 s, 1 s, 2 s, then every 4 s, until
+// pred accepts a message or timeout ends, so one datagram lost on a busy
+// machine cannot fail the test.
+func (u *rawUA) AwaitResending(timeout time.Duration, dst netip.AddrPort, msg string, pred func(WireSIP) bool) (WireSIP, bool) {
+	end := time.Now().Add(timeout)
+	for wait := 500 * time.Millisecond; ; wait = min(2*wait, 4*time.Second) {
+		left := time.Until(end)
+		if left <= 0 {
+			return WireSIP{}, false
+		}
+		if m, ok := u.Await(min(wait, left), pred); ok {
+			return m, true
+		}
+		u.Send(dst, msg)
+	}
+}
+
 // finalFor accepts the final response to the INVITE of callID.
 func finalFor(callID string) func(WireSIP) bool {
 	return func(m WireSIP) bool { return m.CallID == callID && m.Code >= 200 && m.CSeqMethod() == "INVITE" }

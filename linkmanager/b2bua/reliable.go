@@ -149,25 +149,23 @@ func (r *reliable) deliver(res *sip.Response, acked <-chan struct{}) bool {
 	deadline := time.NewTimer(64 * t1)
 	defer deadline.Stop()
 	interval := t1
+	t := time.NewTimer(interval)
+	defer t.Stop()
 	for {
-		t := time.NewTimer(interval)
 		select {
 		case <-acked:
-			t.Stop()
 			return true
 		case <-r.halt:
-			t.Stop()
 			return false
 		case <-r.c.done:
-			t.Stop()
 			return false
 		case <-deadline.C:
-			t.Stop()
 			r.fail(res)
 			return false
 		case <-t.C:
 			r.transmit(res)
 			interval *= 2
+			t.Reset(interval)
 		}
 	}
 }

@@ -30,13 +30,9 @@ func FuzzHandlePacket(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		try := func(b []byte) {
 			ch := make(chan result, 1)
-			k.mu.Lock()
-			k.txs[id] = ch
-			k.mu.Unlock()
+			remove := k.txs.add(id, ch)
 			matched := k.HandlePacket(b, stun1)
-			k.mu.Lock()
-			delete(k.txs, id)
-			k.mu.Unlock()
+			remove()
 			if !matched {
 				return
 			}
@@ -79,7 +75,7 @@ func FuzzProberHandle(f *testing.F) {
 	f.Add(stun.MustBuild(stun.NewTransactionIDSetter(id), stun.BindingError,
 		stun.ErrorCodeAttribute{Code: stun.CodeUnknownAttribute}).Raw)
 	f.Add([]byte("x"))
-	p := &prober{txs: map[txID]chan answer{}}
+	p := &prober{}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		try := func(b []byte) {
 			ch := make(chan answer, 1)

@@ -165,7 +165,7 @@ type Keeper struct {
 	nextNATCheck time.Time
 
 	mu        sync.Mutex
-	txs       map[txID]chan result
+	txs       waiters[result]
 	obs       map[netip.AddrPort]Mapping // last observation per destination
 	lastLearn time.Time
 	lastShift time.Time      // last time a destination saw a different address
@@ -193,7 +193,6 @@ func New(cfg Config) (*Keeper, error) {
 		kick:     make(chan struct{}, 1),
 		wake:     make(chan struct{}, 1),
 		reconf:   make(chan []server, 1),
-		txs:      make(map[txID]chan result),
 		obs:      make(map[netip.AddrPort]Mapping),
 		nat:      NATUnknown,
 		subs:     make(map[chan Mapping]struct{}),

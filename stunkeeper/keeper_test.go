@@ -486,10 +486,7 @@ func TestRunStopsMidTransaction(t *testing.T) {
 		if st := k.Stats(); st.Timeouts != 0 || st.Failovers != 0 {
 			t.Errorf("cancellation counted as a server failure: %+v", st)
 		}
-		k.mu.Lock()
-		n := len(k.txs)
-		k.mu.Unlock()
-		if n != 0 {
+		if n := k.txs.len(); n != 0 {
 			t.Errorf("%d transactions left registered", n)
 		}
 	})

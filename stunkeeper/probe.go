@@ -29,12 +29,12 @@ type prober struct {
 	done chan struct{}
 
 	mu      sync.Mutex
-	txs     map[txID]chan answer
+	txs     waiters[answer]
 	dropped uint64
 }
 
 func newProber(c net.PacketConn) *prober {
-	p := &prober{conn: c, done: make(chan struct{}), txs: map[txID]chan answer{}}
+	p := &prober{conn: c, done: make(chan struct{})}
 	go p.read()
 	return p
 }
@@ -104,10 +104,7 @@ func (p *prober) handle(b []byte, from netip.AddrPort) bool {
 	default:
 		return false
 	}
-	p.mu.Lock()
-	ch, ok := p.txs[m.TransactionID]
-	delete(p.txs, m.TransactionID)
-	p.mu.Unlock()
+	ch, ok := p.txs.take(m.TransactionID)
 	if ok {
 		// Buffered for every prober it is registered with, and each
 		// delivers once (the entry is gone now): never blocks.
@@ -154,16 +151,7 @@ func (p *prober) transact(ctx context.Context, to netip.AddrPort, setters []stun
 // expect registers a transaction whose answer may arrive on this socket
 // and be delivered to ch, which needs a buffer slot for every prober it
 // is registered with; the func returned unregisters it.
-func (p *prober) expect(id txID, ch chan answer) func() {
-	p.mu.Lock()
-	p.txs[id] = ch
-	p.mu.Unlock()
-	return func() {
-		p.mu.Lock()
-		delete(p.txs, id)
-		p.mu.Unlock()
-	}
-}
+func (p *prober) expect(id txID, ch chan answer) func() { return p.txs.add(id, ch) }
 
 // exchange writes raw to `to` on c at 0, 0.5 and 1.5 s until an answer
 // comes on ch (which may belong to another socket), giving up at 3 s.

@@ -74,8 +74,8 @@ func (k *Keeper) HandlePacket(b []byte, from netip.AddrPort) bool {
 		return false
 	}
 
+	ch, ok := k.txs.take(m.TransactionID)
 	k.mu.Lock()
-	ch, ok := k.txs[m.TransactionID]
 	switch {
 	case res.err != nil:
 		k.stats.ErrorResponses++
@@ -84,14 +84,11 @@ func (k *Keeper) HandlePacket(b []byte, from netip.AddrPort) bool {
 	default:
 		k.stats.Unmatched++
 	}
-	if ok {
-		delete(k.txs, m.TransactionID)
-	}
 	k.mu.Unlock()
 	if !ok {
 		return false
 	}
-	// Buffered for exactly this one result and removed from txs above,
+	// Buffered for exactly this one result and taken from txs above,
 	// so this never blocks.
 	ch <- res
 	if res.err != nil {
@@ -137,21 +134,8 @@ func (k *Keeper) count(f func(*Stats)) {
 // at 5.5 s.
 func (k *Keeper) transact(ctx context.Context, to netip.AddrPort) (netip.AddrPort, error) {
 	ch := make(chan result, 1)
-	var id txID
-	k.mu.Lock()
-	for {
-		id = stun.NewTransactionID()
-		if _, dup := k.txs[id]; !dup {
-			break
-		}
-	}
-	k.txs[id] = ch
-	k.mu.Unlock()
-	defer func() {
-		k.mu.Lock()
-		delete(k.txs, id)
-		k.mu.Unlock()
-	}()
+	id, remove := k.txs.addNew(ch)
+	defer remove()
 
 	msg, err := stun.Build(stun.NewTransactionIDSetter(id), stun.BindingRequest, stun.Fingerprint)
 	if err != nil {

@@ -443,13 +443,13 @@ func TestHostileLANInviteFlood(t *testing.T) {
 	}()
 	logBefore := len(d.Log())
 	dst := netip.AddrPortFrom(netip.MustParseAddr(DaemonIP), 5060)
+	rogue := netip.AddrPortFrom(netip.MustParseAddr(rogueLANIP), 5060)
 	start := time.Now()
 	for i := range flood { // bounded: 5,000 INVITEs at about 10,000/s
-		inv := fmt.Sprintf("INVITE sip:+905551234%d@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:5060;branch=z9hG4bK-fl%d\r\n"+
-			"From: <sip:rogue@%s>;tag=f%d\r\nTo: <sip:+905551234@%s>\r\nCall-ID: flood-%d@%s\r\nCSeq: 1 INVITE\r\n"+
-			"Contact: <sip:rogue@%s:5060>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-			i%10, DaemonIP, rogueLANIP, i, rogueLANIP, i, DaemonIP, i, rogueLANIP, rogueLANIP)
-		if _, err := conn.WriteToUDPAddrPort([]byte(inv), dst); err != nil {
+		inv := rawRequest{Method: "INVITE", RURI: fmt.Sprintf("sip:+905551234%d@%s", i%10, DaemonIP), Via: rogue,
+			From: fmt.Sprintf("<sip:rogue@%s>;tag=f%d", rogueLANIP, i), To: fmt.Sprintf("<sip:+905551234@%s>", DaemonIP),
+			CallID: fmt.Sprintf("flood-%d@%s", i, rogueLANIP), CSeq: 1}
+		if _, err := conn.WriteToUDPAddrPort([]byte(inv.String()), dst); err != nil {
 			t.Fatal(err)
 		}
 		if i%50 == 49 {

@@ -681,7 +681,12 @@ func (b *B2BUA) OnBye(req *sip.Request, tx sip.ServerTransaction) {
 	// The BYE to the other leg runs on this handler's goroutine:
 	// HangupAll and Close wait for it as for their own.
 	defer b.enter()()
-	if other := c.other(leg); other != nil && other.confirmed() {
+	// While our 2xx waits for the caller's PRACK, the caller's dialog is
+	// early: holdAnswer gives it a final answer, not a BYE.
+	c.mu.Lock()
+	early := c.holding && leg == c.uac
+	c.mu.Unlock()
+	if other := c.other(leg); other != nil && other.confirmed() && !early {
 		b.bye(other)
 	}
 	b.finish(c, "bye from "+b.sideOf(leg).name)

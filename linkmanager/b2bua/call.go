@@ -176,6 +176,9 @@ type call struct {
 	// or ended it; abortReason is why hangup told it to give up.
 	setup       bool   // guarded by mu
 	abortReason string // guarded by mu
+	// holding: the callee has answered and our 2xx to the caller waits
+	// for its PRACK (holdAnswer); the caller's dialog is still early.
+	holding bool // guarded by mu
 	// remoteSends: the last SDP from each leg's remote says it sends RTP;
 	// natRepaired: repairNAT ran, natMoved: its re-INVITE was accepted.
 	remoteSends [2]bool // guarded by mu
@@ -290,6 +293,7 @@ type bridgeParams struct {
 // incoming transaction has a final response (sipgo requires the handler to
 // block until then).
 func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p bridgeParams) {
+	tx = guardInvite(tx, req)
 	callID := req.CallID().Value()
 	log := b.log.With(zap.String("call_id", callID), zap.String("trunk", p.trunk), zap.String("direction", p.dir))
 	if b.refuseUnsupported(tx, req, nil) {
@@ -369,8 +373,15 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 	tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
 
 	invite := out.newRequest(sip.INVITE, outSDP)
-	// We PRACK the callee's reliable provisionals (prack.go).
-	invite.AppendHeader(sip.NewHeader("Supported", sipmsg.Supported))
+	if offer != nil {
+		// We PRACK the callee's reliable provisionals (prack.go) and take
+		// their SDP as the early answer. To a delayed offer a reliable 1xx
+		// would carry the callee's offer, whose answer belongs in our
+		// PRACK (RFC 3262 §5), and we do not build one: a callee that sees
+		// 100rel offered may send it so and then fail the call for want
+		// of that answer, so there 100rel is not offered.
+		invite.AppendHeader(sip.NewHeader("Supported", sipmsg.Supported))
+	}
 	for _, h := range p.headers {
 		invite.AppendHeader(h)
 	}
@@ -490,11 +501,17 @@ func (b *B2BUA) bridge(in *side, req *sip.Request, tx sip.ServerTransaction, p b
 			case code < 200 && offer == nil:
 				// SDP in an unreliable 1xx to a delayed offer is not an
 				// offer we can answer (RFC 3261 §13.2.1): relay the state.
-				c.fork(res)
+				// A callee that sends it reliably all the same gets its
+				// PRACK, or it would resend it and fail the call.
+				if b.prack(c, c.fork(res), res) {
+					continue
+				}
 				b.provisional(c, tx, req, in_, code, res.Reason, nil)
 			case code < 200:
 				ringing = true
-				b.prack(c, c.fork(res), res)
+				if b.prack(c, c.fork(res), res) {
+					continue
+				}
 				body, err := b.answerSDP(c, in_, p.to.leg, sdpBody(res))
 				if err != nil {
 					log.Info("dropping SDP of provisional response", zap.Error(err))

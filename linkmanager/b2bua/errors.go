@@ -17,6 +17,7 @@ var (
 	ErrGlare      = errors.New("b2bua: offer refused by glare too often")
 	ErrCallEnded  = errors.New("b2bua: call ended")
 	ErrNoAnswer   = errors.New("b2bua: no final response")
+	ErrAnswered   = errors.New("b2bua: the INVITE has its final response")
 )
 
 // statusFor maps an error to the SIP response we give the caller: the one

@@ -84,16 +84,19 @@ func reliableRSeq(res *sip.Response) (uint32, bool) {
 // once: a retransmission of one already acknowledged is dropped. The
 // provisional itself goes on to the caller with an RSeq of our own if
 // the caller asked for reliable ones (reliable.go), else unreliably. The
-// PRACK's transaction runs on its own, bounded by Timer F.
-func (b *B2BUA) prack(c *call, d *dialog, res *sip.Response) {
+// PRACK's transaction runs on its own, bounded by Timer F. It reports
+// whether res is a retransmission, which goes no further (RFC 3262 §4):
+// relayed, it would reach a 100rel caller as a new provisional with an
+// RSeq of its own to PRACK.
+func (b *B2BUA) prack(c *call, d *dialog, res *sip.Response) (repeat bool) {
 	rseq, ok := reliableRSeq(res)
 	if !ok || d == nil {
-		return
+		return false
 	}
 	d.mu.Lock()
 	if rseq <= d.rseq {
 		d.mu.Unlock()
-		return
+		return true
 	}
 	d.rseq = rseq
 	d.mu.Unlock()
@@ -127,4 +130,5 @@ func (b *B2BUA) prack(c *call, d *dialog, res *sip.Response) {
 			}
 		}
 	})
+	return false
 }

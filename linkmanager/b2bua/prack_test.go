@@ -112,3 +112,44 @@ func TestUnsupportedRequireGets420(t *testing.T) {
 	}
 	ok.ack()
 }
+
+// TestDelayedOfferDoesNotOffer100rel (review of issue 8): an INVITE
+// without SDP goes on without Supported: 100rel, since the answer to a
+// reliable 1xx's offer would belong in our PRACK, which we do not build;
+// a provider that sends its 183 reliably all the same still gets its
+// PRACK, so it does not resend it for 32 s and fail the call. Before, the
+// INVITE offered 100rel and such a 183 was never PRACKed.
+func TestDelayedOfferDoesNotOffer100rel(t *testing.T) {
+	h := newHarness(t)
+	prack := make(chan *sip.Request, 4)
+	h.prov.on(sip.PRACK, func(req *sip.Request, tx sip.ServerTransaction) {
+		prack <- req
+		respond(t, tx, req, 200, "OK", "", nil)
+	})
+	gate := make(chan struct{})
+	h.prov.on(sip.INVITE, func(req *sip.Request, tx sip.ServerTransaction) {
+		respond(t, tx, req, 183, "Session Progress", "prov", nil, sip.NewHeader("Require", "100rel"), sip.NewHeader("RSeq", "1"),
+			&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callee", Host: provIP, Port: int(h.prov.addr.Port())}})
+		select {
+		case <-gate:
+		case <-time.After(wait):
+			return
+		}
+		respond(t, tx, req, 200, "OK", "prov", sdpOf(provIP, 30000))
+	})
+	u := h.pbx.call(h.lan.addr, "0301234567", nil)
+	inv := h.prov.next(sip.INVITE)
+	for _, v := range inv.GetHeaders("Supported") {
+		if strings.Contains(strings.ToLower(v.Value()), "100rel") {
+			t.Errorf("a delayed-offer INVITE offers 100rel: Supported: %s", v.Value())
+		}
+	}
+	p := recvPRACK(t, prack)
+	if ra := p.GetHeader("RAck"); ra == nil || ra.Value() != "1 "+strconv.FormatUint(uint64(inv.CSeq().SeqNo), 10)+" INVITE" {
+		t.Errorf("PRACK RAck %v, want \"1 %d INVITE\"", p.GetHeader("RAck"), inv.CSeq().SeqNo)
+	}
+	close(gate)
+	if final, _ := u.final(); final.StatusCode != 200 {
+		t.Fatalf("call: %d", final.StatusCode)
+	}
+}

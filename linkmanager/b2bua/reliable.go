@@ -253,7 +253,7 @@ func (r *reliable) unackedSDP() <-chan struct{} {
 // PRACK never comes (the sender gives up after 64*T1 and aborts the
 // call), the caller cancels or the call is hung up, the callee gets a
 // BYE, the caller its final answer, and holdAnswer reports false: the
-// call is over.
+// call is over. If the callee hangs up, the caller gets 480.
 func (b *B2BUA) holdAnswer(c *call, tx sip.ServerTransaction, req *sip.Request, in, out *dialog, cancelled <-chan struct{}) bool {
 	if c.rel == nil {
 		return true
@@ -267,10 +267,24 @@ func (b *B2BUA) holdAnswer(c *call, tx sip.ServerTransaction, req *sip.Request, 
 	// matters if it never ran (shutdown).
 	bound := time.NewTimer(64 * b.reliableT1)
 	defer bound.Stop()
+	c.mu.Lock()
+	c.holding = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.holding = false
+		c.mu.Unlock()
+	}()
 	reason := "no PRACK"
 	select {
 	case <-acked:
 		return true
+	case <-c.done:
+		// The callee hung up first (OnBye ended the call, without a BYE
+		// to the caller: its dialog is early, RFC 3261 §15). The caller
+		// gets a final answer instead.
+		b.reply(tx, req, in, sip.StatusTemporarilyUnavailable, "Temporarily Unavailable", nil)
+		return false
 	case <-cancelled:
 		// sipgo has answered the INVITE 487.
 		b.bye(out)

@@ -446,3 +446,72 @@ func TestReliableQueueSupersedes(t *testing.T) {
 	}
 	u.ack()
 }
+
+// TestRetransmittedReliable183NotRelayed (review of issue 8): the
+// provider's retransmission of its reliable 183 (the same RSeq) is
+// dropped (RFC 3262 §4), not relayed to a 100rel caller as a new reliable
+// provisional with an RSeq of its own to PRACK. Before, the PBX got a
+// second reliable 183 after its PRACK, and the 200 then waited for that
+// one's PRACK.
+func TestRetransmittedReliable183NotRelayed(t *testing.T) {
+	h := newHarnessWith(t, trunkOptions{tune: func(b *B2BUA) { b.reliableT1 = 20 * time.Millisecond }})
+	h.prov.on(sip.PRACK, func(req *sip.Request, tx sip.ServerTransaction) { respond(t, tx, req, 200, "OK", "", nil) })
+	gate := make(chan struct{})
+	h.prov.on(sip.INVITE, func(req *sip.Request, tx sip.ServerTransaction) {
+		rel := []sip.Header{sip.NewHeader("Require", "100rel"), sip.NewHeader("RSeq", "1"),
+			&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "callee", Host: provIP, Port: int(h.prov.addr.Port())}}}
+		respond(t, tx, req, 183, "Session Progress", "prov", sdpOf(provIP, 30000), rel...)
+		respond(t, tx, req, 183, "Session Progress", "prov", sdpOf(provIP, 30000), rel...) // a retransmission
+		select {
+		case <-gate:
+		case <-time.After(wait):
+			return
+		}
+		respond(t, tx, req, 200, "OK", "prov", sdpOf(provIP, 30000))
+	})
+	u := h.pbx.call(h.lan.addr, "0301234567", sdpOf(pbxIP, 20000), sip.NewHeader("Require", "100rel"))
+	early := u.nextProvisional()
+	first := rseqOf(t, early)
+	if res := u.prack(early, u.inv.CSeq().SeqNo+1, u.rack(t, early)); res.StatusCode != 200 {
+		t.Fatalf("PRACK: %d", res.StatusCode)
+	}
+	close(gate)
+	final, prov := u.final()
+	for _, p := range prov {
+		if n, ok := reliableRSeq(p); ok && n != first {
+			t.Errorf("the PBX got another reliable %d (RSeq %d after %d): the provider's retransmission went on as a new provisional", p.StatusCode, n, first)
+		}
+	}
+	if final.StatusCode != 200 {
+		t.Fatalf("call: %d %s", final.StatusCode, final.Reason)
+	}
+	u.ack()
+}
+
+// TestCalleeByeWhileAnswerHeld (review of issue 8): the callee answers
+// and hangs up while our 200 waits for the caller's PRACK. The caller's
+// dialog is still early, so it gets a final answer (480), not a BYE
+// (RFC 3261 §15), and not a 200 for a call that is over. Before, the
+// caller got a BYE on its early dialog and no final answer until the
+// PRACK came (then a 200) or the 64*T1 bound.
+func TestCalleeByeWhileAnswerHeld(t *testing.T) {
+	h, u, gate, early := earlyCall(t, trunkOptions{})
+	rseqOf(t, early)
+	close(gate)
+	inv := h.prov.next(sip.INVITE)
+	h.prov.next(sip.ACK)
+	callee := &inDialog{a: h.prov, inv: inv, tag: "prov", cseq: 100, remote: h.wan.addr}
+	if res := callee.do(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("the callee's BYE got %d", res.StatusCode)
+	}
+	final, _ := u.final()
+	if final.StatusCode != 480 {
+		t.Errorf("the caller got %d %s, want 480", final.StatusCode, final.Reason)
+	}
+	if e := h.awaitEnded(); e.Answered || e.Reason != "bye from provider" {
+		t.Errorf("call ended: answered %v, reason %q; want unanswered, bye from provider", e.Answered, e.Reason)
+	}
+	if byes := h.pbx.received(sip.BYE); len(byes) > 0 {
+		t.Errorf("the caller got a BYE on its early dialog:\n%s", byes[0])
+	}
+}

@@ -422,17 +422,28 @@ func (m *Mapper) deletePending(ctx context.Context) {
 	if proto == nil {
 		return
 	}
-	for _, l := range pending {
+	for i, l := range pending {
 		m.req.Lock()
 		m.mu.Lock()
 		_, readded := m.leases[l.Internal]
 		m.mu.Unlock()
+		var err error
 		if !readded {
-			if err := m.unmap(ctx, proto, l); err != nil {
-				m.log.Debug("deleting a mapping failed; it expires by itself", zap.Uint16("port", l.Internal), zap.Error(err))
-			}
+			err = m.unmap(ctx, proto, l)
 		}
 		m.req.Unlock()
+		if ctx.Err() != nil {
+			// Stopping: the rest go back, and Close (which Run defers)
+			// deletes them within its own bound; dropped here, they would
+			// stay open at the router for their whole lifetime.
+			m.mu.Lock()
+			m.pending = append(m.pending, pending[i:]...)
+			m.mu.Unlock()
+			return
+		}
+		if err != nil {
+			m.log.Debug("deleting a mapping failed; it expires by itself", zap.Uint16("port", l.Internal), zap.Error(err))
+		}
 	}
 }
 

@@ -324,3 +324,44 @@ func TestMapperGatewayLost(t *testing.T) {
 	h.clk.awaitTimer(t, t0.Add(30*time.Minute))
 	h.proto.quiet(t)
 }
+
+// ctxUnmap is a gateway whose deletes fail once their context is done,
+// as PCP's and UPnP's do.
+type ctxUnmap struct{ *fakeProto }
+
+func (c ctxUnmap) Unmap(ctx context.Context, internal, external uint16) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.fakeProto.Unmap(ctx, internal, external)
+}
+
+// TestPendingDeleteSurvivesStop (review): a call's mapping removed just as
+// the daemon stops is still deleted at the router by Close. Before,
+// deletePending ran with the cancelled context, every delete failed at
+// once, and the leases were dropped: open at the router for their whole
+// lifetime (2 h by default).
+func TestPendingDeleteSurvivesStop(t *testing.T) {
+	proto := newFakeProto(2 * time.Hour)
+	m, err := New(Config{Gateway: netip.MustParseAddr("192.168.100.1"), Local: netip.MustParseAddr("192.168.100.2"),
+		Lifetime: 2 * time.Hour, Probe: func(context.Context, netip.Addr, netip.Addr, time.Duration) (Protocol, error) {
+			return nil, ErrNoGateway
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.proto = ctxUnmap{proto}
+	ext := netip.MustParseAddrPort("203.0.113.7:40000")
+	m.pending = []Lease{{Internal: 40000, External: ext, Granted: t0, Lifetime: 2 * time.Hour},
+		{Internal: 40002, External: netip.MustParseAddrPort("203.0.113.7:40002"), Granted: t0, Lifetime: 2 * time.Hour}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	m.deletePending(ctx)
+	proto.quiet(t)
+	if err := m.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	proto.await(t, "unmap 40000->40000")
+	proto.await(t, "unmap 40002->40002")
+	proto.quiet(t)
+}

@@ -165,6 +165,36 @@ func (s *Server) sipStack(name string, local netip.AddrPort, slogger *slog.Logge
 	return ua, srv, client, nil
 }
 
+// wanContactOf is the Internet side's Contact for trunks that do not
+// register (those that do use what their registrar saw). A router-granted
+// mapping of the SIP port is reachable by anyone, what STUN saw only from
+// where it was seen, so the mapping comes first, but with STUN's IP when
+// STUN sees another: after a redial the lease names the old address until
+// its renewal, an hour away. A mapping whose address is not public (a
+// router behind carrier-grade or another NAT grants its own WAN address,
+// 100.64.x.x or 10.x.x.x) is not used. Without either, the socket's own
+// address (no NAT).
+func wanContactOf(lease, stun, local netip.AddrPort) netip.AddrPort {
+	if lease.IsValid() && routable(lease.Addr()) {
+		if stun.IsValid() && stun.Addr() != lease.Addr() {
+			return netip.AddrPortFrom(stun.Addr(), lease.Port())
+		}
+		return lease
+	}
+	if stun.IsValid() {
+		return stun
+	}
+	return local
+}
+
+// routable reports an address the Internet can reach: not private, not
+// carrier-grade NAT space (RFC 6598), loopback, link-local or unspecified.
+func routable(a netip.Addr) bool {
+	a = a.Unmap()
+	cgn := netip.MustParsePrefix("100.64.0.0/10")
+	return a.IsGlobalUnicast() && !a.IsPrivate() && !cgn.Contains(a)
+}
+
 // pbxRejectsPerSecond bounds the stateless 403s to LAN hosts outside
 // pbx.allow: enough for a misconfigured PBX to see why, too few to amplify.
 const pbxRejectsPerSecond = 5
@@ -178,17 +208,15 @@ func (s *Server) newB2BUA(opts Options, slogger *slog.Logger, log *zap.Logger) e
 		return err
 	}
 	wanContact := func() netip.AddrPort {
-		// A router-granted mapping of the SIP port is reachable by anyone;
-		// what STUN saw is only reachable from where it was seen.
+		var lease netip.AddrPort
 		if pm := s.portmap; pm != nil {
-			if a, ok := pm.Lookup(s.conn.LocalAddrPort().Port()); ok {
-				return a
-			}
+			lease, _ = pm.Lookup(s.conn.LocalAddrPort().Port())
 		}
+		var seen netip.AddrPort
 		if m, ok := s.keeper.Public(); ok {
-			return m.Addr
+			seen = m.Addr
 		}
-		return s.conn.LocalAddrPort()
+		return wanContactOf(lease, seen, s.conn.LocalAddrPort())
 	}
 	pbx := opts.PBX
 	pbx.Listen = lanAddr

@@ -20,7 +20,7 @@ import (
 // looks for a UPnP IGD at it (an SSDP search and an HTTP fetch), as
 // tailscale's portmapper does.
 func Discover(ctx context.Context, gateway, local netip.Addr, timeout time.Duration) (Protocol, error) {
-	pcp, pmp := NewPCP(gateway, timeout), NewNATPMP(gateway, timeout)
+	pcp, pmp := NewPCP(gateway, local, timeout), NewNATPMP(gateway, timeout)
 	var errPCP, errPMP error
 	var wg sync.WaitGroup
 	wg.Go(func() { errPCP = pcp.Announce(ctx) })

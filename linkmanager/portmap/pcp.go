@@ -160,6 +160,7 @@ func parsePCPResponse(b []byte, req *pcpRequest) (pcpResponse, error) {
 // is reported on Lost, and the Mapper then renews every lease at once.
 type PCP struct {
 	gw      netip.AddrPort
+	local   netip.Addr // the socket's source; zero: the kernel's choice
 	timeout time.Duration
 	dropped atomic.Uint64 // datagrams that were not an answer to the request in flight
 	lost    chan struct{} // one pending notice
@@ -170,9 +171,14 @@ type PCP struct {
 	epoch  pcpEpoch
 }
 
-// NewPCP is a PCP client of gateway; timeout bounds each request.
-func NewPCP(gateway netip.Addr, timeout time.Duration) *PCP {
-	return &PCP{gw: netip.AddrPortFrom(gateway, pcpPort), timeout: timeout,
+// NewPCP is a PCP client of gateway, sending from local; timeout bounds
+// each request. A MAP maps the port for its sender's own address (RFC
+// 6887 §8.1), so local is the address our sockets are bound to
+// (sip.listen): with a zero one the kernel picks its primary address, and
+// a daemon on a second address of that interface would get its ports
+// forwarded to where nothing listens.
+func NewPCP(gateway, local netip.Addr, timeout time.Duration) *PCP {
+	return &PCP{gw: netip.AddrPortFrom(gateway, pcpPort), local: local, timeout: timeout,
 		lost: make(chan struct{}, 1), nonces: map[uint16][12]byte{}}
 }
 
@@ -262,7 +268,11 @@ func (p *PCP) do(ctx context.Context, req *pcpRequest) (pcpResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
-	conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(p.gw))
+	var from *net.UDPAddr
+	if p.local.IsValid() && !p.local.IsUnspecified() {
+		from = &net.UDPAddr{IP: p.local.AsSlice()}
+	}
+	conn, err := net.DialUDP("udp4", from, net.UDPAddrFromAddrPort(p.gw))
 	if err != nil {
 		return pcpResponse{}, err
 	}

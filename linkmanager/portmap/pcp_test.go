@@ -145,7 +145,7 @@ func TestPCP(t *testing.T) {
 	t.Parallel()
 	g := startFakePCP(t, false)
 	g.set(func(g *fakePCP) { g.shift, g.maxLife = 7, 3600 })
-	p := NewPCP(g.addr, 2*time.Second)
+	p := NewPCP(g.addr, netip.Addr{}, 2*time.Second)
 	ctx := context.Background()
 	if err := p.Announce(ctx); err != nil {
 		t.Fatalf("Announce = %v", err)
@@ -198,7 +198,7 @@ func TestPCP(t *testing.T) {
 func TestPCPResultCodes(t *testing.T) {
 	t.Parallel()
 	g := startFakePCP(t, false)
-	p := NewPCP(g.addr, 2*time.Second)
+	p := NewPCP(g.addr, netip.Addr{}, 2*time.Second)
 	for _, tc := range []struct {
 		code byte
 		want error
@@ -248,7 +248,7 @@ func TestPCPHostileAnswers(t *testing.T) {
 		}
 	}
 	g.set(func(g *fakePCP) { g.junk = junk })
-	p := NewPCP(g.addr, 2*time.Second)
+	p := NewPCP(g.addr, netip.Addr{}, 2*time.Second)
 	got, _, err := p.MapAddr(context.Background(), 55000, 55000, time.Hour)
 	if err != nil || got != netip.MustParseAddrPort("203.0.113.9:55000") {
 		t.Fatalf("MapAddr after junk = %s, %v", got, err)
@@ -265,7 +265,7 @@ func TestPCPUnsupportedVersion(t *testing.T) {
 	t.Parallel()
 	g := startFakeNATPMP(t, 0)
 	start := time.Now()
-	err := NewPCP(g.addr, 2*time.Second).Announce(context.Background())
+	err := NewPCP(g.addr, netip.Addr{}, 2*time.Second).Announce(context.Background())
 	if !errors.Is(err, ErrUnsupportedVersion) || time.Since(start) > time.Second {
 		t.Fatalf("Announce to a NAT-PMP gateway = %v after %s, want ErrUnsupportedVersion at once", err, time.Since(start))
 	}
@@ -282,7 +282,7 @@ func TestPCPNoAnswer(t *testing.T) {
 	conn, addr := listen5351(t) // bound, so no ICMP unreachable; never answers
 	defer conn.Close()
 	start := time.Now()
-	err := NewPCP(addr, 600*time.Millisecond).Announce(context.Background())
+	err := NewPCP(addr, netip.Addr{}, 600*time.Millisecond).Announce(context.Background())
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
 		t.Fatalf("Announce with no answer = %v after %s", err, time.Since(start))
 	}
@@ -341,7 +341,7 @@ func TestPCPEpochLost(t *testing.T) {
 	}
 	// Through the wire: the gateway's epoch drops to 0.
 	g := startFakePCP(t, false)
-	p := NewPCP(g.addr, 2*time.Second)
+	p := NewPCP(g.addr, netip.Addr{}, 2*time.Second)
 	if err := p.Announce(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +419,7 @@ func TestMapperOverPCP(t *testing.T) {
 	})
 	m, err := New(Config{Gateway: g.addr, Ports: []uint16{65002},
 		Probe: func(context.Context, netip.Addr, netip.Addr, time.Duration) (Protocol, error) {
-			return NewPCP(g.addr, 2*time.Second), nil
+			return NewPCP(g.addr, netip.Addr{}, 2*time.Second), nil
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -446,5 +446,22 @@ func TestMapperOverPCP(t *testing.T) {
 	}
 	if r := g.next(t); r.op != 1 || r.lifetime != 0 || r.internal != 65002 {
 		t.Fatalf("request at stop %+v, want the delete of 65002", r)
+	}
+}
+
+// TestPCPFromLocal (review): the MAP leaves from the address our sockets
+// are bound to and names it as the client, so the router forwards the
+// port there. Before, the socket was the kernel's choice: a daemon on a
+// second address of its interface got its ports forwarded to the first.
+func TestPCPFromLocal(t *testing.T) {
+	t.Parallel()
+	g := startFakePCP(t, false)
+	local := netip.MustParseAddr("127.0.0.77")
+	if _, _, err := NewPCP(g.addr, local, 2*time.Second).MapAddr(context.Background(), 55000, 55000, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	want := netip.AddrFrom16(local.As16())
+	if r := g.next(t); r.from != local || r.client != want {
+		t.Fatalf("MAP from %s naming client %s, want both %s", r.from, r.client, local)
 	}
 }

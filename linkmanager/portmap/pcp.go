@@ -349,7 +349,10 @@ func (e *pcpEpoch) observe(server uint32, now time.Time) (lost bool) {
 			lost = true
 		} else {
 			clientDelta := now.Sub(e.prevClient).Seconds()
-			serverDelta := float64(server - e.prevServer)
+			// Signed: an epoch up to a second behind the last one is not a
+			// loss by itself (RFC 6887 §8.5), and unsigned it wrapped to
+			// four billion seconds ahead.
+			serverDelta := float64(int64(server) - int64(e.prevServer))
 			lost = clientDelta+2 < serverDelta-serverDelta/16 || serverDelta+2 < clientDelta-clientDelta/16
 		}
 	}

@@ -328,6 +328,7 @@ func TestPCPEpochLost(t *testing.T) {
 		{"fell behind: restarted meanwhile", 1000 * time.Second, 1300, true},
 		{"ran ahead", 10 * time.Second, 1100, true},
 		{"same answer twice", 0, 1000, false},
+		{"a second behind (answers reordered)", 500 * time.Millisecond, 999, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var e pcpEpoch

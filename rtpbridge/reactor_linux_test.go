@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -280,5 +281,56 @@ func TestEpollIPv6(t *testing.T) {
 	// a udp6 net.UDPConn, rather than leaving from the wrong family.
 	if err := rs.writeTo([]byte("v4"), loopback(9)); err == nil {
 		t.Fatal("a v4-mapped send from a v6-only socket succeeded")
+	}
+}
+
+// TestRebindRacingClose (review): a Close that comes while a Rebind moves
+// a leg leaves every quarantined pair served by its drain, never by the
+// closed session's socket. Before, Close released the new pair between
+// Rebind's swap and its attach, and the attach then put the dead
+// session's handler back on the quarantined pair: it went on relaying the
+// old remote's packets to the ended call's other pair, which may belong
+// to a new call, and the drain's counters stopped. The Close starts in
+// that gap; the hook then gives it up to a second to finish (on the old
+// code it did in microseconds), which the fixed Close cannot: it waits
+// for the Rebind.
+func TestRebindRacingClose(t *testing.T) {
+	if testIO != IOEpoll {
+		t.Skip("the reactor's handlers exist only with rtp.io epoll")
+	}
+	h := newHarness(t, nil)
+	h.connect()
+	closed := make(chan struct{})
+	h.s.rebindSwapped = func() {
+		go func() { _ = h.s.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(time.Second):
+		}
+	}
+	if _, err := h.s.Rebind(LegB); err != nil {
+		t.Fatal(err)
+	}
+	<-closed
+	pool := h.br.cfg.WAN
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	n := 0
+	for _, d := range pool.drains {
+		if d == nil {
+			continue
+		}
+		for kind, rs := range d.rs {
+			rs.mu.Lock()
+			hd := rs.h
+			rs.mu.Unlock()
+			if _, ok := hd.(*drainSock); !ok {
+				t.Errorf("quarantined pair %d (kind %d) is served by %T, not its drain", d.idx, kind, hd)
+			}
+			n++
+		}
+	}
+	if n != 4 {
+		t.Errorf("%d quarantined sockets in the Internet pool, want 4 (both pairs the leg had)", n)
 	}
 }

@@ -187,3 +187,28 @@ func TestRebindRearmsReport(t *testing.T) {
 		t.Fatal("new pair not watched")
 	}
 }
+
+// TestRebindKeepsTheLatch (review): right after a Rebind the latched peer
+// still owns the stream on the new port; another source the latching
+// rule admits (here the same IP, another port) is refused until the peer
+// has been silent for the relatch interval. Before, the new socket's
+// "last heard from the peer" started at zero, so the latch looked long
+// silent and the first such packet took it over.
+func TestRebindKeepsTheLatch(t *testing.T) {
+	h := newHarness(t, nil)
+	h.connect()
+	h.clk.Advance(time.Hour) // so that "never heard" is far in the past
+	send(t, h.nat, rtpPkt(1, 160, 0x1111, 'g'), h.bRTP)
+	recvGenuine(t, &genuine{conn: h.pbx})
+	port, err := h.s.Rebind(LegB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.clk.Advance(20 * time.Millisecond)
+	send(t, udp(t), rtpPkt(100, 0, 0x1111, 'X'), loopback(port))
+	waitFor(t, "the other source refused", func() bool { return h.s.Stats().BtoA.Foreign == 1 })
+	noPacket(t, h.pbx)
+	if st := h.s.Stats().BtoA; st.Relatched != 0 {
+		t.Fatalf("the latch moved on the new port: %+v", st)
+	}
+}

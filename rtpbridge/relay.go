@@ -151,6 +151,25 @@ func (k *sock) run() {
 	}
 }
 
+// rtpHeaderFits reports whether b holds the whole RTP header its first
+// byte announces: 12 bytes, the CSRCs, and an extension's header and the
+// length that header gives (RFC 3550 §5.1, §5.3.1). Checked before
+// Unmarshal, whose errors allocate: a stranger's 12-byte packet with a CSRC
+// count of 15 would otherwise cost an allocation each.
+func rtpHeaderFits(b []byte) bool {
+	if len(b) < 12 {
+		return false
+	}
+	n := 12 + 4*int(b[0]&0x0f)
+	if b[0]&0x10 != 0 {
+		if len(b) < n+4 {
+			return false
+		}
+		n += 4 + 4*int(binary.BigEndian.Uint16(b[n+2:]))
+	}
+	return len(b) >= n
+}
+
 // handle validates, latches and counts one packet, and reports whether to
 // forward it. It is the whole per-packet logic apart from the two syscalls.
 func (k *sock) handle(b []byte, src netip.AddrPort, now int64) bool {
@@ -167,7 +186,7 @@ func (k *sock) handle(b []byte, src netip.AddrPort, now int64) bool {
 		return k.dropMalformed()
 	case k.kind == kindRTCP || isRTCP(b[1]):
 		ssrc = binary.BigEndian.Uint32(b[4:8])
-	case len(b) < 12:
+	case !rtpHeaderFits(b):
 		return k.dropMalformed()
 	default:
 		if _, err := k.hdr.Unmarshal(b); err != nil {

@@ -62,10 +62,16 @@ type Session struct {
 	// pairs and socks change only in Rebind, under mu; the readers see
 	// the other leg's socket through sock.out.
 	pairs   [2]*PortPair
-	socks   [2][2]*sock   // [leg][kind]
-	retired [2][]*sock    // sockets Rebind replaced, for Stats; guarded by mu
-	rebind  sync.Mutex    // serialises Rebind
+	socks   [2][2]*sock // [leg][kind]
+	retired [2][]*sock  // sockets Rebind replaced, for Stats; guarded by mu
+	// rebind serialises Rebind, and Close with it: a Close between
+	// Rebind's swap and its attach would release the new pair, and the
+	// attach would then serve the quarantined pair with this session's
+	// socket instead of its drain.
+	rebind  sync.Mutex
 	rebinds atomic.Uint64 // completed Rebinds
+	// rebindSwapped, if set (tests), runs in Rebind right after the swap.
+	rebindSwapped func()
 
 	wg        sync.WaitGroup
 	closed    chan struct{}
@@ -249,6 +255,8 @@ func (s *Session) direction(l Leg) Direction {
 func (s *Session) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		s.rebind.Lock()
+		defer s.rebind.Unlock()
 		s.mu.Lock()
 		s.isClosed = true
 		if s.timer != nil {
@@ -431,6 +439,11 @@ func (s *Session) Rebind(l Leg) (uint16, error) {
 		k.peer.Store(o.peer.Load())
 		k.lastTx.Store(o.lastTx.Load())
 		k.lastRx.Store(o.lastRx.Load())
+		// The latched peer was last heard then, as far as the new
+		// socket knows (the old one's lastPeerRx is its reader's): else
+		// the latch looks long silent, and any source the rule allows
+		// would take it over before the peer follows the re-INVITE.
+		k.lastPeerRx = o.lastRx.Load()
 		k.out.Store(s.socks[1-l][kind])
 		if l == LegB && k.kaDst.IsValid() {
 			// First, before any media leaves from the new port.
@@ -452,6 +465,9 @@ func (s *Session) Rebind(l Leg) (uint16, error) {
 	s.armLocked(now)
 	other := s.socks[1-l]
 	s.mu.Unlock()
+	if s.rebindSwapped != nil {
+		s.rebindSwapped()
+	}
 
 	oldPair.interrupt()
 	for kind, k := range old {

@@ -193,6 +193,28 @@ func TestZeroAllocsPerPacket(t *testing.T) {
 			t.Fatalf("stats %+v", d)
 		}
 	})
+	// Headers shorter than their first byte says (review): 15 CSRCs in 12
+	// bytes, an extension header cut off, an extension longer than the
+	// packet. Dropped as malformed without an allocation: before, pion's
+	// Unmarshal built an error for each.
+	t.Run("truncated header", func(t *testing.T) {
+		k := bareSock(t, nil)
+		src := netip.AddrPortFrom(netip.AddrFrom4(attackerIP), 5004)
+		for _, b := range [][]byte{
+			{0x8f, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1},
+			{0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xbe, 0xde},
+			{0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xbe, 0xde, 0, 9, 0, 0, 0, 0},
+		} {
+			if allocs := testing.AllocsPerRun(100, func() { k.handle(b, src, 2) }); allocs != 0 {
+				t.Errorf("% x: %.1f allocs per packet", b, allocs)
+			}
+		}
+		var d Direction
+		k.addTo(&d, false)
+		if d.Malformed != 3*101 || d.Packets != 0 {
+			t.Fatalf("stats %+v, want %d malformed", d, 3*101)
+		}
+	})
 	t.Run("loopback relay", func(t *testing.T) {
 		h := newHarness(t, nil)
 		h.connect()

@@ -11,17 +11,24 @@ import (
 	"github.com/linkmanager/linkmanager/linkmanager/sipmsg"
 )
 
+// acceptPRACKs makes agent a answer every PRACK 200 and puts it on the
+// channel it returns.
+func acceptPRACKs(t *testing.T, a *agent) chan *sip.Request {
+	prack := make(chan *sip.Request, 4)
+	a.on(sip.PRACK, func(req *sip.Request, tx sip.ServerTransaction) {
+		prack <- req
+		respond(t, tx, req, 200, "OK", "", nil)
+	})
+	return prack
+}
+
 // TestReliableProvisionalIsPRACKed (issue 8 item 5): a provider that sends
 // its 183 with Require: 100rel gets a PRACK for it, on the early dialog,
 // once per RSeq (a retransmission is not PRACKed again); the PBX gets the
 // 183 with its early media, as an unreliable provisional.
 func TestReliableProvisionalIsPRACKed(t *testing.T) {
 	h := newHarness(t)
-	prack := make(chan *sip.Request, 4)
-	h.prov.on(sip.PRACK, func(req *sip.Request, tx sip.ServerTransaction) {
-		prack <- req
-		respond(t, tx, req, 200, "OK", "", nil)
-	})
+	prack := acceptPRACKs(t, h.prov)
 	gate := make(chan struct{})
 	h.prov.on(sip.INVITE, func(req *sip.Request, tx sip.ServerTransaction) {
 		rel := func(rseq string) []sip.Header {
@@ -121,11 +128,7 @@ func TestUnsupportedRequireGets420(t *testing.T) {
 // INVITE offered 100rel and such a 183 was never PRACKed.
 func TestDelayedOfferDoesNotOffer100rel(t *testing.T) {
 	h := newHarness(t)
-	prack := make(chan *sip.Request, 4)
-	h.prov.on(sip.PRACK, func(req *sip.Request, tx sip.ServerTransaction) {
-		prack <- req
-		respond(t, tx, req, 200, "OK", "", nil)
-	})
+	prack := acceptPRACKs(t, h.prov)
 	gate := make(chan struct{})
 	h.prov.on(sip.INVITE, func(req *sip.Request, tx sip.ServerTransaction) {
 		respond(t, tx, req, 183, "Session Progress", "prov", nil, sip.NewHeader("Require", "100rel"), sip.NewHeader("RSeq", "1"),

@@ -54,6 +54,7 @@ func (s *Server) Snapshot() admin.Snapshot {
 		}
 	}
 	if s.natw != nil {
+		snap.PortForward = s.natw.PortForward()
 		if r, n, ok := s.natw.Last(); ok {
 			snap.NATTest, snap.NATTests = &r, n
 			snap.NATAdvice = r.Advice(s.rtpPorts[0], s.rtpPorts[1])

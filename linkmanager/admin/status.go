@@ -251,10 +251,13 @@ type Snapshot struct {
 	// STUN servers); NATAdvice its advice for the configured RTP pool.
 	NATTest   *stunkeeper.NATReport
 	NATAdvice string
-	NATTests  uint64
-	STUN      stunkeeper.Stats
-	Trunks    []trunk.RegStatus
-	Sockets   []SocketDrops
+	// PortForward: nat.port_forward, known from the start (the first
+	// NAT test's report carries it only seconds later).
+	PortForward bool
+	NATTests    uint64
+	STUN        stunkeeper.Stats
+	Trunks      []trunk.RegStatus
+	Sockets     []SocketDrops
 	// The B2BUA side; nil without a PBX socket.
 	Calls *b2bua.Snapshot
 	Media *MediaCounts
@@ -325,7 +328,7 @@ func status(s Snapshot) Status {
 		if r.Registered {
 			contact = r.Contact
 		}
-		ts.Addresses = addrView(r.Public, s.STUNView.Addr, contact, s.Public.Addr, s.NATTest != nil && s.NATTest.PortForward)
+		ts.Addresses = addrView(r.Public, s.STUNView.Addr, contact, s.Public.Addr, s.PortForward || s.NATTest != nil && s.NATTest.PortForward)
 		ts.SIPALG = sipALG(r.ALG)
 		st.Trunks = append(st.Trunks, ts)
 	}

@@ -15,6 +15,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -741,4 +743,65 @@ func (r *CallRun) CheckAllAnswered(t testing.TB, at Endpoint, calls int) {
 	if len(answered) != calls || r.Caller.ExitCode() != 0 {
 		t.Errorf("%d of %d calls answered; sipp caller exit %d\n%s", len(answered), calls, r.Caller.ExitCode(), tail(r.Caller.Log(), 30))
 	}
+}
+
+// Issue 9 item 10, in the lab: one dead direction ends the call. The PBX
+// plays the pcap again and again and waits for a BYE; the phone plays it
+// once (7 s) and then falls silent, as a provider leg that died would.
+// With rtp.media_timeout 5s both get the daemon's BYE about 5 s after the
+// phone's last packet, while the PBX still streams. The old rule (the
+// later of the two directions) never ended such a call: the PBX's audio
+// kept it up until sipp's own timeout.
+func TestCallOneDeadDirectionEnds(t *testing.T) {
+	t.Parallel()
+	const timeout = 5 * time.Second
+	l, d := callLab(t, DaemonConfig{RTP: "{port_min: 55000, port_max: 56000, media_timeout: 5s}"})
+	// The caller: uac-pcap-waitbye.xml, its one play made a loop until the BYE.
+	src, err := os.ReadFile(filepath.Join(l.sippDir, "uac-pcap-waitbye.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	play := "  <nop>\n    <action>\n      <exec play_pcap_audio=\"/usr/share/sip-tester/g711a.pcap\"/>\n    </action>\n  </nop>\n  <recv request=\"BYE\"/>"
+	if !strings.Contains(string(src), play) {
+		t.Fatal("uac-pcap-waitbye.xml no longer has the play step this test loops")
+	}
+	loop := "  <label id=\"play\"/>\n" + strings.TrimSuffix(play, "<recv request=\"BYE\"/>") +
+		"<recv request=\"BYE\" timeout=\"7080\" ontimeout=\"play\"/>"
+	scenario := filepath.Join(l.Dir, "uac-pcap-loop-waitbye.xml")
+	if err := os.WriteFile(scenario, []byte(strings.Replace(string(src), play, loop, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := l.StartCall(CallSetup{
+		Caller:  SippSpec{Endpoint: PBXCaller, Scenario: scenario, Timeout: 45 * time.Second},
+		Callee:  SippSpec{Endpoint: PhoneCallee, Scenario: "uas-pcap.xml", Timeout: 45 * time.Second},
+		Capture: []string{NSPBX, NSPhone},
+	})
+	r.Finish(t)
+	defer r.ExplainOnFailure(t)
+	requireCompleted(t, r, 200)
+	fromPhone := Select(r.Pkts[NSPBX], To(PBXIP), RTPWithPT(PTPCMA))   // the phone's audio, at the PBX
+	fromPBX := Select(r.Pkts[NSPhone], To(PhoneIP), RTPWithPT(PTPCMA)) // the PBX's audio, at the phone
+	if len(fromPhone) == 0 || len(fromPBX) == 0 {
+		t.Fatalf("audio: %d packets at the PBX, %d at the phone", len(fromPhone), len(fromPBX))
+	}
+	phoneLast := fromPhone[len(fromPhone)-1].T
+	for _, at := range []Endpoint{PBXCaller, PhoneCallee} {
+		bye, ok := FirstSIP(r.SIPTo(at), func(m WireSIP) bool { return m.Method == "BYE" })
+		if !ok {
+			t.Errorf("the %s got no BYE after the phone fell silent", at.Name)
+			continue
+		}
+		gap := bye.T.Sub(phoneLast)
+		t.Logf("%s: BYE %v after the phone's last RTP packet", at.Name, gap.Round(time.Millisecond))
+		if gap < timeout-time.Second || gap > timeout+6*time.Second {
+			t.Errorf("the %s got the BYE %v after the phone's last packet, want about %v (%v..%v)",
+				at.Name, gap.Round(time.Millisecond), timeout, timeout-time.Second, timeout+6*time.Second)
+		}
+	}
+	// The PBX's direction was alive: it streamed past the phone's silence
+	// by more than the timeout, up to the BYE.
+	if pbxLast := fromPBX[len(fromPBX)-1].T; pbxLast.Sub(phoneLast) < timeout-time.Second {
+		t.Errorf("the PBX's audio stopped %v after the phone's: not a call with one live direction", pbxLast.Sub(phoneLast).Round(time.Millisecond))
+	}
+	stopDaemon(t, d)
 }

@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -608,6 +610,67 @@ func TestHostileProviderInviteFlood(t *testing.T) {
 	if !freed {
 		st := labStatus(t, l)
 		t.Errorf("20 s after the CANCELs the relay still holds %d Internet and %d LAN pairs (%d calls)", st.Ports.WAN.InUse, st.Ports.LAN.InUse, len(st.Calls))
+	}
+	stopDaemon(t, d)
+}
+
+// Issue 9 item 8, in the lab: SDP from the Internet side that names the
+// LAN. The phone answers with c= the PBX's address and port 5999: a
+// provider-side SDP that would make the relay send into the LAN from
+// inside (the pinhole packet leaves at once, before any media). The
+// daemon refuses the answer (the PBX gets 488), nothing from it reaches
+// the PBX's port 5999, and the refusal is counted. On the code before
+// item 8 the relay's pinhole went there (the issue measured a packet at
+// 192.168.100.20:5060).
+func TestHostileSDPNamesTheLAN(t *testing.T) {
+	t.Parallel()
+	l, d := callLab(t, DaemonConfig{})
+	src, err := os.ReadFile(filepath.Join(l.sippDir, "uas-pcap.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const cLine, mLine = "c=IN IP[media_ip_type] [media_ip]", "m=audio [media_port] RTP/AVP 8 101"
+	if strings.Count(string(src), cLine) != 1 || strings.Count(string(src), mLine) != 1 {
+		t.Fatal("uas-pcap.xml no longer has the one c= and m= line this test rewrites")
+	}
+	s := strings.Replace(string(src), cLine, "c=IN IP4 "+PBXIP, 1)
+	s = strings.Replace(s, mLine, "m=audio 5999 RTP/AVP 8 101", 1)
+	scenario := filepath.Join(l.Dir, "uas-pcap-lan-sdp.xml")
+	if err := os.WriteFile(scenario, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before, err := l.AdminGet("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	capture := l.StartCapture(NSPBX, "eth0", "udp dst port 5999 or udp dst port 6000")
+	r := l.StartCall(CallSetup{
+		Caller:  SippSpec{Endpoint: PBXCaller, Scenario: "uac-pcap.xml", Timeout: 45 * time.Second},
+		Callee:  SippSpec{Endpoint: PhoneCallee, Scenario: scenario, Timeout: 45 * time.Second},
+		Capture: []string{},
+	})
+	r.Finish(t)
+	defer r.ExplainOnFailure(t)
+	pkts, err := ReadPcap(capture.Stop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := l.AdminGet("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const series = "linkmanager_media_addresses_refused_total"
+	refused := metricValue(after, series) - metricValue(before, series)
+	if a := r.Caller.Answer(); a < 300 {
+		t.Errorf("the PBX's call was answered %d: an answer naming the LAN was taken", a)
+	}
+	t.Logf("the call was answered %d; %d datagram(s) reached the PBX's ports 5999/6000; %s +%.0f",
+		r.Caller.Answer(), len(pkts), series, refused)
+	if len(pkts) > 0 {
+		t.Errorf("%d datagram(s) reached %s:5999/6000, the LAN address the provider-side SDP named; the first from %s", len(pkts), PBXIP, pkts[0].Src)
+	}
+	if refused < 1 {
+		t.Errorf("%s grew by %.0f, want at least 1", series, refused)
 	}
 	stopDaemon(t, d)
 }

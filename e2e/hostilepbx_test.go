@@ -2,13 +2,15 @@
 
 package e2e
 
-// Hostile LAN (issue 9 items 2 and 3): a captured digest replayed, the
-// PBX's address faked, and in-dialog requests forged for a live call.
+// Hostile LAN (issue 9 items 2, 3 and 4): a captured digest replayed, the
+// PBX's address faked, in-dialog requests forged for a live call, and
+// numbers the trunk denies.
 
 import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -324,6 +326,59 @@ func TestHostileInDialogSpoof(t *testing.T) {
 	e := d.WaitSeen(t, 5*time.Second, func(e map[string]any) bool { return e["msg"] == "call ended" })
 	if e["reason"] != "bye from pbx" {
 		t.Errorf("the call ended with %q, want the PBX's own BYE", e["reason"])
+	}
+	stopDaemon(t, d)
+}
+
+// Issue 9 item 4, in the lab: the trunk's outbound_deny stops a number at
+// the daemon, and an emergency number goes out even though a deny rule
+// matches it. The PBX (IP-only trust) dials three numbers with deny rules
+// "90*" and "1*": the international 90… and 1234 get 403 and no INVITE
+// for them reaches the provider; 112 reaches it (what the provider then
+// answers is its business). The IP-only control of
+// TestHostilePBXSpoofedInvite shows the 90… number reaching the provider
+// without the rule.
+func TestHostileOutboundPolicy(t *testing.T) {
+	t.Parallel()
+	l, d := callLab(t, DaemonConfig{Trunk: `outbound_deny: ["90*", "1*"]`})
+	capture := l.StartCapture(NSProvider, "eth0", "udp port 5060")
+	ua := l.startRawUA(t, NSPBX, PBXIP+":0", nil)
+	daemon := netip.MustParseAddrPort(DaemonIP + ":5060")
+	answers := map[string]WireSIP{}
+	for i, num := range []string{otherNumber, "1234", "112"} {
+		inv := rawRequest{Method: "INVITE", RURI: fmt.Sprintf("sip:%s@%s:5060", num, DaemonIP), Via: ua.Addr(),
+			From: fmt.Sprintf("<sip:200@%s>;tag=pol%d", PBXIP, i), To: fmt.Sprintf("<sip:%s@%s>", num, DaemonIP),
+			CallID: fmt.Sprintf("policy-%d@%s", i, PBXIP), CSeq: 1, Body: labSDP(PBXIP, 30000+2*i)}
+		ua.Send(daemon, inv.String())
+		resp, ok := ua.AwaitResending(60*time.Second, daemon, inv.String(), finalFor(inv.CallID))
+		if !ok {
+			t.Fatalf("the INVITE to %s got no final answer in 60 s", num)
+		}
+		ua.Send(daemon, ackOf(resp, inv.RURI))
+		answers[num] = resp
+	}
+	pkts, err := ReadPcap(capture.Stop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The provider leg has Call-IDs of its own: count its calls, and read
+	// the number from their Request-URIs (in the trunk's number format).
+	calls := invitesTo(SIPMessages(pkts), netip.MustParseAddr(ProviderIP))
+	var uris []string
+	for _, m := range SIPMessages(pkts) {
+		if m.Method == "INVITE" && m.Dst.Addr() == netip.MustParseAddr(ProviderIP) && !slices.Contains(uris, m.First) {
+			uris = append(uris, m.First)
+		}
+	}
+	t.Logf("answers: %s %q, 1234 %q, 112 %q; the provider got %d call(s): %q", otherNumber, answers[otherNumber].First,
+		answers["1234"].First, answers["112"].First, len(calls), uris)
+	for _, num := range []string{otherNumber, "1234"} {
+		if answers[num].Code != 403 {
+			t.Errorf("denied %s: answered %q, want 403", num, answers[num].First)
+		}
+	}
+	if len(calls) != 1 || len(uris) != 1 || !strings.Contains(uris[0], "112@") {
+		t.Errorf("the provider got %d call(s) (%q); want exactly one, the emergency call to 112 (a deny rule must not stop it)", len(calls), uris)
 	}
 	stopDaemon(t, d)
 }

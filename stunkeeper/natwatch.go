@@ -95,12 +95,12 @@ func (w *NATWatch) Last() (NATReport, uint64, bool) {
 	return w.last, w.tests, w.have
 }
 
-// SetServers replaces the STUN servers (a config reload); the next test
-// uses them. A list that does not parse, or an empty one, is refused.
 // PortForward reports NATWatchConfig.PortForward: the admin's word that
 // the router forwards the SIP port and the pool, true before any test.
 func (w *NATWatch) PortForward() bool { return w.cfg.PortForward }
 
+// SetServers replaces the STUN servers (a config reload); the next test
+// uses them. A list that does not parse, or an empty one, is refused.
 func (w *NATWatch) SetServers(servers []string) error {
 	if err := checkServers(servers); err != nil {
 		return err

@@ -187,12 +187,15 @@ func wanContactOf(lease, stun, local netip.AddrPort) netip.AddrPort {
 	return local
 }
 
+// carrierNAT is the shared address space of carrier-grade NATs (RFC 6598).
+var carrierNAT = netip.MustParsePrefix("100.64.0.0/10")
+
 // routable reports an address the Internet can reach: not private, not
-// carrier-grade NAT space (RFC 6598), loopback, link-local or unspecified.
+// carrier-grade NAT space, loopback, link-local or unspecified. It is
+// asked on every call set-up, so the prefix is parsed once, above.
 func routable(a netip.Addr) bool {
 	a = a.Unmap()
-	cgn := netip.MustParsePrefix("100.64.0.0/10")
-	return a.IsGlobalUnicast() && !a.IsPrivate() && !cgn.Contains(a)
+	return a.IsGlobalUnicast() && !a.IsPrivate() && !carrierNAT.Contains(a)
 }
 
 // pbxRejectsPerSecond bounds the stateless 403s to LAN hosts outside

@@ -390,22 +390,29 @@ func TestCallMediaTimeout(t *testing.T) {
 					t.Errorf("no media at the %s", at.Name)
 					continue
 				}
-				last := media[len(media)-1].T
-				bye, ok := FirstSIP(r.SIPTo(at), func(m WireSIP) bool { return m.Method == "BYE" })
-				if !ok {
-					t.Errorf("the %s got no BYE after the media stopped", at.Name)
-					continue
-				}
-				gap := bye.T.Sub(last)
-				t.Logf("%s: BYE %v after the last RTP packet", at.Name, gap.Round(time.Millisecond))
-				if gap < timeout-time.Second || gap > timeout+6*time.Second {
-					t.Errorf("the %s got the BYE %v after the last RTP packet, want about %v (%v..%v)",
-						at.Name, gap.Round(time.Millisecond), timeout, timeout-time.Second, timeout+6*time.Second)
-				}
+				checkByeAfter(t, r, at, media[len(media)-1].T, "the last RTP packet", timeout)
 			}
 		})
 	}
 	stopDaemon(t, d)
+}
+
+// checkByeAfter fails unless at got the daemon's BYE about timeout after
+// last (the media timeout's moment; what is named in the messages), within
+// timeout-1s .. timeout+6s.
+func checkByeAfter(t *testing.T, r *CallRun, at Endpoint, last time.Time, what string, timeout time.Duration) {
+	t.Helper()
+	bye, ok := FirstSIP(r.SIPTo(at), func(m WireSIP) bool { return m.Method == "BYE" })
+	if !ok {
+		t.Errorf("the %s got no BYE after %s", at.Name, what)
+		return
+	}
+	gap := bye.T.Sub(last)
+	t.Logf("%s: BYE %v after %s", at.Name, gap.Round(time.Millisecond), what)
+	if gap < timeout-time.Second || gap > timeout+6*time.Second {
+		t.Errorf("the %s got the BYE %v after %s, want about %v (%v..%v)",
+			at.Name, gap.Round(time.Millisecond), what, timeout, timeout-time.Second, timeout+6*time.Second)
+	}
 }
 
 // 9. Pool exhaustion: with rtp 55000-55003 (two RTP/RTCP pairs: two calls,
@@ -786,17 +793,7 @@ func TestCallOneDeadDirectionEnds(t *testing.T) {
 	}
 	phoneLast := fromPhone[len(fromPhone)-1].T
 	for _, at := range []Endpoint{PBXCaller, PhoneCallee} {
-		bye, ok := FirstSIP(r.SIPTo(at), func(m WireSIP) bool { return m.Method == "BYE" })
-		if !ok {
-			t.Errorf("the %s got no BYE after the phone fell silent", at.Name)
-			continue
-		}
-		gap := bye.T.Sub(phoneLast)
-		t.Logf("%s: BYE %v after the phone's last RTP packet", at.Name, gap.Round(time.Millisecond))
-		if gap < timeout-time.Second || gap > timeout+6*time.Second {
-			t.Errorf("the %s got the BYE %v after the phone's last packet, want about %v (%v..%v)",
-				at.Name, gap.Round(time.Millisecond), timeout, timeout-time.Second, timeout+6*time.Second)
-		}
+		checkByeAfter(t, r, at, phoneLast, "the phone's last RTP packet", timeout)
 	}
 	// The PBX's direction was alive: it streamed past the phone's silence
 	// by more than the timeout, up to the BYE.
